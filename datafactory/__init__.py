@@ -1,0 +1,15 @@
+"""STEM data factory: exactly-labelled STEM simulations of 2D materials.
+
+The package is organised by concept:
+
+- :mod:`datafactory.structures` builds ASE ``Atoms`` patches (stacks, twist, slip, defects).
+- :mod:`datafactory.microscope` holds the probe optics (aberrations, probe, OTF).
+- :mod:`datafactory.simulation` turns a patch into an image (incoherent or multislice).
+- :mod:`datafactory.labels` turns the same patch into atom tables, masks and stacking labels.
+- :mod:`datafactory.config` reads and validates YAML configs and samples their parameters.
+- :mod:`datafactory.shards` writes and reads the HDF5 schema.
+- :mod:`datafactory.pipeline` runs sample i of (config, seed) and many of them in parallel.
+- :mod:`datafactory.cli` is the ``factory`` command.
+"""
+
+__version__ = "0.1.0"
