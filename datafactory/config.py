@@ -1,0 +1,502 @@
+"""Typed, validated YAML configs, and sampling of their parameters.
+
+Any numeric parameter may be given as
+
+- a number: a fixed value, ``defocus_A: 0``;
+- a two-element list: a uniform range, ``defocus_A: [-20, 20]``;
+- ``{uniform: [lo, hi]}``, ``{normal: [mean, std]}`` (only where the value is unbounded)
+  or ``{choice: [v1, v2, ...]}``.
+
+A config is validated once, on load. Every problem becomes a :class:`FactoryError`
+naming the key, e.g. ``microscope.pixel_size_A: must be > 0 (got 0)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import numpy as np
+import yaml
+from ase.data import atomic_numbers
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, PlainSerializer, ValidationError, model_validator
+
+from .errors import FactoryError
+
+#: Directory of the preset configs shipped with the project.
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+MIN_IMAGE_SIZE_PX = 32
+
+
+class Param:
+    """A numeric parameter: fixed, uniform range, normal or discrete choice."""
+
+    __slots__ = ("kind", "values")
+
+    def __init__(self, kind: str, values: tuple[float, ...]):
+        self.kind = kind
+        self.values = values
+
+    @classmethod
+    def parse(cls, raw: Any) -> "Param":
+        if isinstance(raw, Param):
+            return raw
+        if _is_number(raw):
+            return cls("fixed", (float(raw),))
+        if isinstance(raw, (list, tuple)):
+            if len(raw) == 2 and all(_is_number(v) for v in raw):
+                return cls._range("uniform", raw)
+            raise ValueError(f"a range must be [low, high], got {raw!r}")
+        if isinstance(raw, dict) and len(raw) == 1:
+            (kind, arg), = raw.items()
+            if kind == "uniform" and isinstance(arg, (list, tuple)) and len(arg) == 2 and all(_is_number(v) for v in arg):
+                return cls._range("uniform", arg)
+            if kind == "normal" and isinstance(arg, (list, tuple)) and len(arg) == 2 and all(_is_number(v) for v in arg):
+                if arg[1] < 0:
+                    raise ValueError(f"normal standard deviation must be >= 0, got {arg[1]}")
+                return cls("normal", (float(arg[0]), float(arg[1])))
+            if kind == "choice" and isinstance(arg, (list, tuple)) and arg and all(_is_number(v) for v in arg):
+                return cls("choice", tuple(float(v) for v in arg))
+        raise ValueError(f"expected a number, [low, high], {{uniform: [lo, hi]}}, {{normal: [mean, std]}} or {{choice: [...]}}, got {raw!r}")
+
+    @classmethod
+    def _range(cls, kind: str, pair) -> "Param":
+        lo, hi = float(pair[0]), float(pair[1])
+        if lo > hi:
+            raise ValueError(f"range [{pair[0]}, {pair[1]}] has low > high")
+        return cls(kind, (lo, hi))
+
+    @property
+    def lower(self) -> float:
+        """Smallest value the parameter can take (−inf for a normal)."""
+        return -math.inf if self.kind == "normal" else min(self.values)
+
+    @property
+    def upper(self) -> float:
+        """Largest value the parameter can take (+inf for a normal)."""
+        return math.inf if self.kind == "normal" else max(self.values)
+
+    @property
+    def max_abs(self) -> float:
+        if self.kind == "normal":
+            return abs(self.values[0]) + 4.0 * self.values[1]
+        return max(abs(self.lower), abs(self.upper))
+
+    def sample(self, rng: np.random.Generator) -> float:
+        """Draw one value. A fixed value draws nothing from ``rng``."""
+        if self.kind == "fixed":
+            return self.values[0]
+        if self.kind == "uniform":
+            return float(rng.uniform(*self.values))
+        if self.kind == "normal":
+            return float(rng.normal(*self.values))
+        return float(self.values[rng.integers(len(self.values))])
+
+    def sample_int(self, rng: np.random.Generator) -> int:
+        """Draw an integer: uniform ranges give every integer in [low, high] with equal probability."""
+        if self.kind == "uniform":
+            return int(rng.integers(math.ceil(self.lower), math.floor(self.upper) + 1))
+        return int(round(self.sample(rng)))
+
+    def to_yaml(self) -> Any:
+        if self.kind == "fixed":
+            return self.values[0]
+        if self.kind == "uniform":
+            return list(self.values)
+        return {self.kind: list(self.values)}
+
+    def __repr__(self) -> str:
+        return f"Param({self.to_yaml()!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Param) and (self.kind, self.values) == (other.kind, other.values)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _bounded(gt: float | None = None, ge: float | None = None, le: float | None = None, lt: float | None = None):
+    def check(p: Param) -> Param:
+        if p.kind == "normal" and (gt is not None or ge is not None or le is not None or lt is not None):
+            raise ValueError("a normal distribution is unbounded; give a range [low, high] for this bounded value")
+        for bound, ok, text in (
+            (gt, lambda b: p.lower > b, ">"),
+            (ge, lambda b: p.lower >= b, ">="),
+            (le, lambda b: p.upper <= b, "<="),
+            (lt, lambda b: p.upper < b, "<"),
+        ):
+            if bound is not None and not ok(bound):
+                raise ValueError(f"must be {text} {bound:g} (got {p.to_yaml()})")
+        return p
+
+    return AfterValidator(check)
+
+
+_serialize = PlainSerializer(lambda p: p.to_yaml(), return_type=Any)
+AnyParam = Annotated[Param, BeforeValidator(Param.parse), _serialize]
+PositiveParam = Annotated[Param, BeforeValidator(Param.parse), _bounded(gt=0), _serialize]
+NonNegParam = Annotated[Param, BeforeValidator(Param.parse), _bounded(ge=0), _serialize]
+FractionParam = Annotated[Param, BeforeValidator(Param.parse), _bounded(ge=0, le=1), _serialize]
+StrainParam = Annotated[Param, BeforeValidator(Param.parse), _bounded(gt=-0.5, lt=0.5), _serialize]
+
+
+def _element(symbol: str) -> str:
+    if symbol not in atomic_numbers or symbol == "X":
+        raise ValueError(f"unknown element '{symbol}'")
+    return symbol
+
+
+Element = Annotated[str, AfterValidator(_element)]
+
+
+def _image_size(size: int) -> int:
+    if size < MIN_IMAGE_SIZE_PX:
+        raise ValueError(f"must be >= {MIN_IMAGE_SIZE_PX} px (got {size})")
+    return size
+
+
+ImageSize = Annotated[int, AfterValidator(_image_size)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_default=True)
+
+
+class InterfaceConfig(_Model):
+    """Per-interface overrides; unset values fall back to the structure-level ones."""
+
+    interlayer_distance_A: PositiveParam | None = None
+    slip_a: AnyParam | None = None
+    slip_b: AnyParam | None = None
+    twist_deg: AnyParam | None = None
+
+
+class DopantConfig(_Model):
+    """Substitution of ``replaces`` by ``element`` on a fraction of the eligible sites."""
+
+    element: Element
+    replaces: Element
+    fraction: FractionParam
+    layers: list[int] | None = None
+    sublayer: Literal["all", "top", "bottom", "middle"] = "all"
+
+
+class VacancyConfig(_Model):
+    """Per-column chalcogen vacancy rates (single, double) and per-atom metal vacancy rate."""
+
+    chalcogen_single: FractionParam = 0.0
+    chalcogen_double: FractionParam = 0.0
+    metal: FractionParam = 0.0
+    layers: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _total(self) -> "VacancyConfig":
+        if self.chalcogen_single.upper + self.chalcogen_double.upper > 1:
+            raise ValueError("chalcogen_single + chalcogen_double must be <= 1")
+        return self
+
+
+class HoleConfig(_Model):
+    """Holes: disks in which every atom of the chosen layers is removed."""
+
+    count: NonNegParam = 0
+    radius_A: PositiveParam = [3.0, 6.0]
+    layers: list[int] | None = None
+
+
+class EdgeConfig(_Model):
+    """Flake edge: a straight cut through the field of view; ``angle_deg`` is relative to layer 1's a1."""
+
+    probability: FractionParam = 0.0
+    angle_deg: AnyParam = [0.0, 360.0]
+    layers: list[int] | None = None
+
+
+class StructureConfig(_Model):
+    cell: str = "MoS2"
+    layers: int = 1
+    interlayer_distance_A: PositiveParam = 6.15
+    slip_a: AnyParam = 0.0
+    slip_b: AnyParam = 0.0
+    twist_deg: AnyParam = 0.0
+    interfaces: list[InterfaceConfig] | None = None
+    random_origin: bool = True
+    rotation_deg: AnyParam = 0.0
+    strain_uniform: StrainParam = 0.0
+    strain_uniaxial: StrainParam = 0.0
+    strain_uniaxial_angle_deg: AnyParam = 0.0
+    vacancies: VacancyConfig = VacancyConfig()
+    dopants: list[DopantConfig] = []
+    holes: HoleConfig = HoleConfig()
+    edges: EdgeConfig = EdgeConfig()
+    thermal_rms_A: Literal["default"] | dict[Element, float] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "StructureConfig":
+        if not 1 <= self.layers <= 3:
+            raise ValueError(f"layers must be 1, 2 or 3 (got {self.layers})")
+        if self.interfaces is not None and len(self.interfaces) != self.layers - 1:
+            raise ValueError(f"interfaces must list layers - 1 = {self.layers - 1} entries (got {len(self.interfaces)})")
+        named = [("vacancies", self.vacancies.layers), ("holes", self.holes.layers), ("edges", self.edges.layers)]
+        named += [(f"dopants[{i}]", d.layers) for i, d in enumerate(self.dopants)]
+        for where, layers in named:
+            for layer in layers or []:
+                if not 1 <= layer <= self.layers:
+                    raise ValueError(f"{where}.layers: layer {layer} does not exist (layers are 1..{self.layers})")
+        if isinstance(self.thermal_rms_A, dict):
+            for element, rms in self.thermal_rms_A.items():
+                if not 0 <= rms <= 0.5:
+                    raise ValueError(f"thermal_rms_A.{element}: must be in [0, 0.5] Å (got {rms})")
+        return self
+
+    def interface(self, k: int) -> InterfaceConfig:
+        """Effective settings of interface k (0-based): overrides merged over the structure-level values."""
+        own = self.interfaces[k] if self.interfaces else InterfaceConfig()
+        return InterfaceConfig(
+            interlayer_distance_A=own.interlayer_distance_A or self.interlayer_distance_A,
+            slip_a=own.slip_a or self.slip_a,
+            slip_b=own.slip_b or self.slip_b,
+            twist_deg=own.twist_deg or self.twist_deg,
+        )
+
+
+class MicroscopeConfig(_Model):
+    energy_keV: PositiveParam = 60.0
+    semiangle_mrad: PositiveParam = 30.0
+    defocus_A: AnyParam = 0.0
+    C12_A: NonNegParam = 0.0
+    phi12_deg: AnyParam = 0.0
+    C21_A: NonNegParam = 0.0
+    phi21_deg: AnyParam = 0.0
+    C23_A: NonNegParam = 0.0
+    phi23_deg: AnyParam = 0.0
+    C30_A: AnyParam = 0.0
+    C50_A: AnyParam = 0.0
+    source_size_A: NonNegParam = 0.0
+    detector_inner_mrad: NonNegParam = 80.0
+    detector_outer_mrad: PositiveParam = 200.0
+    pixel_size_A: PositiveParam = 0.1
+    image_size_px: ImageSize = 256
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "MicroscopeConfig":
+        if self.detector_inner_mrad.upper >= self.detector_outer_mrad.lower:
+            raise ValueError("detector_inner_mrad must stay below detector_outer_mrad")
+        if self.pixel_size_A.upper > 5.0:
+            raise ValueError(f"pixel_size_A: must be <= 5 Å for atomic resolution (got {self.pixel_size_A.to_yaml()})")
+        return self
+
+
+class MultisliceConfig(_Model):
+    potential_sampling_A: float = 0.05
+    slice_thickness_A: float = 1.0
+    frozen_phonons: int = 0
+    parametrization: Literal["lobato", "kirkland", "peng"] = "lobato"
+    projection: Literal["infinite", "finite"] = "infinite"
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "MultisliceConfig":
+        if not 0 < self.potential_sampling_A <= 0.5:
+            raise ValueError(f"potential_sampling_A: must be in (0, 0.5] Å (got {self.potential_sampling_A})")
+        if not 0 < self.slice_thickness_A <= 20:
+            raise ValueError(f"slice_thickness_A: must be in (0, 20] Å (got {self.slice_thickness_A})")
+        if self.frozen_phonons < 0:
+            raise ValueError(f"frozen_phonons: must be >= 0 (got {self.frozen_phonons})")
+        return self
+
+
+class SimulationConfig(_Model):
+    backend: Literal["incoherent", "multislice"] = "incoherent"
+    gamma: PositiveParam = 1.6
+    multislice: MultisliceConfig = MultisliceConfig()
+
+
+class LabelsConfig(_Model):
+    mask_shape: Literal["disk", "binary_disk", "gaussian"] = "disk"
+    mask_radius_A: float = 0.5
+    mask_sigma_A: float = 0.3
+    column_tolerance_A: float = 0.3
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "LabelsConfig":
+        for key in ("mask_radius_A", "mask_sigma_A", "column_tolerance_A"):
+            value = getattr(self, key)
+            if not 0 < value <= 5:
+                raise ValueError(f"{key}: must be in (0, 5] Å (got {value})")
+        return self
+
+
+class LimitsConfig(_Model):
+    max_memory_MB: float = 4096.0
+
+
+class Config(_Model):
+    """A complete simulation config."""
+
+    name: str | None = None
+    description: str | None = None
+    structure: StructureConfig = StructureConfig()
+    microscope: MicroscopeConfig = MicroscopeConfig()
+    simulation: SimulationConfig = SimulationConfig()
+    labels: LabelsConfig = LabelsConfig()
+    limits: LimitsConfig = LimitsConfig()
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(spec: str | Path) -> Path:
+    """A config file path, or the name of a preset in ``configs/`` (with or without ``.yaml``)."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    for candidate in (PRESET_DIR / f"{spec}.yaml", PRESET_DIR / str(spec)):
+        if candidate.is_file():
+            return candidate
+    raise FactoryError(f"config '{spec}' not found (give a YAML file or a preset: {', '.join(preset_names())})")
+
+
+def read_config_mapping(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise FactoryError(f"config {path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FactoryError(f"config {path}: cannot read ({exc})") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise FactoryError(f"config {path}: the top level must be a mapping of sections (structure, microscope, ...)")
+    return raw
+
+
+#: CLI flags that override config keys: flag -> dotted key.
+OVERRIDE_KEYS = {
+    "--size": "microscope.image_size_px",
+    "--pixel-size": "microscope.pixel_size_A",
+    "--backend": "simulation.backend",
+}
+
+
+def validate_config(raw: dict, source: str = "config", overrides: dict[str, Any] | None = None) -> Config:
+    """Validate a config mapping, applying CLI ``overrides`` (dotted key -> value) first."""
+    raw = _deep_copy(raw)
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise FactoryError(f"{source}: {dotted}: section '{part}' must be a mapping")
+        node[leaf] = value
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise FactoryError(f"{source}: {_describe(exc, overrides or {})}") from None
+
+
+def load_config(spec: str | Path, overrides: dict[str, Any] | None = None) -> tuple[Config, Path]:
+    """Load, override and validate a config file or preset; returns the config and its path."""
+    path = resolve_config_path(spec)
+    return validate_config(read_config_mapping(path), str(path), overrides), path
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+def _describe(exc: ValidationError, overrides: dict[str, Any]) -> str:
+    """One line for the first validation problem, naming the dotted key."""
+    error = exc.errors()[0]
+    loc = [str(p) for p in error["loc"] if not str(p).startswith(("function-", "literal[", "dict[", "list["))]
+    # Pydantic puts union branches into loc; keep only real keys and indices.
+    loc = [p for p in loc if p not in {"str", "Param", "none", "float", "int"} and not p.startswith(("is-instance", "lax-or-strict", "json-or-python"))]
+    dotted = ".".join(f"[{p}]" if p.isdigit() else p for p in loc).replace(".[", "[")
+    flag = next((f for f, k in OVERRIDE_KEYS.items() if k == dotted and k in overrides), None)
+    where = f"{flag} ({dotted})" if flag else dotted
+    if error["type"] == "extra_forbidden":
+        allowed = _allowed_keys(error["loc"][:-1])
+        guess = difflib.get_close_matches(str(error["loc"][-1]), allowed, n=1)
+        hint = f" (did you mean '{guess[0]}'?)" if guess else f" (allowed: {', '.join(allowed)})"
+        return f"unknown key '{dotted}'{hint}"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "literal_error":
+        message = f"{message} (got {error.get('input')!r})"
+    return f"{where}: {message}" if where else message
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    """Field names of the model reached by following ``loc`` from :class:`Config`."""
+    model: Any = Config
+    for part in loc:
+        if isinstance(part, int) or str(part).isdigit():
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            break
+        model = _model_of(field.annotation)
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) in (Union, list) or str(get_origin(annotation)) == "types.UnionType":
+        for arg in get_args(annotation):
+            found = _model_of(arg)
+            if found is not None:
+                return found
+    return None
+
+
+# --------------------------------------------------------------------------- sampling
+
+MICROSCOPE_KEYS = (
+    "energy_keV", "semiangle_mrad", "defocus_A", "C12_A", "phi12_deg", "C21_A", "phi21_deg",
+    "C23_A", "phi23_deg", "C30_A", "C50_A", "source_size_A", "detector_inner_mrad", "detector_outer_mrad",
+)
+
+
+def sampled_parameters(config: Config) -> list[tuple[str, Param]]:
+    """Every sampled parameter of a config, by name, in the fixed order in which it is drawn."""
+    s, m = config.structure, config.microscope
+    params: list[tuple[str, Param]] = [(k, getattr(m, k)) for k in MICROSCOPE_KEYS]
+    params += [("pixel_size_A", m.pixel_size_A), ("gamma", config.simulation.gamma)]
+    params += [(k, getattr(s, k)) for k in ("rotation_deg", "strain_uniform", "strain_uniaxial", "strain_uniaxial_angle_deg")]
+    for k in range(s.layers - 1):
+        interface = s.interface(k)
+        params += [
+            (f"interlayer_distance_A_{k + 1}", interface.interlayer_distance_A),
+            (f"slip_a_{k + 1}", interface.slip_a),
+            (f"slip_b_{k + 1}", interface.slip_b),
+            (f"twist_deg_{k + 1}", interface.twist_deg),
+        ]
+    params += [(f"vacancy_{k}", getattr(s.vacancies, k)) for k in ("chalcogen_single", "chalcogen_double", "metal")]
+    params += [(f"dopant_{i + 1}_fraction", d.fraction) for i, d in enumerate(s.dopants)]
+    params += [("edge_probability", s.edges.probability)]
+    return params
+
+
+def sample_parameters(config: Config, rng: np.random.Generator) -> dict[str, float]:
+    """Draw every parameter of one sample (see :func:`sampled_parameters`)."""
+    return {name: param.sample(rng) for name, param in sampled_parameters(config)}

@@ -1,0 +1,224 @@
+"""HDF5 shards, schema version 1. One file is one shard.
+
+Layout (later versions may add datasets but never rename these):
+
+``images`` (N, H, W) float32
+    The image as delivered (for ``factory simulate``: the clean simulation).
+``masks`` (N, C, H, W) uint8, attr ``channel_names``, ``shape``, ``max_value``, ``radius_A``/``sigma_A``
+    One channel per column class ``L<layer>:<content>``.
+``labels/slip_frac`` (N, L−1, 2), ``labels/slip_A`` (N, L−1, 2), ``labels/twist_deg`` (N, L−1)
+    Stacking labels per interface, present when the stack has two or more layers.
+``atoms/position_px`` (M, 2) float32
+    [row, col], pixel centres at integer coordinates.
+``atoms/position_A`` (M, 2) float32
+    [y, x] in Å (``position_px × pixel_size_A``).
+``atoms/z_A`` (M,), ``atoms/Z`` (M,) int16, ``atoms/layer`` (M,) int8 (1-based),
+``atoms/column_class`` (M,) int16 with attr ``names`` (= the mask channel names)
+    One row per atom whose centre lies on the image.
+``atoms/offsets`` (N+1,) int64
+    Sample i owns atom rows ``offsets[i]:offsets[i+1]``.
+``params/<name>`` (N,) float64
+    Every sampled value of every sample.
+
+Root attributes: ``schema_version`` = 1, ``package_version``, ``config`` (YAML text),
+``seed``, ``created`` (ISO 8601), ``first_index`` (global index of row 0).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from . import __version__
+from .errors import FactoryError
+
+SCHEMA_VERSION = 1
+
+#: zlib level of the masks' deflate filter: level 1 is fast and already shrinks masks ~40×.
+MASK_DEFLATE_LEVEL = 1
+
+ATOM_FIELDS: dict[str, tuple[np.dtype, tuple[int, ...]]] = {
+    "position_px": (np.dtype(np.float32), (2,)),
+    "position_A": (np.dtype(np.float32), (2,)),
+    "z_A": (np.dtype(np.float32), ()),
+    "Z": (np.dtype(np.int16), ()),
+    "layer": (np.dtype(np.int8), ()),
+    "column_class": (np.dtype(np.int16), ()),
+}
+
+
+class ShardWriter:
+    """Writes samples, in index order, into a new schema-v1 file.
+
+    Images and masks go to disk sample by sample; the small per-sample arrays (labels,
+    parameters, atom rows) are buffered and written in blocks, because h5py's cost is
+    per call, not per byte. Masks are stored deflate-compressed (they are mostly zero);
+    a sample that arrives with its masks already compressed by a worker is written as a
+    raw chunk, without recompressing.
+
+    Parameters
+    ----------
+    path : Path
+        File to create (overwritten). Write to a temporary name and rename when done.
+    n : int
+        Number of samples the shard will hold.
+    first_index : int
+        Global index of the shard's first sample.
+    image_shape : (int, int)
+        Image rows and columns.
+    channel_names : list of str
+        Mask channel / column class names.
+    n_interfaces : int
+        Number of interfaces (layers − 1).
+    param_names : list of str
+        Names of the ``params/*`` datasets.
+    attrs : dict
+        Extra root attributes (``config``, ``seed``...).
+    mask_attrs : dict
+        Extra attributes of ``masks`` (shape, radius...).
+    """
+
+    ATOM_FLUSH_ROWS = 1 << 18
+
+    def __init__(
+        self,
+        path: Path,
+        n: int,
+        first_index: int,
+        image_shape: tuple[int, int],
+        channel_names: list[str],
+        n_interfaces: int,
+        param_names: list[str],
+        attrs: dict[str, Any],
+        mask_attrs: dict[str, Any],
+    ):
+        self.n = n
+        self.first_index = first_index
+        self._next = 0
+        self._atoms_written = 0
+        self._atom_buffer: list[dict[str, np.ndarray]] = []
+        self._atom_buffer_rows = 0
+        height, width = image_shape
+        channels = len(channel_names)
+        f = self.file = h5py.File(path, "w")
+        f.attrs.update(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "package_version": __version__,
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "first_index": first_index,
+                **attrs,
+            }
+        )
+        self._images = f.create_dataset("images", (n, height, width), np.float32, chunks=(1, height, width))
+        self._masks = f.create_dataset(
+            "masks",
+            (n, channels, height, width),
+            np.uint8,
+            chunks=(1, channels, height, width),
+            compression="gzip",
+            compression_opts=MASK_DEFLATE_LEVEL,
+        )
+        self._masks.attrs["channel_names"] = np.array(channel_names, dtype=h5py.string_dtype())
+        self._masks.attrs.update(mask_attrs)
+        self._labels = (
+            {
+                "slip_frac": np.zeros((n, n_interfaces, 2)),
+                "slip_A": np.zeros((n, n_interfaces, 2)),
+                "twist_deg": np.zeros((n, n_interfaces)),
+            }
+            if n_interfaces > 0
+            else {}
+        )
+        atoms = f.create_group("atoms")
+        for name, (dtype, tail) in ATOM_FIELDS.items():
+            atoms.create_dataset(name, (0, *tail), dtype, maxshape=(None, *tail), chunks=(16384, *tail))
+        atoms["column_class"].attrs["names"] = np.array(channel_names, dtype=h5py.string_dtype())
+        self._offsets = np.zeros(n + 1, dtype=np.int64)
+        self._params = {name: np.zeros(n) for name in param_names}
+
+    def write(self, sample) -> None:
+        """Write the next sample (a :class:`datafactory.pipeline.Sample`)."""
+        i = sample.index - self.first_index
+        if i != self._next:
+            raise RuntimeError(f"samples must be written in order: expected {self.first_index + self._next}, got {sample.index}")
+        self._images[i] = sample.image
+        self._masks.id.write_direct_chunk((i, 0, 0, 0), sample.masks_deflate)
+        for name, array in self._labels.items():
+            array[i] = getattr(sample, name)
+        for name, array in self._params.items():
+            array[i] = sample.params[name]
+        m = len(sample.atoms["Z"])
+        self._atom_buffer.append(sample.atoms)
+        self._atom_buffer_rows += m
+        self._offsets[i + 1] = self._offsets[i] + m
+        if self._atom_buffer_rows >= self.ATOM_FLUSH_ROWS:
+            self._flush_atoms()
+        self._next += 1
+
+    def _flush_atoms(self) -> None:
+        if not self._atom_buffer:
+            return
+        start, stop = self._atoms_written, self._atoms_written + self._atom_buffer_rows
+        for name in ATOM_FIELDS:
+            ds = self.file["atoms"][name]
+            ds.resize(stop, axis=0)
+            ds[start:stop] = np.concatenate([block[name] for block in self._atom_buffer])
+        self._atoms_written = stop
+        self._atom_buffer.clear()
+        self._atom_buffer_rows = 0
+
+    def close(self) -> None:
+        if self._next != self.n:
+            self.file.close()
+            raise RuntimeError(f"shard closed after {self._next} of {self.n} samples")
+        self._flush_atoms()
+        f = self.file
+        f["atoms"].create_dataset("offsets", data=self._offsets)
+        if self._labels:
+            labels = f.create_group("labels")
+            for name, array in self._labels.items():
+                labels.create_dataset(name, data=array)
+        params = f.create_group("params")
+        for name, array in self._params.items():
+            params.create_dataset(name, data=array)
+        f.close()
+
+    def abort(self) -> None:
+        try:
+            self.file.close()
+        except Exception:  # noqa: BLE001 - closing a broken file must not mask the original error
+            pass
+
+
+def open_shard(path: str | Path) -> h5py.File:
+    """Open a schema-v1 shard for reading, with a one-line error for anything else."""
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r")
+    except (OSError, FileNotFoundError) as exc:
+        raise FactoryError(f"cannot open '{path}' as HDF5: {str(exc).splitlines()[0]}") from None
+    version = f.attrs.get("schema_version")
+    if version != SCHEMA_VERSION:
+        f.close()
+        raise FactoryError(f"'{path}' is not a schema-v{SCHEMA_VERSION} shard (schema_version={version})")
+    return f
+
+
+def read_sample(f: h5py.File, i: int) -> dict[str, Any]:
+    """Everything stored about sample ``i`` (0-based within the shard) as numpy arrays."""
+    lo, hi = f["atoms/offsets"][i : i + 2]
+    sample: dict[str, Any] = {
+        "image": f["images"][i],
+        "masks": f["masks"][i],
+        "channel_names": [str(n) for n in f["masks"].attrs["channel_names"]],
+        "atoms": {name: f["atoms"][name][lo:hi] for name in ATOM_FIELDS},
+        "params": {name: float(ds[i]) for name, ds in f["params"].items()},
+    }
+    if "labels" in f:
+        sample.update({name: f["labels"][name][i] for name in ("slip_frac", "slip_A", "twist_deg")})
+    return sample
