@@ -1,0 +1,74 @@
+"""Shared helpers: tiny configs built in code, peak finding, and an in-process CLI runner."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+#: An aberration-free, noise-free microscope: images whose maxima must sit on the atoms.
+IDEAL_MICROSCOPE = {
+    "energy_keV": 60,
+    "semiangle_mrad": 30,
+    "defocus_A": 0,
+    "source_size_A": 0,
+    "pixel_size_A": 0.1,
+    "image_size_px": 128,
+}
+
+
+def deep_update(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_update(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def make_config(update: dict | None = None):
+    """A validated config: ideal microscope, MoS2 monolayer, no thermal motion, then ``update``."""
+    from datafactory.config import validate_config
+
+    raw = {"structure": {"cell": "MoS2", "layers": 1}, "microscope": dict(IDEAL_MICROSCOPE)}
+    return validate_config(deep_update(raw, update or {}), "test")
+
+
+def make_plan(update: dict | None = None):
+    from datafactory.pipeline import Plan
+
+    return Plan.from_config(make_config(update))
+
+
+def find_peaks(image: np.ndarray, min_separation_px: int = 5, threshold: float = 0.3) -> np.ndarray:
+    """Local maxima above ``threshold`` (fraction of the range), refined to sub-pixel by a 3x3 quadratic fit."""
+    size = 2 * min_separation_px + 1
+    norm = (image - image.min()) / (image.max() - image.min())
+    peaks = np.argwhere((ndimage.maximum_filter(norm, size=size) == norm) & (norm > threshold))
+    peaks = peaks[(peaks > 1).all(1) & (peaks[:, 0] < image.shape[0] - 2) & (peaks[:, 1] < image.shape[1] - 2)]
+    refined = []
+    for r, c in peaks:
+        w = image[r - 1 : r + 2, c - 1 : c + 2].astype(np.float64)
+        dr = 0.5 * (w[0, 1] - w[2, 1]) / (w[0, 1] - 2 * w[1, 1] + w[2, 1])
+        dc = 0.5 * (w[1, 0] - w[1, 2]) / (w[1, 0] - 2 * w[1, 1] + w[1, 2])
+        refined.append((r + dr, c + dc))
+    return np.array(refined)
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run ``factory ARGS...`` in-process; returns (exit code, stdout, stderr)."""
+    from datafactory.cli import run
+
+    def _run(*args: str):
+        code = run([str(a) for a in args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return _run
