@@ -29,14 +29,17 @@ class MultisliceSettings:
     ----------
     potential_sampling_A : float
         Real-space sampling of the potential and wave (Å). Reference images need
-        0.02–0.03 Å; coarser sampling biases S2 columns by up to 14 %. An outer detector
-        angle of 200 mrad needs ≤ 0.081 Å (abTEM's antialiasing cutoff).
+        0.02–0.03 Å; coarser sampling biases S2 columns by up to 14 %. abTEM keeps only
+        angles below its antialiasing cutoff ``λ/(3Δ)`` (0.081 Å for 200 mrad at 60 keV)
+        and silently detects nothing beyond it, so a coarser sampling is refused with
+        a message that gives the largest usable value.
     slice_thickness_A : float
         Multislice slice thickness (Å).
     frozen_phonons : int
         Number of frozen-phonon configurations (0 = none). Seeded from the sample seed.
     phonon_rms_A : dict
-        Per-element RMS displacement (Å) of the frozen phonons.
+        Per-element RMS displacement (Å per Cartesian direction) of the frozen phonons;
+        elements missing from it take :data:`datafactory.structures.DEFAULT_THERMAL_RMS_A`.
     parametrization : str
         abTEM potential parametrisation: ``lobato``, ``kirkland`` or ``peng``.
     projection : str
