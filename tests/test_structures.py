@@ -186,3 +186,34 @@ def test_cell_files_are_checked(tmp_path):
     tilted = Atoms("C", positions=[[0, 0, 0]], cell=[[2, 0, 1], [0, 2, 0], [0, 0, 10]])
     with pytest.raises(FactoryError, match="xy plane"):
         LayerCell.from_atoms(tilted)
+
+
+def test_trilayer_with_per_interface_settings():
+    plan = make_plan(
+        {
+            "structure": {
+                "layers": 3,
+                "interfaces": [
+                    {"slip_a": 0.2, "slip_b": 0.1, "interlayer_distance_A": 6.1},
+                    {"slip_a": [0.5, 0.7], "slip_b": 0.3, "interlayer_distance_A": 6.4},
+                ],
+                "rotation_deg": 12.0,
+            }
+        }
+    )
+    assert [n.split(":")[0] for n in plan.channel_names] == ["L1", "L1", "L2", "L2", "L3", "L3"]
+    sample = simulate_sample(plan, seed=1, index=0)
+    assert sample.slip_frac.shape == (2, 2) and sample.twist_deg.shape == (2,)
+    atoms = sample.atoms
+    pos = atoms["position_A"][:, ::-1].astype(np.float64)
+    mo = {n: pos[(atoms["layer"] == n) & (atoms["Z"] == 42)] for n in (1, 2, 3)}
+    z = {n: np.median(atoms["z_A"][(atoms["layer"] == n) & (atoms["Z"] == 42)]) for n in (1, 2, 3)}
+    assert z[2] - z[1] == pytest.approx(6.1) and z[3] - z[2] == pytest.approx(6.4)
+    basis, _ = _metal_lattice_vectors(mo[1], 12.0, plan.cell)
+    for upper, lower_layer in ((2, 1), (3, 2)):
+        lower = mo[lower_layer]
+        ref = lower[np.argmin(np.linalg.norm(lower - lower.mean(0), axis=1))]
+        frac = np.linalg.solve(basis, (mo[upper] - ref).T).T % 1.0
+        label = sample.slip_frac[upper - 2] % 1.0
+        assert np.abs(((frac - label + 0.5) % 1.0) - 0.5).max() < 1e-4
+    assert 0.5 <= sample.slip_frac[1, 0] <= 0.7
