@@ -83,7 +83,7 @@ class Sample:
 
     def pack(self) -> "Sample":
         """Keep only the compressed masks (cheap to send between processes)."""
-        self.masks_deflate
+        self._masks_deflate = self.masks_deflate
         self._masks = None
         return self
 

@@ -1,7 +1,6 @@
 """Labels: column classes, masks on their atoms, layer-resolved channels."""
 
 import numpy as np
-import pytest
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
