@@ -98,6 +98,11 @@ class Plan:
     mask_style: MaskStyle
     thermal_rms_A: dict[str, float]
     thermal_default_A: float
+    multislice: MultisliceSettings
+
+    @property
+    def channel_index(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.channel_names)}
 
     @classmethod
     def from_config(cls, config: Config, base_dir: Path | None = None) -> "Plan":
@@ -115,7 +120,13 @@ class Plan:
         names = column_vocabulary(cell, s.layers, _site_rules(config))
         style = MaskStyle(config.labels.mask_shape, config.labels.mask_radius_A, config.labels.mask_sigma_A)
         thermal = thermal_rms_table(s.thermal_rms_A)
-        plan = cls(config, cell, names, style, thermal, DEFAULT_THERMAL_RMS_OTHER_A if s.thermal_rms_A == "default" else 0.0)
+        ms = config.simulation.multislice
+        multislice = MultisliceSettings(
+            ms.potential_sampling_A, ms.slice_thickness_A, ms.frozen_phonons,
+            thermal or thermal_rms_table("default"), ms.parametrization, ms.projection, ms.device,
+        )
+        thermal_default = DEFAULT_THERMAL_RMS_OTHER_A if s.thermal_rms_A == "default" else 0.0
+        plan = cls(config, cell, names, style, thermal, thermal_default, multislice)
         plan.check_memory()
         return plan
 
@@ -238,16 +249,11 @@ def simulate_sample(plan: Plan, seed: int, index: int) -> Sample:
     atoms = displace_thermally(atoms, sample_rng(seed, index, "thermal"), plan.thermal_rms_A, plan.thermal_default_A)
     params.update(drawn)
 
-    ms = c.simulation.multislice
-    settings = MultisliceSettings(
-        ms.potential_sampling_A, ms.slice_thickness_A, ms.frozen_phonons,
-        plan.thermal_rms_A or thermal_rms_table("default"), ms.parametrization, ms.projection, ms.device,
-    )
     image = simulate_image(
         atoms, grid, microscope, margin_A=margin_A, backend=c.simulation.backend, gamma=params["gamma"],
-        multislice=settings, seed=derived_seed(sample_rng(seed, index, "phonons")),
+        multislice=plan.multislice, seed=derived_seed(sample_rng(seed, index, "phonons")),
     )
-    columns = classify_columns(atoms, plan.cell, {n: i for i, n in enumerate(plan.channel_names)}, grid)
+    columns = classify_columns(atoms, plan.cell, plan.channel_index, grid)
     masks = draw_masks(columns, len(plan.channel_names), grid, plan.mask_style)
     slip_frac = np.array([i.slip_frac for i in interfaces], dtype=np.float64).reshape(-1, 2)
     return Sample(

@@ -34,7 +34,6 @@ import h5py
 import numpy as np
 
 from . import __version__
-from .errors import FactoryError
 
 SCHEMA_VERSION = 1
 
@@ -193,20 +192,6 @@ class ShardWriter:
             self.file.close()
         except Exception:  # noqa: BLE001 - closing a broken file must not mask the original error
             pass
-
-
-def open_shard(path: str | Path) -> h5py.File:
-    """Open a schema-v1 shard for reading, with a one-line error for anything else."""
-    path = Path(path)
-    try:
-        f = h5py.File(path, "r")
-    except (OSError, FileNotFoundError) as exc:
-        raise FactoryError(f"cannot open '{path}' as HDF5: {str(exc).splitlines()[0]}") from None
-    version = f.attrs.get("schema_version")
-    if version != SCHEMA_VERSION:
-        f.close()
-        raise FactoryError(f"'{path}' is not a schema-v{SCHEMA_VERSION} shard (schema_version={version})")
-    return f
 
 
 def read_sample(f: h5py.File, i: int) -> dict[str, Any]:
