@@ -56,3 +56,35 @@ class PixelGrid:
             & (rowcol[..., 1] >= lo)
             & (rowcol[..., 1] < self.shape[1] - 0.5 + margin_px)
         )
+
+
+def resampled_shape(shape: tuple[int, int], from_pixel_size_A: float, to_pixel_size_A: float) -> tuple[int, int]:
+    """Pixel shape of an image of ``shape`` at ``from_pixel_size_A`` once resampled to ``to_pixel_size_A``."""
+    scale = from_pixel_size_A / to_pixel_size_A
+    return max(1, int(round(shape[0] * scale))), max(1, int(round(shape[1] * scale)))
+
+
+def resample(image: np.ndarray, from_pixel_size_A: float, to_pixel_size_A: float) -> np.ndarray:
+    """Resample a 2-D image from one pixel size to another (same field of view).
+
+    Shrinking averages over the source pixels (area interpolation, which also low-passes
+    against aliasing); enlarging uses bicubic interpolation. Returns float32; a relative
+    change below 1e-6 returns a float32 copy untouched.
+
+    Parameters
+    ----------
+    image : (H, W) array
+    from_pixel_size_A, to_pixel_size_A : float
+        Pixel sizes in Å before and after.
+    """
+    import cv2
+
+    image = np.asarray(image, dtype=np.float32)
+    if from_pixel_size_A <= 0 or to_pixel_size_A <= 0:
+        raise ValueError("pixel sizes must be > 0")
+    if abs(from_pixel_size_A / to_pixel_size_A - 1.0) < 1e-6:
+        return image.copy()
+    rows, cols = resampled_shape(image.shape, from_pixel_size_A, to_pixel_size_A)
+    shrinking = to_pixel_size_A > from_pixel_size_A
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC
+    return cv2.resize(image, (cols, rows), interpolation=interpolation)

@@ -207,3 +207,66 @@ def read_sample(f: h5py.File, i: int) -> dict[str, Any]:
     if "labels" in f:
         sample.update({name: f["labels"][name][i] for name in ("slip_frac", "slip_A", "twist_deg")})
     return sample
+
+
+def sample_pixel_sizes_A(f: h5py.File) -> np.ndarray:
+    """Pixel size (Å) of every sample of a shard, from ``params/pixel_size_A``."""
+    if "params" not in f or "pixel_size_A" not in f["params"]:
+        raise KeyError("params/pixel_size_A")
+    return np.asarray(f["params/pixel_size_A"][:], dtype=np.float64)
+
+
+def write_subset(src: Path, indices, out: Path, extra_attrs: dict[str, Any] | None = None) -> Path:
+    """Copy samples ``indices`` (0-based rows of ``src``, in the given order) into a new schema-v1 file.
+
+    Every per-sample array (images, masks, an optional ``clean``, labels, atoms with fresh
+    offsets, params) is copied; root and dataset attributes are kept, and ``first_index``
+    is kept from the source. The row order of the output follows ``indices``; the source
+    rows are recorded in ``source_index`` (N,) int64 so the selection can be traced back.
+    The file is written under a temporary name and renamed when complete.
+    """
+    src, out = Path(src), Path(out)
+    indices = np.asarray(indices, dtype=np.int64)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    try:
+        with h5py.File(src, "r") as f, h5py.File(tmp, "w") as g:
+            n_src = f["images"].shape[0]
+            if indices.size and (indices.min() < 0 or indices.max() >= n_src):
+                raise IndexError(f"indices out of range for {n_src} samples")
+            g.attrs.update(dict(f.attrs))
+            if extra_attrs:
+                g.attrs.update(extra_attrs)
+            for name in ("images", "masks", "clean"):
+                if name not in f:
+                    continue
+                ds = f[name]
+                kwargs = {}
+                if ds.compression:
+                    kwargs = {"compression": ds.compression, "compression_opts": ds.compression_opts}
+                new = g.create_dataset(name, (len(indices), *ds.shape[1:]), ds.dtype, chunks=(1, *ds.shape[1:]), **kwargs)
+                new.attrs.update(dict(ds.attrs))
+                for k, i in enumerate(indices):
+                    new[k] = ds[i]
+            offsets = f["atoms/offsets"][:]
+            atoms = g.create_group("atoms")
+            counts = offsets[indices + 1] - offsets[indices]
+            new_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+            for name in ATOM_FIELDS:
+                ds = f["atoms"][name]
+                rows = [ds[offsets[i] : offsets[i + 1]] for i in indices]
+                data = np.concatenate(rows) if rows else np.zeros((0, *ds.shape[1:]), ds.dtype)
+                new = atoms.create_dataset(name, data=data, maxshape=(None, *ds.shape[1:]), chunks=(16384, *ds.shape[1:]))
+                new.attrs.update(dict(ds.attrs))
+            atoms.create_dataset("offsets", data=new_offsets)
+            for group in ("labels", "params"):
+                if group in f:
+                    dst = g.create_group(group)
+                    for name, ds in f[group].items():
+                        dst.create_dataset(name, data=ds[:][indices])
+            g.create_dataset("source_index", data=indices)
+        tmp.replace(out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
