@@ -67,6 +67,7 @@ class Sample:
         self.slip_A: np.ndarray = slip_A  # (L-1, 2)
         self.twist_deg: np.ndarray = twist_deg  # (L-1,)
         self.params: dict[str, float] = params
+        self.clean: np.ndarray | None = None  # (H, W) float32: the pre-translation image, when kept
 
     @property
     def masks(self) -> np.ndarray:
@@ -80,6 +81,23 @@ class Sample:
         if self._masks_deflate is None:
             self._masks_deflate = zlib.compress(np.ascontiguousarray(self._masks), MASK_DEFLATE_LEVEL)
         return self._masks_deflate
+
+    @classmethod
+    def from_stored(cls, index: int, stored: dict) -> "Sample":
+        """A sample from :func:`datafactory.shards.read_sample` output (global ``index``)."""
+        n_interfaces = 0 if "slip_frac" not in stored else len(stored["slip_frac"])
+        sample = cls(
+            index,
+            stored["image"],
+            stored["masks"],
+            stored["atoms"],
+            stored.get("slip_frac", np.zeros((n_interfaces, 2))),
+            stored.get("slip_A", np.zeros((n_interfaces, 2))),
+            stored.get("twist_deg", np.zeros(n_interfaces)),
+            dict(stored["params"]),
+        )
+        sample.clean = stored.get("clean")
+        return sample
 
     def pack(self) -> "Sample":
         """Keep only the compressed masks (cheap to send between processes)."""

@@ -4,6 +4,8 @@ Layout (later versions may add datasets but never rename these):
 
 ``images`` (N, H, W) float32
     The image as delivered (for ``factory simulate``: the clean simulation).
+``clean`` (N, H, W) float32, optional
+    The image before style translation, on the same (displaced) grid as ``images``.
 ``masks`` (N, C, H, W) uint8, attr ``channel_names``, ``shape``, ``max_value``, ``radius_A``/``sigma_A``
     One channel per column class ``L<layer>:<content>``.
 ``labels/slip_frac`` (N, L−1, 2), ``labels/slip_A`` (N, L−1, 2), ``labels/twist_deg`` (N, L−1)
@@ -79,6 +81,8 @@ class ShardWriter:
         Extra root attributes (``config``, ``seed``...).
     mask_attrs : dict
         Extra attributes of ``masks`` (shape, radius...).
+    keep_clean : bool
+        Also store each sample's ``clean`` image (the pre-translation image).
     """
 
     ATOM_FLUSH_ROWS = 1 << 18
@@ -94,6 +98,7 @@ class ShardWriter:
         param_names: list[str],
         attrs: dict[str, Any],
         mask_attrs: dict[str, Any],
+        keep_clean: bool = False,
     ):
         self.n = n
         self.first_index = first_index
@@ -114,6 +119,9 @@ class ShardWriter:
             }
         )
         self._images = f.create_dataset("images", (n, height, width), np.float32, chunks=(1, height, width))
+        self._clean = (
+            f.create_dataset("clean", (n, height, width), np.float32, chunks=(1, height, width)) if keep_clean else None
+        )
         self._masks = f.create_dataset(
             "masks",
             (n, channels, height, width),
@@ -146,6 +154,10 @@ class ShardWriter:
         if i != self._next:
             raise RuntimeError(f"samples must be written in order: expected {self.first_index + self._next}, got {sample.index}")
         self._images[i] = sample.image
+        if self._clean is not None:
+            if sample.clean is None:
+                raise RuntimeError(f"sample {sample.index} has no clean image but the shard keeps them")
+            self._clean[i] = sample.clean
         self._masks.id.write_direct_chunk((i, 0, 0, 0), sample.masks_deflate)
         for name, array in self._labels.items():
             array[i] = getattr(sample, name)
@@ -199,6 +211,7 @@ def read_sample(f: h5py.File, i: int) -> dict[str, Any]:
     lo, hi = f["atoms/offsets"][i : i + 2]
     sample: dict[str, Any] = {
         "image": f["images"][i],
+        "clean": f["clean"][i] if "clean" in f else None,
         "masks": f["masks"][i],
         "channel_names": [str(n) for n in f["masks"].attrs["channel_names"]],
         "atoms": {name: f["atoms"][name][lo:hi] for name in ATOM_FIELDS},

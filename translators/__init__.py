@@ -1,0 +1,15 @@
+"""Style translators: clean simulations in, images in an experiment's style out.
+
+``base`` holds the one :class:`~translators.base.Translator` interface and STYLE bundles;
+``parametric`` is the fitted physics model; ``augment`` the displacement-field geometry
+shared by every geometric artefact; ``metrics`` and ``compare`` measure style distances.
+"""
+
+from __future__ import annotations
+
+
+def registry() -> dict[str, type]:
+    """Translator classes by method name (the ``method`` field of a STYLE bundle)."""
+    from .parametric import ParametricTranslator
+
+    return {ParametricTranslator.method: ParametricTranslator}

@@ -1,0 +1,192 @@
+"""The one Translator interface, and STYLE bundles on disk.
+
+A translator turns clean simulations into images in the style of an experiment. The
+parametric physics model (:mod:`translators.parametric`) and the learned DRIT model share
+this interface:
+
+``Translator.fit(micrographs, ...)``
+    Learn the style from experimental images (classmethod, returns a translator).
+``translator.translate(clean_batch, rng) -> Translation``
+    Restyle a batch (B, H, W) of clean images at ``translator.pixel_size_A``. ``rng`` is
+    one ``numpy.random.Generator`` for the batch or one per image; with one per image the
+    output of each image depends only on its own generator, whatever the batch.
+``translator.save(directory)`` / ``load_style(directory)``
+    A STYLE bundle is a directory holding ``style.json`` (method, parameters, the options
+    it was fitted with, the pixel size it was fitted at, the package version, the
+    experimental sources and a content hash) plus any weight files the method needs.
+
+Only the images change, with one exception: a geometric scan artefact is a displacement
+field (:mod:`translators.augment`), returned in :attr:`Translation.displacement` so that the
+caller moves masks and atoms with the image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from datafactory import __version__
+from datafactory.errors import FactoryError
+
+STYLE_FILE = "style.json"
+
+
+@dataclass
+class Translation:
+    """Result of :meth:`Translator.translate` for a batch of B images.
+
+    Attributes
+    ----------
+    images : (B, H, W) float32
+        The restyled images.
+    clean : (B, H, W) float32
+        The clean input on the same displaced grid as ``images`` (equal to the input
+        when there is no displacement).
+    displacement : (B, 2, H, W) float32 or None
+        Backward displacement field in pixels (``images[p] ~ input[p + d(p)]``), or None
+        when the translator moves nothing.
+    params : list of dict
+        Per image, the scalar style values it was drawn with (stored as ``params/style_*``).
+    """
+
+    images: np.ndarray
+    clean: np.ndarray
+    displacement: np.ndarray | None = None
+    params: list[dict[str, float]] | None = None
+
+
+def batch_rngs(rng: np.random.Generator | Sequence[np.random.Generator], n: int) -> list[np.random.Generator]:
+    """One generator per image: a sequence is used as given, a single generator is split."""
+    if isinstance(rng, np.random.Generator):
+        return list(rng.spawn(n))
+    rngs = list(rng)
+    if len(rngs) != n:
+        raise ValueError(f"got {len(rngs)} generators for {n} images")
+    return rngs
+
+
+class Translator(ABC):
+    """Base class of style translators (see the module docstring)."""
+
+    method: ClassVar[str]
+    pixel_size_A: float
+
+    @classmethod
+    @abstractmethod
+    def fit(cls, micrographs: Sequence[Any], **options: Any) -> "Translator":
+        """Fit the style of experimental micrographs (objects with ``image`` and ``pixel_size_A``)."""
+
+    @abstractmethod
+    def translate(self, clean_batch: np.ndarray, rng: np.random.Generator | Sequence[np.random.Generator]) -> Translation:
+        """Restyle clean images (B, H, W) simulated at ``self.pixel_size_A``."""
+
+    @abstractmethod
+    def parameters(self) -> dict[str, Any]:
+        """JSON-serialisable parameters that define the style."""
+
+    @classmethod
+    @abstractmethod
+    def from_parameters(cls, parameters: dict[str, Any], directory: Path) -> "Translator":
+        """Rebuild a translator from :meth:`parameters` (and weight files in ``directory``)."""
+
+    def weight_files(self) -> dict[str, bytes]:
+        """Extra files of the bundle, name -> content (none for the parametric model)."""
+        return {}
+
+    def summary(self) -> str:
+        """A few human-readable lines describing the fitted style."""
+        return json.dumps(self.parameters(), indent=2)
+
+    def save(self, directory: Path, *, sources: Sequence[dict[str, Any]] = (), options: dict[str, Any] | None = None) -> Path:
+        """Write the STYLE bundle to ``directory`` (replaced atomically if it exists)."""
+        return save_bundle(self, Path(directory), sources=sources, options=options or {})
+
+
+def _content_hash(record: dict[str, Any], files: dict[str, bytes]) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({k: record[k] for k in ("method", "pixel_size_A", "parameters")}, sort_keys=True).encode())
+    for name in sorted(files):
+        h.update(name.encode())
+        h.update(hashlib.sha256(files[name]).digest())
+    return h.hexdigest()
+
+
+def save_bundle(translator: Translator, directory: Path, *, sources: Sequence[dict[str, Any]], options: dict[str, Any]) -> Path:
+    """Write ``style.json`` and weight files into a temporary directory, then rename it to ``directory``."""
+    import datetime as dt
+
+    files = translator.weight_files()
+    record: dict[str, Any] = {
+        "method": translator.method,
+        "pixel_size_A": float(translator.pixel_size_A),
+        "parameters": translator.parameters(),
+        "options": options,
+        "sources": list(sources),
+        "package_version": __version__,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    record["content_hash"] = _content_hash(record, files)
+    directory = Path(directory)
+    if directory.exists() and not (directory / STYLE_FILE).is_file():
+        raise FactoryError(f"--out: '{directory}' exists and is not a STYLE bundle; choose a new directory")
+    tmp = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        (tmp / STYLE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        for name, content in files.items():
+            (tmp / name).write_bytes(content)
+        old = directory.with_name(directory.name + ".old")
+        if directory.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            directory.rename(old)
+        tmp.rename(directory)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def read_style_record(directory: Path) -> dict[str, Any]:
+    """``style.json`` of a bundle, checked against its content hash."""
+    directory = Path(directory)
+    path = directory / STYLE_FILE
+    if not directory.is_dir() or not path.is_file():
+        raise FactoryError(f"--style: '{directory}' is not a STYLE bundle (no {STYLE_FILE}); make one with 'factory fit-style'")
+    try:
+        record = json.loads(path.read_text())
+        method, pixel_size_A, parameters = record["method"], record["pixel_size_A"], record["parameters"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FactoryError(f"--style: '{path}' is damaged ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    del method, pixel_size_A, parameters
+    return record
+
+
+def load_style(directory: Path) -> Translator:
+    """Load a STYLE bundle written by :meth:`Translator.save`; refuses a bundle whose content hash does not match."""
+    from . import registry
+
+    directory = Path(directory)
+    record = read_style_record(directory)
+    cls = registry().get(record["method"])
+    if cls is None:
+        raise FactoryError(f"--style: unknown method '{record['method']}' in {directory / STYLE_FILE}")
+    translator = cls.from_parameters(record["parameters"], directory)
+    translator.pixel_size_A = float(record["pixel_size_A"])
+    files = translator.weight_files()
+    if _content_hash(record, files) != record.get("content_hash"):
+        raise FactoryError(f"--style: '{directory}' does not match its content hash; it was modified or damaged — fit it again")
+    return translator
+
+
+def style_hash(directory: Path) -> str:
+    """The content hash recorded in a bundle (for manifests)."""
+    return str(read_style_record(directory).get("content_hash", ""))

@@ -1,0 +1,671 @@
+"""A physics model of an experiment's style, fitted from the experimental images alone.
+
+Forward model (one image; ``s`` is the clean simulation at the style's pixel size)::
+
+    s_d   = s(p + d(p))                         geometric scan artefacts, one displacement field d
+    b     = G(σ_extra) * s_d                    extra probe / source blur
+    u     = (b − P1(b̃)) / (P99.5(b̃) − P1(b̃))   contrast normalised at the background and the brightest columns
+    λ     = dose · (1 + ε_row) · (u + background + κ·C)      expected counts; ε_row scan-line gain streaks,
+                                                             C a smooth unit-variance contamination field
+    image = offset + gain · (Poisson(λ) + U(−½, ½) + N(0, σ_read))
+
+``b̃`` is ``b`` smoothed at the denoising scale used for the experiment, so the levels are
+measured the same way on both sides. The uniform term models the detector integrating
+charge rather than counting electrons: it keeps intensities continuous, as in a real
+HAADF image, where an integer Poisson count would leave empty histogram bins.
+
+The displacement field ``d`` (see :mod:`translators.augment`) holds per-line jitter along
+the fast-scan direction, flyback lag at the start of each line, and the linear scan
+distortion (slow drift: per-axis scale and shear). It is returned with the image so masks
+and atoms move with it.
+
+Fitting (:func:`fit_image`), every parameter from the experimental image:
+
+* gain, offset, readout — photon-transfer statistics: the noise variance measured by a
+  line-internal high-pass, binned by local mean intensity, is linear in the mean,
+  ``var = gain·(mean − offset) + gain²·(σ_read² + 1/12)``;
+* dose, background — the 1st and 99.5th percentiles of the denoised image in counts;
+* blur — the fall-off of the power spectrum: the slope of log band power against k²
+  over the lattice bands above the noise floor (a Gaussian blur σ multiplies the power
+  by exp(−4π²σ²k²)); at translation time each clean image's own slope over the same bands
+  gives the extra blur needed to match;
+* jitter — row-to-row cross-correlation: the sub-pixel shift between neighbouring lines,
+  minus the variance the noise alone would give, is twice the per-line jitter variance;
+* streaks — the white level of the row-mean sequence above the signal band;
+* contamination — amplitude and correlation length of the low-pass content;
+* flyback — the x-separations of pairs of atom columns related by one lattice vector,
+  fitted by an exponential lag against the column position;
+* scan distortion — the affine of the lattice calibration, when a material is given.
+
+Translation draws every parameter from around its fitted value (log-normal with relative
+spread ``spread``; signed values normal), so the output varies from image to image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from datafactory.errors import FactoryError
+
+from .augment import ScanDistortion, displacement_field, warp_image
+from .base import Translation, Translator, batch_rngs
+
+#: Gaussian scale (Å) used to denoise before measuring intensity levels, on both sides.
+DENOISE_SIGMA_A = 0.25
+#: Percentiles that define the background and the bright-column levels.
+LEVEL_PERCENTILES = (1.0, 99.5)
+#: Width of the spectral bands (1/Å) used for the power-spectrum fall-off.
+PSD_BAND_WIDTH_PER_A = 0.15
+#: Gaussian scale (Å) that separates contamination (slower) from the lattice (faster).
+CONTAMINATION_SCALE_A = 4.0
+#: Relative spread of the parameters when translating (log-normal sigma).
+DEFAULT_SPREAD = 0.15
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+@dataclass(frozen=True)
+class StyleParameters:
+    """Fitted centre values of the parametric style. Units are in the names.
+
+    Intensities are in the experiment's own units (``gain`` per count, ``offset`` at zero
+    counts); ``dose`` is in counts per pixel between the background and the brightest
+    columns; ``background`` and ``contamination`` are fractions of ``dose``.
+    """
+
+    gain: float = 1.0
+    offset: float = 0.0
+    readout_counts: float = 0.0
+    dose_counts: float = 100.0
+    background: float = 0.1
+    psd_slope_A2: float | None = None  # fitted −4π²σ² of the experiment over the bands below
+    psd_bands_per_A: list[list[float]] = field(default_factory=list)
+    blur_sigma_A: float = 0.0  # reference only: extra blur relative to an ideal clean image is found per image
+    jitter_A: float = 0.0
+    streak: float = 0.0
+    contamination: float = 0.0
+    contamination_length_A: float = 10.0
+    flyback_A: float = 0.0
+    flyback_decay_A: float = 2.0
+    affine: list[list[float]] = field(default_factory=lambda: [[1.0, 0.0], [0.0, 1.0]])
+    spread: float = DEFAULT_SPREAD
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "StyleParameters":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise FactoryError(f"style parameters: unknown keys {sorted(unknown)}")
+        return cls(**data)
+
+
+# --------------------------------------------------------------------------- small measurements
+
+
+def gaussian(image: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Gaussian smoothing (reflecting borders), float32; ``sigma_px`` ≤ 0 returns the input."""
+    import cv2
+
+    image = np.asarray(image, dtype=np.float32)
+    if sigma_px <= 1e-3:
+        return image
+    return cv2.GaussianBlur(image, (0, 0), sigmaX=float(sigma_px), sigmaY=float(sigma_px), borderType=cv2.BORDER_REFLECT_101)
+
+
+def levels(image: np.ndarray, pixel_size_A: float, flatten: bool = False) -> tuple[float, float]:
+    """(P1, P99.5) of ``image`` denoised at :data:`DENOISE_SIGMA_A`.
+
+    With ``flatten``, the low-pass content (contamination, see :func:`contamination_field`)
+    is removed first, so the levels describe the lattice alone.
+    """
+    smooth = gaussian(image, DENOISE_SIGMA_A / pixel_size_A)
+    if flatten:
+        low = gaussian(image, CONTAMINATION_SCALE_A / pixel_size_A)
+        smooth = smooth - low + low.mean()
+    smooth = smooth.ravel()
+    n = smooth.size
+    ks = [int(round(p / 100 * (n - 1))) for p in LEVEL_PERCENTILES]
+    part = np.partition(smooth, ks)
+    return float(part[ks[0]]), float(part[ks[1]])
+
+
+def _row_highpass(image: np.ndarray) -> np.ndarray:
+    """x − (left + right)/2 along each scan line; white noise of variance σ² gives 1.5σ²."""
+    x = np.asarray(image, dtype=np.float64)
+    return x[:, 1:-1] - 0.5 * (x[:, :-2] + x[:, 2:])
+
+
+def _noise_highpass(image: np.ndarray) -> tuple[np.ndarray, float]:
+    """Line-internal high-pass with the signal's own curvature removed, and its white-noise gain.
+
+    ``e = h(x) − h(G₁ * x)`` with ``h(x) = x − (x_left + x_right)/2`` along the scan line and
+    ``G₁`` a Gaussian of 1 px: the second term cancels the curvature of the (band-limited)
+    signal. Returns ``(e, κ)`` where white noise of variance σ² gives ``var(e) = κ σ²``.
+    """
+    x = np.asarray(image, dtype=np.float64)
+    e = _row_highpass(x) - _row_highpass(np.asarray(gaussian(x, 1.0), dtype=np.float64))
+    impulse = np.zeros((15, 17))
+    impulse[7, 8] = 1.0
+    kernel = _row_highpass(impulse) - _row_highpass(np.asarray(gaussian(impulse, 1.0), dtype=np.float64))
+    return e, float((kernel**2).sum())
+
+
+def noise_transfer(image: np.ndarray, n_bins: int = 16) -> tuple[float, float]:
+    """Photon-transfer fit ``var = slope·mean + intercept`` of one image.
+
+    The noise is measured inside each scan line (so line jitter and streaks do not enter)
+    by the high-pass of :func:`_noise_highpass`; the local mean comes from the two
+    neighbouring lines, smoothed along the line, so it is independent of the noise it is
+    binned against. Pixels are binned by that local mean (quantiles); each bin's abscissa is
+    the mean of its pixels' own values, which is unbiased because their noise is
+    independent of the binning. The line is fitted by least squares over the bins.
+    """
+    x = np.asarray(image, dtype=np.float64)
+    e, kappa = _noise_highpass(x)
+    e = e[1:-1]
+    neighbours = 0.5 * (x[:-2] + x[2:])
+    mean = np.asarray(gaussian(neighbours, 1.0), dtype=np.float64)[:, 1:-1]
+    edges = np.quantile(mean, np.linspace(0, 1, n_bins + 1))
+    which = np.clip(np.searchsorted(edges, mean.ravel(), side="right") - 1, 0, n_bins - 1)
+    # the abscissa is the mean of the pixels themselves: their noise is independent of the
+    # neighbouring lines that chose the bin, so it averages out (no regression dilution)
+    m = np.bincount(which, x[1:-1, 1:-1].ravel(), n_bins)
+    v = np.bincount(which, e.ravel() ** 2, n_bins)
+    counts = np.bincount(which, minlength=n_bins)
+    ok = counts > 50
+    m, v = m[ok] / counts[ok], v[ok] / counts[ok] / kappa
+    if ok.sum() < 3 or np.ptp(m) <= 0:
+        raise FactoryError("cannot fit the noise: the image has too little intensity variation")
+    slope, intercept = np.polyfit(m, v, 1)
+    return float(slope), float(intercept)
+
+
+def band_log_power(image: np.ndarray, pixel_size_A: float, bands_per_A: Sequence[Sequence[float]], noise_var: float = 0.0) -> np.ndarray:
+    """log of the mean power in each spectral band ``[k_lo, k_hi)`` (1/Å), white noise floor removed.
+
+    The image is mean-subtracted and Hann-windowed; power is normalised so that white
+    noise of variance σ² gives σ² in every frequency bin. Bands whose power does not
+    exceed the floor give nan.
+    """
+    x = np.asarray(image, dtype=np.float32)
+    window, labels, n_bands = _band_tables(x.shape, float(pixel_size_A), tuple(tuple(b) for b in bands_per_A))
+    power = np.abs(np.fft.rfft2((x - x.mean()) * window)) ** 2
+    sums = np.bincount(labels, power.ravel(), n_bands + 1)[:n_bands]
+    counts = np.bincount(labels, minlength=n_bands + 1)[:n_bands]
+    out = np.full(n_bands, np.nan)
+    ok = counts > 0
+    p = np.where(ok, sums / np.maximum(counts, 1), 0.0) - noise_var
+    good = ok & (p > 0)
+    out[good] = np.log(p[good])
+    return out
+
+
+@lru_cache(maxsize=32)
+def _band_tables(shape: tuple[int, int], pixel_size_A: float, bands: tuple[tuple[float, float], ...]):
+    """Window (normalised so white noise σ² gives σ² per bin) and the band label of every rfft bin."""
+    rows, cols = shape
+    window = np.outer(np.hanning(rows), np.hanning(cols)).astype(np.float32)
+    window /= np.sqrt((window.astype(np.float64) ** 2).sum())
+    ky = np.fft.fftfreq(rows)[:, None] / pixel_size_A
+    kx = np.fft.rfftfreq(cols)[None, :] / pixel_size_A
+    k = np.hypot(ky, kx).ravel()
+    labels = np.full(k.shape, len(bands), dtype=np.intp)
+    for i, (lo, hi) in enumerate(bands):
+        labels[(k >= lo) & (k < hi)] = i
+    return window, labels, len(bands)
+
+
+def psd_slope(log_power: np.ndarray, bands_per_A: Sequence[Sequence[float]]) -> float | None:
+    """Least-squares slope of log band power against k² (Å²); −4π²σ² for a Gaussian blur σ."""
+    k = np.array([0.5 * (lo + hi) for lo, hi in bands_per_A])
+    ok = np.isfinite(log_power)
+    if ok.sum() < 2:
+        return None
+    return float(np.polyfit(k[ok] ** 2, log_power[ok], 1)[0])
+
+
+def spectral_bands(image: np.ndarray, pixel_size_A: float, noise_var: float, snr: float = 3.0) -> list[list[float]]:
+    """Bands (1/Å) from 0.25 1/Å up to Nyquist where the image's power stands ``snr`` times above the noise floor."""
+    nyquist = 0.5 / pixel_size_A
+    edges = np.arange(0.25, nyquist, PSD_BAND_WIDTH_PER_A)
+    bands = [[float(lo), float(lo + PSD_BAND_WIDTH_PER_A)] for lo in edges[:-1]]
+    total = band_log_power(image, pixel_size_A, bands, 0.0)
+    floor = math.log(max(noise_var, 1e-30))
+    return [b for b, p in zip(bands, total) if np.isfinite(p) and p > floor + math.log(snr)]
+
+
+def line_jitter_px(image: np.ndarray, noise_slope: float, noise_intercept: float, iterations: int = 3) -> float:
+    """RMS per-line jitter along the fast-scan direction (pixels), from row-to-row cross-correlation.
+
+    For every pair of neighbouring lines the sub-pixel shift δ that best aligns them is found
+    by Gauss–Newton on the squared difference against the smoothed pair's slope ``p'``:
+    ``δ = Σ(a − b)·p' / Σp'²``, iterated with the second line shifted. With independent
+    jitter per line, ``var(δ) = 2σ_j² + var_noise`` where the noise term is
+    ``Σ p'²(σ_a² + σ_b²) / (Σp'²)²`` from the photon-transfer model. Lines with little
+    structure (lowest 20 % of ``Σp'²``) are not used.
+    """
+    import cv2
+    from scipy import ndimage
+
+    x = np.asarray(image, dtype=np.float32)
+    a, b = x[:-1].astype(np.float64), x[1:]
+    rows, cols = b.shape
+    shift = np.zeros(rows)
+    grid = np.arange(cols, dtype=np.float32)[None, :].repeat(rows, 0)
+    for _ in range(iterations):
+        map_x = (grid + shift[:, None]).astype(np.float32)
+        map_y = np.arange(rows, dtype=np.float32)[:, None].repeat(cols, 1)
+        b_shift = cv2.remap(b, map_x, map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT_101).astype(np.float64)
+        template = ndimage.gaussian_filter1d(0.5 * (a + b_shift), 1.0, axis=1, mode="reflect")
+        slope = np.gradient(template, axis=1)[:, 4:-4]
+        diff = (b_shift - a)[:, 4:-4]
+        s2 = (slope**2).sum(1)
+        step = -(diff * slope).sum(1) / np.maximum(s2, 1e-30)
+        shift = shift + np.clip(step, -2, 2)
+    var_pixel = np.maximum(noise_slope * template + noise_intercept, 0)[:, 4:-4]
+    var_noise = (slope**2 * 2 * var_pixel).sum(1) / np.maximum(s2, 1e-30) ** 2
+    good = s2 >= np.quantile(s2, 0.2)
+    d = shift[good] - np.median(shift[good])
+    # robust variance (MAD) of the shifts, minus what the noise alone gives
+    var_shift = (1.4826 * np.median(np.abs(d))) ** 2
+    jitter_var = 0.5 * (var_shift - np.median(var_noise[good]))
+    return float(math.sqrt(max(jitter_var, 0.0)))
+
+
+def row_streak(image: np.ndarray, counts_scale: float, offset: float, noise_var: float) -> float:
+    """Relative RMS per-line gain variation from the white level of the row means.
+
+    The row-mean sequence holds the lattice's slow modulation (band-limited) plus, at every
+    frequency, the streaks and the noise averaged over a line. Its power above 0.3
+    cycles/line (beyond the optical band at atomic-resolution sampling) is white:
+    ``streak²·(mean − offset)² + σ²/W``.
+    """
+    x = np.asarray(image, dtype=np.float64)
+    m = x.mean(1)
+    level = m.mean() - offset
+    spec = np.abs(np.fft.rfft(m - m.mean())) ** 2 / len(m)
+    f = np.fft.rfftfreq(len(m))
+    white = float(np.mean(spec[f > 0.3]))
+    var = white - noise_var / x.shape[1]
+    if level <= 0 or var <= 0:
+        return 0.0
+    del counts_scale
+    return float(math.sqrt(var) / level)
+
+
+def contamination_field(image: np.ndarray, pixel_size_A: float, scale_A: float = CONTAMINATION_SCALE_A) -> tuple[float, float]:
+    """(RMS, correlation length Å) of the low-pass content below the lattice scale.
+
+    The image is smoothed with a Gaussian of ``scale_A`` (which removes the lattice); the
+    correlation length is the σ of a Gaussian random field whose autocorrelation has the
+    same half-width, with the smoothing removed in quadrature.
+    """
+    sigma_px = scale_A / pixel_size_A
+    low = np.asarray(gaussian(image, sigma_px), dtype=np.float64)
+    margin = int(min(2 * sigma_px, min(low.shape) // 4))
+    core = low[margin : low.shape[0] - margin, margin : low.shape[1] - margin] if margin else low
+    core = core - core.mean()
+    rms = float(core.std())
+    if rms <= 0:
+        return 0.0, scale_A
+    f = np.fft.rfft2(core, s=(2 * core.shape[0], 2 * core.shape[1]))
+    acf = np.fft.irfft2(np.abs(f) ** 2)[: core.shape[0], : core.shape[1]]
+    acf = acf / acf[0, 0]
+    n = min(acf.shape)
+    radial = 0.5 * (acf[0, :n] + acf[:n, 0])
+    below = np.nonzero(radial < 0.5)[0]
+    half_px = float(below[0]) if below.size else float(len(radial))
+    sigma_eff_A = half_px * pixel_size_A / (2 * math.sqrt(math.log(2)))
+    length_A = math.sqrt(max(sigma_eff_A**2 - scale_A**2, (0.5 * scale_A) ** 2))
+    return rms, length_A
+
+
+def flyback_lag(image: np.ndarray, pixel_size_A: float, max_decay_A: float = 20.0) -> tuple[float, float]:
+    """(amplitude Å, decay length Å) of the lag at the start of each scan line, from atom columns.
+
+    Columns are found with sub-pixel accuracy. Pairs of neighbouring columns are grouped by
+    their separation vector; for the most common vector T with a clear x-component, every
+    pair's x-separation minus T_x measures ``u(c_j) − u(c_i)`` with the lag
+    ``u(c) = A·exp(−c/τ)``. τ is searched on a grid, A fitted by least squares; a lag
+    below four standard errors, or too few pairs, gives (0, τ).
+    """
+    from scipy.spatial import cKDTree
+
+    from .metrics import find_columns
+
+    try:
+        cols = find_columns(image, pixel_size_A)
+    except Exception:  # noqa: BLE001 - a failed column search means no flyback estimate
+        return 0.0, 2.0
+    if len(cols) < 30:
+        return 0.0, 2.0
+    tree = cKDTree(cols)
+    dist, _ = tree.query(cols, k=2)
+    nn = float(np.median(dist[:, 1]))
+    pairs = np.array(sorted(tree.query_pairs(1.3 * nn)))
+    if len(pairs) < 30:
+        return 0.0, 2.0
+    vec = cols[pairs[:, 1]] - cols[pairs[:, 0]]
+    flip = (vec[:, 1] < 0) | ((vec[:, 1] == 0) & (vec[:, 0] < 0))
+    vec[flip] *= -1
+    pairs[flip] = pairs[flip][:, ::-1]
+    # group the separation vectors; keep the largest group whose x-component is significant
+    best, best_score = None, 0
+    for v in vec[:: max(1, len(vec) // 200)]:
+        member = np.linalg.norm(vec - v, axis=1) < 0.25 * nn
+        score = member.sum() * abs(v[1]) / nn
+        if score > best_score:
+            best, best_score = member, score
+    if best is None or best.sum() < 30:
+        return 0.0, 2.0
+    p, v = pairs[best], vec[best]
+    c_i, c_j = cols[p[:, 0], 1], cols[p[:, 1], 1]
+    width = image.shape[1]
+    bulk = (c_i > 0.5 * width)
+    t_x = float(np.median(v[bulk, 1])) if bulk.sum() > 10 else float(np.median(v[:, 1]))
+    resid = v[:, 1] - t_x
+    resid = resid - np.median(resid)
+    best_fit = (0.0, 2.0, float(np.sum(resid**2)), 0.0)
+    for tau_A in np.geomspace(1.0, max_decay_A, 20):
+        tau_px = tau_A / pixel_size_A
+        basis = np.exp(-c_j / tau_px) - np.exp(-c_i / tau_px)
+        denom = float(basis @ basis)
+        if denom <= 1e-12:
+            continue
+        amp = float(basis @ resid) / denom
+        sse = float(np.sum((resid - amp * basis) ** 2))
+        if sse < best_fit[2]:
+            best_fit = (amp, float(tau_A), sse, denom)
+    amp_px, tau_A, sse, denom = best_fit
+    # keep only a lag the data support: amplitude above 4 standard errors
+    if denom <= 0 or len(resid) < 3:
+        return 0.0, tau_A
+    standard_error = math.sqrt(sse / (len(resid) - 2) / denom)
+    if abs(amp_px) < 4 * standard_error:
+        return 0.0, tau_A
+    amp_A = amp_px * pixel_size_A
+    return amp_A, tau_A
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+def fit_image(image: np.ndarray, pixel_size_A: float, affine: np.ndarray | None = None) -> StyleParameters:
+    """Fit every parameter of the model to one experimental image (see the module docstring)."""
+    x = np.asarray(image, dtype=np.float64)
+    slope, intercept = noise_transfer(x)
+    if slope <= 0:
+        raise FactoryError("cannot fit the dose: the noise does not grow with intensity (is the image denoised or a simulation?)")
+    gain = slope
+    # intercept = gain²·(σ_read² + 1/12) − gain·offset; attribute it to the offset unless that
+    # would need a negative readout variance, then to the readout noise
+    quantisation = gain**2 / 12
+    if intercept <= quantisation:
+        offset, readout = (quantisation - intercept) / gain, 0.0
+    else:
+        offset, readout = 0.0, math.sqrt((intercept - quantisation)) / gain
+    lo, hi = levels(x, pixel_size_A, flatten=True)
+    lo_counts, hi_counts = (lo - offset) / gain, (hi - offset) / gain
+    dose = hi_counts - lo_counts
+    if dose <= 0:
+        raise FactoryError("cannot fit the dose: the image has no contrast above its noise")
+    noise_var = float(np.mean(np.maximum(slope * x + intercept, 0)))
+    bands = spectral_bands(x, pixel_size_A, noise_var)
+    slope_A2 = psd_slope(band_log_power(x, pixel_size_A, bands, noise_var), bands) if bands else None
+    jitter_px = line_jitter_px(x, slope, intercept)
+    streak = row_streak(x, gain, offset, noise_var)
+    contamination_rms, contamination_length_A = contamination_field(x, pixel_size_A)
+    flyback_A, flyback_decay_A = flyback_lag(x, pixel_size_A)
+    return StyleParameters(
+        gain=float(gain),
+        offset=float(offset),
+        readout_counts=float(readout),
+        dose_counts=float(dose),
+        background=float(lo_counts / dose),
+        psd_slope_A2=slope_A2,
+        psd_bands_per_A=bands,
+        blur_sigma_A=float(math.sqrt(-slope_A2) / (2 * math.pi)) if slope_A2 and slope_A2 < 0 else 0.0,
+        jitter_A=float(jitter_px * pixel_size_A),
+        streak=float(streak),
+        contamination=float(contamination_rms / gain / dose),
+        contamination_length_A=float(contamination_length_A),
+        flyback_A=float(flyback_A),
+        flyback_decay_A=float(flyback_decay_A),
+        affine=(np.asarray(affine, dtype=float) if affine is not None else np.eye(2)).tolist(),
+    )
+
+
+def combine(fits: Sequence[StyleParameters], spread: float = DEFAULT_SPREAD) -> StyleParameters:
+    """One style from several images: medians of every scalar, the most common bands."""
+    if not fits:
+        raise ValueError("no fits to combine")
+    values: dict[str, Any] = {}
+    for f in fields(StyleParameters):
+        items = [getattr(p, f.name) for p in fits]
+        if f.name == "psd_slope_A2":
+            good = [v for v in items if v is not None]
+            values[f.name] = float(np.median(good)) if good else None
+        elif f.name == "psd_bands_per_A":
+            values[f.name] = max(items, key=len)
+        elif f.name == "affine":
+            values[f.name] = np.median(np.asarray(items, dtype=float), axis=0).tolist()
+        elif f.name == "spread":
+            values[f.name] = spread
+        else:
+            values[f.name] = float(np.median(items))
+    if values["psd_slope_A2"] is not None and len(fits) > 1:
+        bands = values["psd_bands_per_A"]
+        same = [p.psd_slope_A2 for p in fits if p.psd_bands_per_A == bands and p.psd_slope_A2 is not None]
+        if same:
+            values["psd_slope_A2"] = float(np.median(same))
+    return StyleParameters(**values)
+
+
+# --------------------------------------------------------------------------- forward model
+
+
+def _lognormal(rng: np.random.Generator, value: float, spread: float) -> float:
+    return float(value * math.exp(spread * rng.standard_normal())) if value > 0 else 0.0
+
+
+def sample_parameters(p: StyleParameters, rng: np.random.Generator) -> StyleParameters:
+    """One draw of the parameters around their fitted values."""
+    s = p.spread
+    affine = np.asarray(p.affine, dtype=float)
+    distortion = affine - np.eye(2)
+    affine = np.eye(2) + distortion * math.exp(s * rng.standard_normal())
+    return replace(
+        p,
+        dose_counts=_lognormal(rng, p.dose_counts, s),
+        background=_lognormal(rng, p.background, s),
+        readout_counts=_lognormal(rng, p.readout_counts, s),
+        jitter_A=_lognormal(rng, p.jitter_A, s),
+        streak=_lognormal(rng, p.streak, s),
+        contamination=_lognormal(rng, p.contamination, s),
+        contamination_length_A=_lognormal(rng, p.contamination_length_A, s),
+        flyback_A=float(p.flyback_A * math.exp(s * rng.standard_normal())),
+        flyback_decay_A=_lognormal(rng, p.flyback_decay_A, s),
+        psd_slope_A2=None if p.psd_slope_A2 is None else float(p.psd_slope_A2 * math.exp(0.5 * s * rng.standard_normal())),
+        affine=affine.tolist(),
+    )
+
+
+def scan_distortion(p: StyleParameters, shape: tuple[int, int], pixel_size_A: float, rng: np.random.Generator) -> ScanDistortion:
+    """The geometric part of one draw: per-line jitter, flyback lag, affine drift."""
+    jitter = rng.standard_normal(shape[0]) * (p.jitter_A / pixel_size_A) if p.jitter_A > 0 else None
+    affine = np.asarray(p.affine, dtype=float)
+    return ScanDistortion(
+        jitter_px=jitter,
+        flyback_px=p.flyback_A / pixel_size_A,
+        flyback_decay_px=p.flyback_decay_A / pixel_size_A,
+        affine=None if np.allclose(affine, np.eye(2)) else affine,
+    )
+
+
+def smooth_random_field(shape: tuple[int, int], length_px: float, rng: np.random.Generator) -> np.ndarray:
+    """Zero-mean, unit-RMS Gaussian random field with Gaussian correlation of σ = ``length_px``.
+
+    Made on a coarse grid (≈ 4 points per σ), smoothed and resized, so it costs little at
+    any image size.
+    """
+    import cv2
+
+    step = max(1.0, length_px / 4.0)
+    coarse = (max(4, int(math.ceil(shape[0] / step)) + 4), max(4, int(math.ceil(shape[1] / step)) + 4))
+    noise = rng.standard_normal(coarse).astype(np.float32)
+    noise = gaussian(noise, length_px / step)
+    field_ = cv2.resize(noise, (int(round(coarse[1] * step)), int(round(coarse[0] * step))), interpolation=cv2.INTER_CUBIC)
+    field_ = field_[: shape[0], : shape[1]]
+    field_ = field_ - field_.mean()
+    rms = float(field_.std())
+    return field_ / rms if rms > 0 else field_
+
+
+def extra_blur_sigma_A(clean: np.ndarray, p: StyleParameters, pixel_size_A: float) -> float:
+    """Extra Gaussian blur (Å) that gives the clean image the experiment's spectral fall-off."""
+    if p.psd_slope_A2 is None or not p.psd_bands_per_A:
+        return 0.0
+    own = psd_slope(band_log_power(clean, pixel_size_A, p.psd_bands_per_A), p.psd_bands_per_A)
+    if own is None:
+        return 0.0
+    var = (own - p.psd_slope_A2) / (4 * math.pi**2)
+    return math.sqrt(var) if var > 0 else 0.0
+
+
+#: Scalar parameters of one draw recorded per translated sample (as ``params/style_<name>``).
+RECORDED_PARAMETERS = (
+    "dose_counts", "background", "readout_counts", "extra_blur_A", "jitter_A", "streak",
+    "contamination", "contamination_length_A", "flyback_A", "flyback_decay_A",
+)
+
+
+def render(
+    clean: np.ndarray, p: StyleParameters, pixel_size_A: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, float]]:
+    """Apply one draw of the model to one clean image.
+
+    Returns ``(image, displaced_clean, field, drawn)``; ``field`` is the backward
+    displacement (2, H, W) in pixels, or None when the draw has no geometric artefact;
+    ``drawn`` holds the scalar values of the draw (:data:`RECORDED_PARAMETERS`).
+    """
+    q = sample_parameters(p, rng)
+    shape = clean.shape
+    distortion = scan_distortion(q, shape, pixel_size_A, rng)
+    moved = distortion.jitter_px is not None or distortion.flyback_px != 0 or distortion.affine is not None
+    field_ = displacement_field(shape, distortion) if moved else None
+    displaced = warp_image(clean, field_) if moved else np.asarray(clean, dtype=np.float32)
+    extra_blur_A = extra_blur_sigma_A(displaced, q, pixel_size_A)
+    blurred = gaussian(displaced, extra_blur_A / pixel_size_A)
+    lo, hi = levels(blurred, pixel_size_A)
+    u = (blurred - lo) / (hi - lo) if hi > lo else np.zeros(shape, np.float32)
+    lam = u + q.background
+    if q.contamination > 0:
+        lam = lam + q.contamination * smooth_random_field(shape, q.contamination_length_A / pixel_size_A, rng)
+    lam = q.dose_counts * lam
+    if q.streak > 0:
+        lam = lam * (1 + q.streak * rng.standard_normal(shape[0]).astype(np.float32))[:, None]
+    lam = np.maximum(lam, 0)
+    counts = rng.poisson(lam).astype(np.float32)
+    counts += rng.random(shape, dtype=np.float32) - 0.5
+    if q.readout_counts > 0:
+        counts += q.readout_counts * rng.standard_normal(shape, dtype=np.float32)
+    image = (q.offset + q.gain * counts).astype(np.float32)
+    drawn = {name: float(getattr(q, name)) for name in RECORDED_PARAMETERS if name != "extra_blur_A"}
+    drawn["extra_blur_A"] = float(extra_blur_A)
+    return image, displaced.astype(np.float32), field_, drawn
+
+
+class ParametricTranslator(Translator):
+    """The fitted physics style model (see the module docstring)."""
+
+    method = "parametric"
+
+    def __init__(self, params: StyleParameters, pixel_size_A: float):
+        self.params = params
+        self.pixel_size_A = float(pixel_size_A)
+
+    @classmethod
+    def fit(
+        cls,
+        micrographs: Sequence[Any],
+        *,
+        pixel_size_A: float | None = None,
+        affine: np.ndarray | None = None,
+        spread: float = DEFAULT_SPREAD,
+        progress: bool = False,
+        **_: Any,
+    ) -> "ParametricTranslator":
+        """Fit every experimental image at ``pixel_size_A`` (default: the first image's) and combine.
+
+        Images at another pixel size are resampled to it first.
+        """
+        from tqdm import tqdm
+
+        from datafactory.grid import resample
+
+        if not micrographs:
+            raise FactoryError("fit-style: no experimental images")
+        target = float(pixel_size_A or micrographs[0].pixel_size_A)
+        fits = []
+        for m in tqdm(micrographs, desc="fit", unit="img", disable=not progress):
+            image = m.image if abs(m.pixel_size_A / target - 1) < 1e-6 else resample(m.image, m.pixel_size_A, target)
+            try:
+                fits.append(fit_image(image, target, affine))
+            except FactoryError as exc:
+                raise FactoryError(f"{getattr(m, 'name', 'image')}: {exc}") from None
+        return cls(combine(fits, spread), target)
+
+    def translate(self, clean_batch: np.ndarray, rng) -> Translation:
+        clean_batch = np.asarray(clean_batch, dtype=np.float32)
+        if clean_batch.ndim == 2:
+            clean_batch = clean_batch[None]
+        rngs = batch_rngs(rng, len(clean_batch))
+        images = np.empty_like(clean_batch)
+        clean = np.empty_like(clean_batch)
+        fields_: list[np.ndarray | None] = []
+        drawn: list[dict[str, float]] = []
+        for i, (x, g) in enumerate(zip(clean_batch, rngs)):
+            images[i], clean[i], f, values = render(x, self.params, self.pixel_size_A, g)
+            fields_.append(f)
+            drawn.append(values)
+        displacement = None
+        if any(f is not None for f in fields_):
+            displacement = np.zeros((len(clean_batch), 2, *clean_batch.shape[1:]), np.float32)
+            for i, f in enumerate(fields_):
+                if f is not None:
+                    displacement[i] = f
+        return Translation(images=images, clean=clean, displacement=displacement, params=drawn)
+
+    def parameters(self) -> dict[str, Any]:
+        return self.params.to_dict()
+
+    @classmethod
+    def from_parameters(cls, parameters: dict[str, Any], directory: Path) -> "ParametricTranslator":
+        return cls(StyleParameters.from_dict(parameters), pixel_size_A=1.0)
+
+    def summary(self) -> str:
+        p = self.params
+        affine = np.asarray(p.affine)
+        lines = [
+            f"pixel size        {self.pixel_size_A:.5f} Å/px",
+            f"dose              {p.dose_counts:.1f} counts/px (background {p.background:.3f} of it)",
+            f"gain / offset     {p.gain:.4g} per count / {p.offset:.4g}   readout {p.readout_counts:.2f} counts",
+            f"blur              {p.blur_sigma_A:.3f} Å (Gaussian σ of the spectral fall-off; extra blur is set per image)",
+            f"line jitter       {p.jitter_A * 100:.2f} pm RMS",
+            f"flyback lag       {p.flyback_A * 100:.1f} pm, decay {p.flyback_decay_A:.2f} Å",
+            f"scan-line streaks {p.streak * 100:.2f} % RMS gain",
+            f"contamination     {p.contamination * 100:.2f} % of dose, length {p.contamination_length_A:.1f} Å",
+            f"scan affine       [[{affine[0, 0]:.4f}, {affine[0, 1]:.4f}], [{affine[1, 0]:.4f}, {affine[1, 1]:.4f}]]",
+            f"spread            {p.spread:.2f} (relative, per translated image)",
+        ]
+        return "\n".join(lines)
