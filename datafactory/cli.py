@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -20,7 +20,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
-    help="STEM data factory: exactly-labelled STEM simulations of 2D materials.",
+    help="STEM data factory: exactly-labelled STEM simulations of 2D materials, restyled like real experiments.",
 )
 
 
@@ -74,6 +74,318 @@ def simulate(
     written = write_simulation(plan, seed, n, out, workers or default_workers(plan), progress=not quiet, preview=preview)
     for p in written:
         typer.echo(str(p.resolve()))
+
+
+def _notice(message: str) -> None:
+    typer.echo(f"note: {message}", err=True)
+
+
+def _check_positive(name: str, value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise FactoryError(f"{name}: must be > 0 (got {value})")
+
+
+def _lattice(material: Optional[str], structure: Optional[Path]):
+    """(name, in-plane lattice vectors) from --material / --structure, or (None, None)."""
+    from .calibration import lattice_vectors_A
+
+    if material and structure:
+        raise FactoryError("give either --material or --structure, not both")
+    spec = material or (str(structure) if structure else None)
+    if spec is None:
+        return None, None
+    return (material or Path(spec).name), lattice_vectors_A(spec)
+
+
+def _read_experiments(paths, pixel_size, allow_rgb, material, structure, calibrate, want_affine=False):
+    """Read micrographs, check (or replace) their calibration against the lattice.
+
+    Returns (micrographs, affines): affines are the lattice-derived scan distortions in
+    [row, col] order (None where no lattice was given or found).
+    """
+    import dataclasses
+
+    import numpy as np
+
+    from .io import read_micrograph_files
+
+    _check_positive("--pixel-size", pixel_size)
+    name, lattice = _lattice(material, structure)
+    if calibrate and lattice is None:
+        raise FactoryError("--calibrate needs the material: add --material NAME or --structure FILE")
+    micrographs = read_micrograph_files(
+        paths, pixel_size_A=pixel_size, allow_rgb=allow_rgb, require_pixel_size=not calibrate and lattice is None
+    )
+    if lattice is None:
+        return micrographs, [None] * len(micrographs)
+    from .calibration import calibrate_lattice, calibration_check
+
+    checked, affines = [], []
+    for m in micrographs:
+        px, message = calibration_check(m.image, lattice, m.pixel_size_A, use_lattice=calibrate, material=name)
+        if message:
+            _notice(f"{m.name}: {message}")
+        if px != m.pixel_size_A:
+            m = dataclasses.replace(m, pixel_size_A=float(px), calibration="lattice")
+        affine = None
+        if want_affine:
+            try:
+                cal = calibrate_lattice(m.image, lattice, file_pixel_size_A=m.file_pixel_size_A, material=name)
+                swap = np.array([[0.0, 1.0], [1.0, 0.0]])
+                affine = swap @ np.asarray(cal.affine, dtype=float) @ swap
+            except FactoryError:
+                affine = None
+        checked.append(m)
+        affines.append(affine)
+    return checked, affines
+
+
+@app.command("fit-style")
+def fit_style(
+    exp: List[Path] = typer.Argument(..., help="Experimental micrographs (.tif .dm3 .dm4 .emd .ser .mrc .png .jpg .npy); stacks give one image per frame."),
+    out: Path = typer.Option(..., "--out", "-o", help="STYLE bundle directory to write."),
+    method: str = typer.Option("parametric", "--method", help="Style model: parametric (fitted physics model)."),
+    pixel_size: Optional[float] = typer.Option(None, "--pixel-size", help="Pixel size in Å, overriding the files' calibration."),
+    material: Optional[str] = typer.Option(None, "--material", help="Built-in material of the sample (MoS2, WS2, ...): checks the calibration and fits the scan distortion from its lattice."),
+    structure: Optional[Path] = typer.Option(None, "--structure", help="Unit-cell file of the sample (CIF, POSCAR...), instead of --material."),
+    calibrate: bool = typer.Option(False, "--calibrate", help="Use the lattice-derived pixel size instead of the file's."),
+    spread: float = typer.Option(0.15, "--spread", help="Relative spread of every parameter around its fitted value when translating."),
+    allow_rgb: bool = typer.Option(False, "--allow-rgb", help="Convert colour images to grey instead of refusing them."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Fit an experiment's style from a few unlabelled micrographs into a STYLE bundle."""
+    import hashlib
+
+    import numpy as np
+
+    from translators import registry
+
+    methods = registry()
+    if method not in methods:
+        raise FactoryError(f"--method: unknown method '{method}' (available: {', '.join(sorted(methods))})")
+    if not 0 <= spread <= 1:
+        raise FactoryError(f"--spread: must be between 0 and 1 (got {spread})")
+    micrographs, affines = _read_experiments(exp, pixel_size, allow_rgb, material, structure, calibrate, want_affine=True)
+    found = [a for a in affines if a is not None]
+    affine = np.median(np.stack(found), axis=0) if found else None
+    target = micrographs[0].pixel_size_A
+    differ = sorted({round(m.pixel_size_A, 5) for m in micrographs if abs(m.pixel_size_A / target - 1) > 1e-3})
+    if differ:
+        _notice(f"images at {differ} Å/px are resampled to {target:.5g} Å/px, the first image's pixel size")
+    translator = methods[method].fit(micrographs, affine=affine, spread=spread, progress=not quiet)
+    sources = []
+    for m in micrographs:
+        digest = hashlib.sha256(Path(m.source).read_bytes()).hexdigest()
+        sources.append({"name": m.name, "sha256": digest, "pixel_size_A": m.pixel_size_A, "calibration": m.calibration})
+    options = {"method": method, "spread": spread, "material": material, "structure": str(structure) if structure else None, "calibrate": calibrate}
+    path = translator.save(out, sources=sources, options=options)
+    typer.echo(translator.summary())
+    typer.echo(str(Path(path).resolve()))
+
+
+@app.command()
+def translate(
+    style: Path = typer.Option(..., "--style", help="STYLE bundle written by fit-style."),
+    input_path: Path = typer.Option(..., "--in", help="Schema-v1 HDF5 file of clean simulations."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output HDF5 file: images translated, originals in 'clean'."),
+    seed: int = typer.Option(0, "--seed", help="Seed: sample i's style draw depends only on (seed, i)."),
+    resample: bool = typer.Option(False, "--resample", help="Resample images, masks and atoms to the style's pixel size when they differ."),
+    batch: int = typer.Option(16, "--batch", help="Images translated per call."),
+    preview: bool = typer.Option(True, "--preview/--no-preview", help="Write FILE.preview.png."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Restyle simulations with a fitted STYLE; labels move only with a geometric artefact's displacement field."""
+    import h5py
+
+    from translators.base import load_style, style_hash
+    from translators.translate import translate_file
+
+    from .preview import write_preview
+
+    if seed < 0:
+        raise FactoryError(f"--seed: must be >= 0 (got {seed})")
+    if batch < 1:
+        raise FactoryError(f"--batch: must be >= 1 (got {batch})")
+    translator = load_style(style)
+    attrs = {"style_method": translator.method, "style_hash": style_hash(style), "style_pixel_size_A": translator.pixel_size_A}
+    path = translate_file(translator, input_path, out, seed=seed, allow_resample=resample, batch=batch, progress=not quiet, style_attrs=attrs)
+    typer.echo(str(path.resolve()))
+    if preview:
+        preview_path = path.with_suffix(".preview.png")
+        with h5py.File(path, "r") as f:
+            write_preview(f, preview_path)
+        typer.echo(str(preview_path.resolve()))
+
+
+def _compare_input(spec: str, pixel_size, index: int, allow_rgb: bool):
+    """(name, image, pixel size) of a micrograph file, or of sample ``index`` of an HDF5 file (``FILE.h5[:clean]``)."""
+    import h5py
+    import numpy as np
+
+    from .io import read_micrographs
+
+    path_text, _, field = spec.partition(":") if spec.endswith(":clean") or spec.endswith(":images") else (spec, "", "")
+    path = Path(path_text)
+    if path.suffix.lower() in (".h5", ".hdf5"):
+        if not path.is_file():
+            raise FactoryError(f"'{path}' does not exist")
+        try:
+            with h5py.File(path, "r") as f:
+                name = field or "images"
+                if name not in f:
+                    raise FactoryError(f"'{path}' has no '{name}' dataset")
+                n = f[name].shape[0]
+                if not 0 <= index < n:
+                    raise FactoryError(f"--index: {index} is out of range for '{path}' ({n} samples)")
+                image = np.asarray(f[name][index], dtype=np.float32)
+                px = float(f["params/pixel_size_A"][index]) if "params/pixel_size_A" in f else pixel_size
+        except OSError as exc:
+            raise FactoryError(f"cannot read '{path}': {str(exc).splitlines()[0]}") from None
+        if px is None:
+            raise FactoryError(f"'{path}' records no pixel size; give it with --pixel-size")
+        label = f"{path.name}[{index}]" + (f":{field}" if field else "")
+        return label, image, px
+    frames = read_micrographs(path, pixel_size_A=pixel_size, allow_rgb=allow_rgb)
+    m = frames[min(index, len(frames) - 1)] if len(frames) > 1 else frames[0]
+    if m.pixel_size_A is None:
+        raise FactoryError(f"'{path}' has no pixel-size calibration; give it with --pixel-size (Å per pixel)")
+    return m.name, m.image, m.pixel_size_A
+
+
+@app.command()
+def compare(
+    ref: str = typer.Argument(..., help="Reference image (usually the experiment): a micrograph file or FILE.h5."),
+    gen: List[str] = typer.Argument(..., help="Images to compare with it: micrographs or FILE.h5 (sample --index; FILE.h5:clean for the clean image)."),
+    pixel_size: Optional[float] = typer.Option(None, "--pixel-size", help="Pixel size in Å for micrographs, overriding their calibration."),
+    index: int = typer.Option(0, "--index", help="Sample of HDF5 inputs (and frame of stacks) to use."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the comparison figure (PNG)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON instead of a table."),
+    allow_rgb: bool = typer.Option(False, "--allow-rgb", help="Convert colour images to grey instead of refusing them."),
+) -> None:
+    """Style metrics of images against a reference: histogram KL, line-profile R_a, PSNR, PSD distance, SWD, column shift."""
+    import json
+
+    from translators.compare import compare_images, draw_comparison, format_table
+
+    _check_positive("--pixel-size", pixel_size)
+    ref_name, ref_image, ref_px = _compare_input(ref, pixel_size, index, allow_rgb)
+    others = [_compare_input(g, pixel_size, index, allow_rgb) for g in gen]
+    rows = compare_images(ref_image, ref_px, others)
+    rows[0]["name"] = ref_name
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=float))
+    else:
+        typer.echo(format_table(rows))
+    if out is not None:
+        path = draw_comparison(ref_image, ref_px, others, out, reference_name=ref_name)
+        typer.echo(str(Path(path).resolve()), err=as_json)
+
+
+@app.command()
+def select(
+    sim: Path = typer.Option(..., "--sim", help="Schema-v1 HDF5 file of clean simulations."),
+    exp: List[Path] = typer.Option(..., "--exp", help="Experimental micrographs (repeat --exp, or list them after it)."),
+    more_exp: List[Path] = typer.Argument(None, help="More experimental micrographs.", show_default=False),
+    keep: int = typer.Option(..., "--keep", help="Number of simulations to keep."),
+    out: Path = typer.Option(..., "--out", "-o", help="Schema-v1 HDF5 file of the kept simulations, ranked."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="PNG of the t-SNE embedding with sim, exp and selected points."),
+    perplexity: float = typer.Option(12.0, "--perplexity", help="t-SNE perplexity."),
+    clusters: int = typer.Option(2, "--clusters", help="k-means clusters in the embedding."),
+    features: str = typer.Option("default", "--features", help="default (radial PSD, histogram, lattice peaks; no download) or vgg16."),
+    vgg_weights: Optional[Path] = typer.Option(None, "--vgg-weights", help="torchvision VGG16 state_dict file for --features vgg16."),
+    device: str = typer.Option("cpu", "--device", help="Device for VGG16 features: cpu, cuda or auto."),
+    pixel_size: Optional[float] = typer.Option(None, "--pixel-size", help="Pixel size in Å of the experiments, overriding their calibration."),
+    material: Optional[str] = typer.Option(None, "--material", help="Material for the calibration check (default: the simulation's cell)."),
+    structure: Optional[Path] = typer.Option(None, "--structure", help="Unit-cell file for the calibration check."),
+    calibrate: bool = typer.Option(False, "--calibrate", help="Use the lattice-derived pixel size of the experiments."),
+    seed: int = typer.Option(0, "--seed", help="Seed of t-SNE and k-means."),
+    allow_rgb: bool = typer.Option(False, "--allow-rgb", help="Convert colour images to grey instead of refusing them."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Trident step I: keep the simulations that resemble the experiments (features, joint t-SNE, k-means)."""
+    from .selection import run_selection
+
+    if perplexity <= 0:
+        raise FactoryError(f"--perplexity: must be > 0 (got {perplexity})")
+    if clusters < 1:
+        raise FactoryError(f"--clusters: must be >= 1 (got {clusters})")
+    if device not in ("cpu", "cuda", "auto"):
+        raise FactoryError(f"--device: must be cpu, cuda or auto (got '{device}')")
+    if material is None and structure is None:
+        material = _simulation_cell(sim)
+    micrographs, _ = _read_experiments(list(exp) + list(more_exp or []), pixel_size, allow_rgb, material, structure, calibrate)
+    selection = run_selection(
+        sim, micrographs, keep, out, plot_path=plot, perplexity=perplexity, n_clusters=clusters, seed=seed,
+        features=features, vgg_weights=vgg_weights, device=_device(device), progress=not quiet,
+    )
+    for message in selection.notices:
+        _notice(message)
+    typer.echo(f"kept {len(selection.kept)} of {selection.n_sim} simulations ({selection.n_exp} experimental patches)")
+    typer.echo(str(out.resolve()))
+    if plot is not None:
+        typer.echo(str(plot.resolve()))
+
+
+def _device(device: str) -> str:
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _simulation_cell(sim: Path) -> Optional[str]:
+    """The built-in cell name of a simulation file's config, if it uses one (for the calibration check)."""
+    import h5py
+    import yaml
+
+    from .structures import BUILTIN_CELL_NAMES
+
+    try:
+        with h5py.File(sim, "r") as f:
+            config = yaml.safe_load(str(f.attrs.get("config", "")))
+        cell = str(config["structure"]["cell"])
+    except Exception:  # noqa: BLE001 - no usable cell means no calibration check, not an error
+        return None
+    return cell if cell.lower() in {n.lower() for n in BUILTIN_CELL_NAMES} else None
+
+
+@app.command()
+def calibrate(
+    image: Path = typer.Argument(..., help="Micrograph of a known material."),
+    material: Optional[str] = typer.Option(None, "--material", help="Built-in material (MoS2, WS2, MoSe2, WSe2, graphene, hBN)."),
+    structure: Optional[Path] = typer.Option(None, "--structure", help="Unit-cell file (CIF, POSCAR, ...) instead of --material."),
+    frame: int = typer.Option(0, "--frame", help="Frame of a stack."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    allow_rgb: bool = typer.Option(False, "--allow-rgb", help="Convert colour images to grey instead of refusing them."),
+) -> None:
+    """Pixel size and scan distortion from the FFT lattice spots of a known material."""
+    import json
+
+    from .calibration import calibrate_lattice
+    from .io import read_micrographs
+
+    name, lattice = _lattice(material, structure)
+    if lattice is None:
+        raise FactoryError("calibrate needs the material: give --material NAME or --structure FILE")
+    frames = read_micrographs(image, allow_rgb=allow_rgb)
+    if not 0 <= frame < len(frames):
+        raise FactoryError(f"--frame: {frame} is out of range ({len(frames)} frames)")
+    m = frames[frame]
+    cal = calibrate_lattice(m.image, lattice, file_pixel_size_A=m.file_pixel_size_A, material=name)
+    record = {"image": m.name, "material": name, **cal.to_dict()}
+    if as_json:
+        typer.echo(json.dumps(record, indent=2))
+        return
+    file_px = "none" if cal.file_pixel_size_A is None else f"{cal.file_pixel_size_A:.5f} Å/px"
+    mismatch = "" if cal.mismatch_percent is None else f"  (mismatch {cal.mismatch_percent:+.2f} %)"
+    affine = cal.affine
+    typer.echo(f"{m.name}: {name} lattice, {cal.n_spots} spots, residual {cal.residual_percent:.2f} %")
+    typer.echo(f"  pixel size      {cal.pixel_size_A:.5f} Å/px{mismatch}; file says {file_px}")
+    typer.echo(f"  per axis        x {cal.pixel_size_x_A:.5f}  y {cal.pixel_size_y_A:.5f} Å/px")
+    typer.echo(f"  distortion      scale_x {cal.scale_x:.4f}  scale_y {cal.scale_y:.4f}  shear {cal.shear:+.4f}")
+    typer.echo(f"  lattice angle   {cal.rotation_deg:.2f}°")
+    typer.echo(f"  affine          [[{affine[0][0]:.4f}, {affine[0][1]:.4f}], [{affine[1][0]:.4f}, {affine[1][1]:.4f}]]")
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -59,20 +59,20 @@ def displacement_field(shape: tuple[int, int], distortion: ScanDistortion) -> np
     maps recorded to clean positions; jitter and flyback add a shift along the scan line.
     """
     rows, cols = shape
-    r = np.arange(rows, dtype=np.float64)[:, None]
-    c = np.arange(cols, dtype=np.float64)[None, :]
-    d_row = np.zeros(shape)
-    d_col = np.zeros(shape)
+    r = np.arange(rows, dtype=np.float32)[:, None]
+    c = np.arange(cols, dtype=np.float32)[None, :]
+    field = np.zeros((2, rows, cols), np.float32)
     if distortion.affine is not None:
-        inv = np.linalg.inv(np.asarray(distortion.affine, dtype=np.float64)) - np.eye(2)
-        pr, pc = r - (rows - 1) / 2, c - (cols - 1) / 2
-        d_row = d_row + inv[0, 0] * pr + inv[0, 1] * pc
-        d_col = d_col + inv[1, 0] * pr + inv[1, 1] * pc
+        inv = (np.linalg.inv(np.asarray(distortion.affine, dtype=np.float64)) - np.eye(2)).astype(np.float32)
+        pr, pc = r - np.float32((rows - 1) / 2), c - np.float32((cols - 1) / 2)
+        field[0] += inv[0, 0] * pr + inv[0, 1] * pc
+        field[1] += inv[1, 0] * pr + inv[1, 1] * pc
     if distortion.jitter_px is not None:
-        d_col = d_col + np.asarray(distortion.jitter_px, dtype=np.float64)[:, None]
+        field[1] += np.asarray(distortion.jitter_px, dtype=np.float32)[:, None]
     if distortion.flyback_px:
-        d_col = d_col - distortion.flyback_px * np.exp(-c / max(distortion.flyback_decay_px, 1e-6))
-    return np.stack(np.broadcast_arrays(d_row, d_col)).astype(np.float32)
+        lag = distortion.flyback_px * np.exp(-c / max(distortion.flyback_decay_px, 1e-6))
+        field[1] -= lag.astype(np.float32)
+    return field
 
 
 def _maps(field: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

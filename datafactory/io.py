@@ -1,0 +1,672 @@
+"""Read real micrographs as they are, with their calibration.
+
+The factory compares its simulations with experimental STEM images, so it has to
+read them from the formats microscopes write, without writing a parser of its own:
+every format is read by its own library (``tifffile``, ``mrcfile``, ``imageio``,
+``numpy`` and RosettaSciIO's readers for Gatan, FEI/ThermoFisher and NCEM files).
+
+Public API
+----------
+:func:`read_micrographs`
+    One :class:`Micrograph` per frame of one file.
+:func:`read_micrograph_files`
+    All frames of several files, in order; by default every file must be calibrated
+    (or a ``pixel_size_A`` override given).
+:class:`Micrograph`
+    A float32 greyscale image plus its pixel size in Å, where that size came from
+    (``"file"``, ``"user"`` or ``"none"``), its frame index and modest, JSON-serialisable
+    source metadata.
+``SUPPORTED_SUFFIXES``, ``MIN_IMAGE_PX``
+    What can be read, and the smallest image side accepted.
+
+Anything wrong with the input (missing file, unsupported or corrupt format, RGB,
+complex, NaN pixels, tiny or constant images, a non-positive override) raises
+:class:`~datafactory.errors.FactoryError` with one line naming the file and the
+problem; an exception from a reading library becomes
+``FactoryError("cannot read 'x.dm3': <first line of its message>")``.
+
+Internally, each format has a reader ``(path) -> list[_Block]`` in the dispatch table
+``_READERS``; a block is an array whose last two axes (three for colour images) are
+the image and whose leading axes are frames, with the pixel size the file states.
+Validation, greyscale conversion and calibration bookkeeping are shared by all formats.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import unicodedata
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FactoryError
+
+#: Images with a side shorter than this (in pixels) are refused.
+MIN_IMAGE_PX = 32
+
+#: Relative difference above which x and y pixel sizes are reported separately.
+_ANISOTROPY_TOLERANCE = 0.01
+
+#: ITU-R BT.601 luminance weights for (R, G, B), used with ``allow_rgb``.
+_LUMINANCE = (0.299, 0.587, 0.114)
+
+#: Length units (lower case) → Å per unit. Anything else (pixels, '', 1/nm, …) is uncalibrated.
+_ANGSTROM_PER_UNIT = {
+    **dict.fromkeys(["å", "a", "angstrom", "angstroms", "ångström", "ångstrom"], 1.0),
+    **dict.fromkeys(["pm", "picometer", "picometers", "picometre", "picometres"], 0.01),
+    **dict.fromkeys(["nm", "nanometer", "nanometers", "nanometre", "nanometres"], 10.0),
+    **dict.fromkeys(
+        ["µm", "μm", "um", "micron", "microns", "micrometer", "micrometers", "micrometre", "micrometres"], 1e4
+    ),
+    **dict.fromkeys(["mm", "millimeter", "millimeters", "millimetre", "millimetres"], 1e7),
+    **dict.fromkeys(["m", "meter", "meters", "metre", "metres"], 1e10),
+}
+
+# Size limits for the metadata kept with each micrograph.
+_MAX_METADATA_LEAVES = 300
+_MAX_METADATA_ITEMS = 32
+_MAX_METADATA_DEPTH = 8
+_MAX_METADATA_STR = 500
+_MAX_REASON_CHARS = 300
+
+
+@dataclass(frozen=True, eq=False)
+class Micrograph:
+    """One greyscale frame read from a file, with its calibration.
+
+    Equality is identity (``eq=False``): comparing images element-wise is the caller's job.
+
+    Attributes
+    ----------
+    image : numpy.ndarray
+        float32, shape (H, W) with H, W >= ``MIN_IMAGE_PX``; all pixels finite, not constant.
+        Intensities are the file's values (integers converted to float, nothing rescaled).
+    pixel_size_A : float or None
+        Pixel size in effect, Å per pixel: the user's override if given, else the file's,
+        else None.
+    file_pixel_size_A : float or None
+        What the file itself says, Å per pixel (None if uncalibrated); kept when overridden.
+        When the file's x and y sizes differ by more than 1 % this is their mean and
+        ``metadata`` holds ``pixel_size_x_A`` and ``pixel_size_y_A``.
+    calibration : str
+        ``"user"``, ``"file"`` or ``"none"``: where ``pixel_size_A`` came from.
+    source : pathlib.Path
+        The file, as given.
+    frame : int
+        0-based index of this frame among all frames of the file.
+    n_frames : int
+        Number of frames in the file (1 for a single image).
+    metadata : dict
+        Source metadata, JSON-serialisable (str/int/float/bool/list/dict) and size-limited:
+        the reader used, the file's units and scales, a subset of its tags or
+        ``original_metadata``, and any warnings the reading library emitted.
+    """
+
+    image: np.ndarray
+    pixel_size_A: float | None
+    file_pixel_size_A: float | None
+    calibration: str
+    source: Path
+    frame: int
+    n_frames: int
+    metadata: dict
+
+    @property
+    def name(self) -> str:
+        """File name, with ``[frame]`` appended for frames of a stack: ``a.tif``, ``a.dm4[3]``."""
+        return self.source.name if self.n_frames == 1 else f"{self.source.name}[{self.frame}]"
+
+
+@dataclass
+class _Block:
+    """Frames as a format reader returns them, before validation.
+
+    ``data`` has the image on its last two axes (last three, channels last, when ``rgb``)
+    and frames on any leading axes. ``pixel_size_yx_A`` is what the file states, in Å per
+    pixel, None where uncalibrated.
+    """
+
+    data: np.ndarray
+    pixel_size_yx_A: tuple[float | None, float | None] = (None, None)
+    rgb: bool = False
+    metadata: dict = field(default_factory=dict)
+
+
+class _Unusable(Exception):
+    """Raised by readers for a file that was read fine but holds no usable image.
+
+    The message completes the sentence "'<file>' …".
+    """
+
+
+# --------------------------------------------------------------------------- units
+
+
+def _normalise_unit(unit) -> str:
+    """Unit string in canonical lower case; decodes ImageJ's ``\\u00C5``-style escapes."""
+    if isinstance(unit, bytes):
+        unit = unit.decode("latin-1")
+    text = str(unit).strip()
+    if "\\u" in text:
+        try:
+            text = text.encode("ascii", "backslashreplace").decode("unicode_escape")
+        except UnicodeDecodeError:
+            pass
+    return unicodedata.normalize("NFC", text).lower()
+
+
+def angstrom_per_unit(unit) -> float | None:
+    """Å per ``unit`` (e.g. 10.0 for ``"nm"``), or None for pixel, empty, reciprocal or unknown units."""
+    if unit is None:
+        return None
+    return _ANGSTROM_PER_UNIT.get(_normalise_unit(unit))
+
+
+def _to_angstrom(scale, unit) -> float | None:
+    """Pixel size in Å from a scale in ``unit`` per pixel; None when it is not a usable length."""
+    factor = angstrom_per_unit(unit)
+    try:
+        value = abs(float(scale)) * factor if factor is not None else None
+    except (TypeError, ValueError):
+        return None
+    return value if value is not None and math.isfinite(value) and value > 0 else None
+
+
+def _is_reciprocal(unit) -> bool:
+    """True for reciprocal-space units such as ``1/nm``, ``1 / nm`` or ``nm^-1``."""
+    text = _normalise_unit(unit) if unit is not None else ""
+    return text.replace(" ", "").startswith("1/") or "^-1" in text or "⁻¹" in text
+
+
+# ------------------------------------------------------------------------ metadata
+
+_SKIP = object()
+
+
+def _jsonable(value, budget: list[int] | None = None, depth: int = 0):
+    """A JSON-serialisable, size-limited copy of ``value`` (None values and deep nesting dropped).
+
+    Long lists and arrays become a short description such as ``"<array (512, 512) float32>"``;
+    non-finite floats become strings; at most ``_MAX_METADATA_LEAVES`` leaves are kept.
+    """
+    budget = [_MAX_METADATA_LEAVES] if budget is None else budget
+    if depth > _MAX_METADATA_DEPTH or budget[0] <= 0 or value is None:
+        return _SKIP
+    if isinstance(value, np.ndarray):
+        if value.size > _MAX_METADATA_ITEMS or value.dtype.kind not in "biufSU":
+            budget[0] -= 1
+            return f"<array {value.shape} {value.dtype}>"
+        value = value.tolist()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bytes):
+        value = value.rstrip(b"\x00").decode("utf-8", "replace")
+    if isinstance(value, Mapping):
+        items = ((str(k), _jsonable(v, budget, depth + 1)) for k, v in value.items())
+        return {k: v for k, v in items if v is not _SKIP}
+    if isinstance(value, (list, tuple)):
+        if len(value) > _MAX_METADATA_ITEMS:
+            budget[0] -= 1
+            return f"<{len(value)} items>"
+        return [v for v in (_jsonable(v, budget, depth + 1) for v in value) if v is not _SKIP]
+    budget[0] -= 1
+    if isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    return str(value)[:_MAX_METADATA_STR]
+
+
+def _reason(exc: BaseException) -> str:
+    """First line of an exception's message, prefixed by its type when that is uninformative alone."""
+    # str(KeyError) is the repr of its key, which would hide line breaks; use the key itself
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    line = lines[0][:_MAX_REASON_CHARS] if lines else ""
+    if not line:
+        return type(exc).__name__
+    if isinstance(exc, (KeyError, IndexError, AttributeError, TypeError, AssertionError)):
+        return f"{type(exc).__name__}: {line}"
+    return line
+
+
+# ------------------------------------------------------------------------- readers
+
+
+def _read_tiff(path: Path) -> list[_Block]:
+    """TIFF via tifffile: every series; frames from leading axes; ImageJ or OME calibration."""
+    import tifffile
+
+    blocks = []
+    with tifffile.TiffFile(path) as tif:
+        ome_pixels = _ome_pixels(tifffile.xml2dict(tif.ome_metadata)) if tif.is_ome else []
+        for index, series in enumerate(tif.series):
+            data, axes = series.asarray(), series.axes
+            rgb = "S" in axes
+            if rgb:
+                data = np.moveaxis(data, axes.index("S"), -1)
+            pixels = ome_pixels[index] if index < len(ome_pixels) else None
+            pixel_size, metadata = _tiff_calibration(tif, series.keyframe, pixels)
+            metadata.update(series_axes=axes, series_shape=list(series.shape))
+            blocks.append(_Block(data, pixel_size, rgb, metadata))
+    return blocks
+
+
+def _ome_pixels(ome: dict) -> list[dict]:
+    """The ``Pixels`` attributes of every OME ``Image``, in series order."""
+    images = ome.get("OME", {}).get("Image", [])
+    images = images if isinstance(images, list) else [images]
+    return [image.get("Pixels", {}) for image in images]
+
+
+def _tiff_calibration(tif, page, ome_pixels: dict | None) -> tuple[tuple, dict]:
+    """(pixel_size_yx_A, metadata) of one TIFF series from OME-XML, else ImageJ tags."""
+    metadata = {"reader": "tifffile", "tags": _tiff_tags(page)}
+    if ome_pixels is not None:
+        keep = {k: v for k, v in ome_pixels.items() if k.startswith(("PhysicalSize", "Size", "Type"))}
+        metadata["ome_pixels"] = _jsonable(keep)
+        # OME's default length unit is the micrometre.
+        sizes = tuple(
+            _to_angstrom(ome_pixels.get(f"PhysicalSize{ax}"), ome_pixels.get(f"PhysicalSize{ax}Unit", "µm"))
+            for ax in "YX"
+        )
+        if any(sizes):
+            metadata["calibration_source"] = "OME PhysicalSizeX/Y"
+            return sizes, metadata
+    if tif.is_imagej:
+        imagej = tif.imagej_metadata or {}
+        metadata["imagej"] = _jsonable({k: v for k, v in imagej.items() if k not in ("Ranges", "LUTs")})
+        unit = imagej.get("unit")
+        sizes = tuple(_resolution_to_angstrom(page, tag, unit) for tag in ("YResolution", "XResolution"))
+        if any(sizes):
+            metadata["calibration_source"] = "ImageJ resolution + unit"
+        return sizes, metadata
+    return (None, None), metadata
+
+
+def _resolution_to_angstrom(page, tag: str, unit) -> float | None:
+    """Pixel size in Å from a TIFF resolution tag (pixels per ``unit``)."""
+    if unit is None or tag not in page.tags:
+        return None
+    value = page.tags[tag].value
+    try:
+        per_unit = value[0] / value[1] if isinstance(value, tuple) else float(value)
+    except (ZeroDivisionError, TypeError, IndexError):
+        return None
+    return _to_angstrom(1.0 / per_unit, unit) if per_unit > 0 else None
+
+
+def _tiff_tags(page) -> dict:
+    """A few descriptive TIFF tags of ``page``."""
+    names = ("ImageDescription", "Software", "DateTime", "Artist", "Make", "Model",
+             "XResolution", "YResolution", "ResolutionUnit")  # fmt: skip
+    tags = {}
+    for name in names:
+        if name in page.tags:
+            value = page.tags[name].value
+            tags[name] = value.name if hasattr(value, "name") else value
+    return _jsonable(tags)
+
+
+def _read_mrc(path: Path) -> list[_Block]:
+    """MRC via mrcfile: 2-D image or stack; ``voxel_size`` is in Å (0 means uncalibrated)."""
+    import mrcfile
+
+    with mrcfile.open(path, mode="r") as mrc:
+        data = np.array(mrc.data)
+        voxel = mrc.voxel_size
+        header = mrc.header
+        labels = [bytes(label).decode("latin-1").strip() for label in header.label[: int(header.nlabl)]]
+        metadata = {
+            "reader": "mrcfile",
+            "mode": int(header.mode),
+            "voxel_size_A": [float(voxel.x), float(voxel.y), float(voxel.z)],
+            "labels": [label for label in labels if label],
+        }
+    pixel_size = (_to_angstrom(voxel.y, "Å"), _to_angstrom(voxel.x, "Å"))
+    if any(pixel_size):
+        metadata["calibration_source"] = "MRC voxel_size"
+    return [_Block(data, pixel_size, False, _jsonable(metadata))]
+
+
+def _read_image(path: Path) -> list[_Block]:
+    """PNG/JPEG (8 or 16 bit) via imageio; these formats carry no calibration."""
+    import imageio.v3 as iio
+
+    data = np.asarray(iio.imread(path))
+    return [_Block(data, (None, None), data.ndim == 3, {"reader": "imageio"})]
+
+
+def _read_npy(path: Path) -> list[_Block]:
+    """NumPy ``.npy``: (H, W), a stack (N, H, W), or colour (H, W, 3|4); no calibration."""
+    data = np.load(path, allow_pickle=False)
+    if data.ndim not in (2, 3):
+        raise _Unusable(f"holds a {data.ndim}-D array of shape {data.shape}; expected (H, W) or (frames, H, W)")
+    rgb = data.ndim == 3 and data.shape[-1] in (3, 4) and data.shape[0] > 4
+    return [_Block(data, (None, None), rgb, {"reader": "numpy"})]
+
+
+def _rsciio_reader(module: str, **options) -> Callable[[Path], list[_Block]]:
+    """A reader calling ``rsciio.<module>.file_reader`` (looked up at call time)."""
+
+    def read(path: Path) -> list[_Block]:
+        reader = importlib.import_module(f"rsciio.{module}").file_reader
+        signals = reader(str(path), lazy=False, **options)
+        return _blocks_from_signals(signals, f"rsciio.{module}")
+
+    read.__doc__ = f"Read with ``rsciio.{module}.file_reader``; keep its 2-D image signals."
+    return read
+
+
+def _blocks_from_signals(signals: list[dict], reader: str) -> list[_Block]:
+    """The real-space image signals of an rsciio result; complex ones only if nothing else."""
+    blocks = [b for b in (_block_from_signal(s, reader, i) for i, s in enumerate(signals)) if b is not None]
+    real = [b for b in blocks if np.asarray(b.data).dtype.kind != "c"]
+    if not blocks:
+        raise _Unusable("contains no real-space 2-D image (only spectra, diffraction or other data)")
+    return real or blocks
+
+
+def _block_from_signal(signal: dict, reader: str, index: int) -> _Block | None:
+    """One rsciio signal dict as a block, or None if it is not a real-space image.
+
+    Axes flagged ``navigate`` become frames; the last two signal axes are (y, x).
+    Signals with a single signal axis (spectra) or reciprocal units are skipped.
+    """
+    data = np.asarray(signal["data"])
+    axes = list(signal.get("axes") or [])
+    if data.ndim < 2:
+        return None
+    if len(axes) != data.ndim:
+        axes = [{} for _ in range(data.ndim)]
+    elif all("index_in_array" in ax for ax in axes):
+        axes = sorted(axes, key=lambda ax: int(ax["index_in_array"]))
+    signal_dims = [i for i, ax in enumerate(axes) if not ax.get("navigate", False)]
+    if len(signal_dims) == 1:
+        return None
+    image_dims = signal_dims[-2:] if signal_dims else [data.ndim - 2, data.ndim - 1]
+    frame_dims = [i for i in range(data.ndim) if i not in image_dims]
+    data = np.transpose(data, frame_dims + image_dims)
+    y_axis, x_axis = (axes[i] for i in image_dims)
+    units = [y_axis.get("units"), x_axis.get("units")]
+    if any(_is_reciprocal(u) for u in units if u is not None):
+        return None
+    pixel_size = tuple(_to_angstrom(ax.get("scale"), ax.get("units")) for ax in (y_axis, x_axis))
+    general = signal.get("metadata", {}).get("General", {})
+    metadata = {
+        "reader": reader,
+        "signal_index": index,
+        "title": general.get("title"),
+        "calibration_source": "rsciio axes" if any(pixel_size) else None,
+        "axes_units_yx": units,
+        "axes_scale_yx": [y_axis.get("scale"), x_axis.get("scale")],
+        # last, so that the size limit of _jsonable trims this and nothing else
+        "original_metadata": signal.get("original_metadata", {}),
+    }
+    return _Block(data, pixel_size, False, _jsonable(metadata))  # record-dtype RGB is found later
+
+
+#: Suffix (lower case) → reader. The order is the order of ``SUPPORTED_SUFFIXES``.
+_READERS: dict[str, Callable[[Path], list[_Block]]] = {
+    ".tif": _read_tiff,
+    ".tiff": _read_tiff,
+    ".dm3": _rsciio_reader("digitalmicrograph"),
+    ".dm4": _rsciio_reader("digitalmicrograph"),
+    ".emd": _rsciio_reader("emd", select_type="images"),
+    ".ser": _rsciio_reader("tia"),
+    ".mrc": _read_mrc,
+    ".mrcs": _read_mrc,
+    ".png": _read_image,
+    ".jpg": _read_image,
+    ".jpeg": _read_image,
+    ".npy": _read_npy,
+}
+
+#: File suffixes :func:`read_micrographs` accepts (matched case-insensitively).
+SUPPORTED_SUFFIXES: tuple[str, ...] = tuple(_READERS)
+
+
+# ---------------------------------------------------------------- shared handling
+
+
+def _destructure(data: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Turn a record dtype (e.g. rsciio's RGBA ``('R','G','B','A')``) into a channels-last array.
+
+    Returns the array and whether it is colour (fields named R, G, B[, A]).
+    """
+    names = data.dtype.names
+    if not names:
+        return data, False
+    if [n.upper() for n in names[:3]] != ["R", "G", "B"]:
+        raise _Unusable(f"holds records with fields {list(names)}, not an image")
+    return np.stack([data[n] for n in names], axis=-1), True
+
+
+def _greyscale(block: _Block, allow_rgb: bool) -> np.ndarray:
+    """Block data as a real (..., H, W) array: colour refused or converted, complex refused."""
+    data, record_rgb = _destructure(np.asarray(block.data))
+    rgb = block.rgb or record_rgb
+    if data.dtype.kind == "c":
+        raise _Unusable("holds complex data; only real-valued images are supported")
+    if data.dtype.kind not in "biuf":
+        raise _Unusable(f"holds non-numeric data (dtype {data.dtype})")
+    if rgb:
+        data = _colour_to_grey(data, allow_rgb)
+    if data.ndim < 2 or data.size == 0:
+        raise _Unusable(f"is not an image (array shape {data.shape})")
+    return data
+
+
+def _colour_to_grey(data: np.ndarray, allow_rgb: bool) -> np.ndarray:
+    """Channels-last colour data as grey: 1 channel squeezed, grey+alpha kept grey, RGB(A) by luminance."""
+    channels = data.shape[-1]
+    if channels in (1, 2):
+        return data[..., 0]
+    if channels not in (3, 4):
+        raise _Unusable(f"has {channels} colour channels; expected a greyscale image")
+    if not allow_rgb:
+        kind = "an RGB" if channels == 3 else "an RGBA"
+        raise _Unusable(f"is {kind} image; STEM images are greyscale — pass --allow-rgb to convert it to grey")
+    rgb = data[..., :3].astype(np.float32)
+    return rgb @ np.asarray(_LUMINANCE, np.float32)
+
+
+def _checked_image(image: np.ndarray, label: str) -> np.ndarray:
+    """``image`` as float32 after checking its size, finiteness and contrast.
+
+    Raises
+    ------
+    FactoryError
+        If a side is below ``MIN_IMAGE_PX``, any pixel is NaN/inf, or all pixels are equal.
+    """
+    height, width = image.shape
+    if min(height, width) < MIN_IMAGE_PX:
+        raise FactoryError(
+            f"'{label}' is {height}×{width} px; images smaller than {MIN_IMAGE_PX}×{MIN_IMAGE_PX} px are refused"
+        )
+    image = np.asarray(image, dtype=np.float32)
+    n_bad = int(image.size - np.count_nonzero(np.isfinite(image)))
+    if n_bad == image.size:
+        raise FactoryError(f"'{label}' has no finite pixels (all NaN or inf)")
+    if n_bad:
+        raise FactoryError(
+            f"'{label}' has {n_bad} non-finite (NaN/inf) pixels out of {image.size}; refusing to guess their values"
+        )
+    lo, hi = float(image.min()), float(image.max())
+    if lo == hi:
+        raise FactoryError(f"'{label}' is constant (every pixel = {lo:g}); it holds no image")
+    return image
+
+
+def _file_pixel_size(pixel_size_yx: tuple) -> tuple[float | None, dict]:
+    """(pixel size in Å, extra metadata) from the file's (y, x) sizes.
+
+    The mean of the sizes given; both recorded as ``pixel_size_x_A``/``pixel_size_y_A``
+    when they differ by more than ``_ANISOTROPY_TOLERANCE``.
+    """
+    y, x = pixel_size_yx
+    sizes = [s for s in (x, y) if s is not None]
+    if not sizes:
+        return None, {}
+    extra = {}
+    if len(sizes) == 2 and abs(x - y) > _ANISOTROPY_TOLERANCE * max(x, y):
+        extra = {"pixel_size_x_A": float(x), "pixel_size_y_A": float(y)}
+    return float(np.mean(sizes)), extra
+
+
+def _checked_override(pixel_size_A) -> float | None:
+    """The user's pixel size (Å/px) as a float, or None; refuses non-positive or non-finite values."""
+    if pixel_size_A is None:
+        return None
+    try:
+        value = float(pixel_size_A)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise FactoryError(f"--pixel-size must be a positive number of Å per pixel, got {pixel_size_A!r}")
+    return value
+
+
+def _reader_for(path: Path) -> Callable[[Path], list[_Block]]:
+    """The reader for ``path``, after checking it is an existing, non-empty file of a known kind."""
+    if not path.exists():
+        raise FactoryError(f"'{path}' does not exist")
+    if path.is_dir():
+        raise FactoryError(f"'{path}' is a directory, not an image file")
+    suffix = path.suffix.lower()
+    if suffix not in _READERS:
+        shown = f"unsupported suffix '{path.suffix}'" if path.suffix else "no suffix"
+        raise FactoryError(f"'{path}' has {shown}; supported: {', '.join(SUPPORTED_SUFFIXES)}")
+    if path.stat().st_size == 0:
+        raise FactoryError(f"'{path}' is empty (0 bytes)")
+    return _READERS[suffix]
+
+
+def _read_blocks(reader: Callable[[Path], list[_Block]], path: Path, allow_rgb: bool) -> list[tuple]:
+    """Run ``reader`` on ``path`` and return ``(grey array, block)`` pairs, errors as FactoryError.
+
+    Warnings emitted by the library are recorded in each block's metadata.
+    """
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            blocks = reader(path)
+            grey = [(_greyscale(block, allow_rgb), block) for block in blocks]
+    except _Unusable as exc:
+        raise FactoryError(f"'{path}' {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - any library failure is a bad file for the user
+        raise FactoryError(f"cannot read '{path}': {_reason(exc)}") from exc
+    if not grey:
+        raise FactoryError(f"'{path}' contains no image")
+    notes = sorted({_reason(w.message) for w in caught})[:_MAX_METADATA_ITEMS]
+    for _, block in grey:
+        if notes:
+            block.metadata = {**block.metadata, "reader_warnings": notes}
+    return grey
+
+
+# ---------------------------------------------------------------------- public API
+
+
+def read_micrographs(path, *, pixel_size_A: float | None = None, allow_rgb: bool = False) -> list[Micrograph]:
+    """Read one file: one :class:`Micrograph` per frame.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file with one of ``SUPPORTED_SUFFIXES``.
+    pixel_size_A : float, optional
+        Pixel size in Å per pixel overriding the file's calibration (which is still
+        reported as ``file_pixel_size_A``). Must be positive.
+    allow_rgb : bool
+        Convert RGB/RGBA images to grey with luminance weights (0.299, 0.587, 0.114)
+        instead of refusing them.
+
+    Returns
+    -------
+    list of Micrograph
+        The frames in file order (several for stacks, series and multi-image files).
+
+    Raises
+    ------
+    FactoryError
+        For a bad override, a missing/empty/unsupported/corrupt file, or an image that is
+        RGB (without ``allow_rgb``), complex, smaller than ``MIN_IMAGE_PX``, constant or
+        has NaN/inf pixels; the one-line message names the file (and frame).
+    """
+    override = _checked_override(pixel_size_A)
+    path = Path(path)
+    frames = []
+    for data, block in _read_blocks(_reader_for(path), path, allow_rgb):
+        frames += [(image, block) for image in data.reshape(-1, *data.shape[-2:])]
+    micrographs = []
+    for index, (image, block) in enumerate(frames):
+        label = str(path) if len(frames) == 1 else f"{path}[{index}]"
+        file_size, extra = _file_pixel_size(block.pixel_size_yx_A)
+        calibration = "user" if override is not None else ("file" if file_size is not None else "none")
+        micrographs.append(
+            Micrograph(
+                image=_checked_image(image, label),
+                pixel_size_A=override if override is not None else file_size,
+                file_pixel_size_A=file_size,
+                calibration=calibration,
+                source=path,
+                frame=index,
+                n_frames=len(frames),
+                metadata={**block.metadata, **extra},
+            )
+        )
+    return micrographs
+
+
+def read_micrograph_files(
+    paths: Iterable | str | os.PathLike,
+    *,
+    pixel_size_A: float | None = None,
+    allow_rgb: bool = False,
+    require_pixel_size: bool = True,
+) -> list[Micrograph]:
+    """Read several files: all frames of all files, in order.
+
+    Parameters
+    ----------
+    paths : iterable of str or os.PathLike (or a single path)
+        The files.
+    pixel_size_A : float, optional
+        Override in Å per pixel for every file (see :func:`read_micrographs`).
+    allow_rgb : bool
+        Convert colour images to grey instead of refusing them.
+    require_pixel_size : bool
+        Refuse a file that has neither a calibration nor a ``pixel_size_A`` override.
+
+    Returns
+    -------
+    list of Micrograph
+
+    Raises
+    ------
+    FactoryError
+        As :func:`read_micrographs`; also for an empty ``paths`` and, with
+        ``require_pixel_size``, for an uncalibrated file (the message names ``--pixel-size``).
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    paths = list(paths)
+    if not paths:
+        raise FactoryError("no micrograph files given")
+    micrographs = []
+    for path in paths:
+        read = read_micrographs(path, pixel_size_A=pixel_size_A, allow_rgb=allow_rgb)
+        uncalibrated = [m for m in read if m.pixel_size_A is None]
+        if require_pixel_size and uncalibrated:
+            raise FactoryError(
+                f"'{path}' has no pixel-size calibration; "
+                "give it with --pixel-size (Å per pixel)"
+            )
+        micrographs += read
+    return micrographs

@@ -1,0 +1,193 @@
+"""End to end through the CLI: fit-style, translate, compare, calibrate, select; bad input exits 2 in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import tifffile
+from conftest import make_plan
+
+from datafactory.pipeline import simulate_sample, write_simulation
+from translators.parametric import StyleParameters, render
+
+PIXEL_A = 0.127
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "experimental"
+
+
+def write_imagej_tif(path: Path, image: np.ndarray, pixel_size_A: float) -> Path:
+    tifffile.imwrite(path, image.astype(np.float32), imagej=True, resolution=(1 / pixel_size_A, 1 / pixel_size_A), metadata={"unit": "A"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory) -> Path:
+    """A synthetic 'experimental' TIFF: a MoS2 simulation put through the model with known artefacts."""
+    plan = make_plan({"microscope": {"image_size_px": 384, "pixel_size_A": PIXEL_A, "source_size_A": 0.6}, "structure": {"rotation_deg": 7.0}})
+    truth = StyleParameters(gain=4.0, offset=200.0, dose_counts=30.0, background=0.25, jitter_A=0.05, streak=0.01, spread=0.0)
+    image, *_ = render(simulate_sample(plan, 0, 0).image, truth, PIXEL_A, np.random.default_rng(0))
+    return write_imagej_tif(tmp_path_factory.mktemp("exp") / "exp.tif", image, PIXEL_A)
+
+
+@pytest.fixture(scope="module")
+def sims(tmp_path_factory) -> Path:
+    plan = make_plan({"microscope": {"image_size_px": 96, "pixel_size_A": PIXEL_A, "source_size_A": 0.6}, "structure": {"rotation_deg": [0, 60]}})
+    out = tmp_path_factory.mktemp("sim") / "sim.h5"
+    write_simulation(plan, 0, 24, out, progress=False, preview=False)
+    return out
+
+
+def one_line_error(code: int, err: str) -> None:
+    assert code == 2
+    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+
+
+def test_fit_translate_compare(run_cli, experiment, sims, tmp_path):
+    style = tmp_path / "style"
+    code, out, err = run_cli("fit-style", experiment, "--out", style, "-q")
+    assert code == 0, err
+    record = json.loads((style / "style.json").read_text())
+    assert record["method"] == "parametric" and record["pixel_size_A"] == pytest.approx(PIXEL_A, rel=1e-4)
+    assert record["parameters"]["dose_counts"] == pytest.approx(30.0, rel=0.15)
+    assert len(record["content_hash"]) == 64 and record["sources"][0]["name"] == "exp.tif"
+
+    translated = tmp_path / "translated.h5"
+    code, out, err = run_cli("translate", "--style", style, "--in", sims, "--out", translated, "--seed", 3, "-q")
+    assert code == 0, err
+    with h5py.File(sims, "r") as f, h5py.File(translated, "r") as g:
+        assert np.array_equal(g["clean"].shape, f["images"].shape)
+        assert not np.allclose(g["images"][0], f["images"][0])
+        assert g.attrs["style_hash"] == record["content_hash"]
+        assert "style_dose_counts" in g["params"]
+        np.testing.assert_array_equal(g["labels/slip_frac"][:] if "labels" in g else 0, f["labels/slip_frac"][:] if "labels" in f else 0)
+    assert translated.with_suffix(".preview.png").stat().st_size > 0
+
+    again = tmp_path / "again.h5"
+    assert run_cli("translate", "--style", style, "--in", sims, "--out", again, "--seed", 3, "--batch", 5, "-q", "--no-preview")[0] == 0
+    with h5py.File(translated, "r") as a, h5py.File(again, "r") as b:
+        assert np.array_equal(a["images"][:], b["images"][:])  # deterministic, whatever the batch
+
+    figure = tmp_path / "compare.png"
+    code, out, err = run_cli("compare", experiment, f"{sims}", f"{translated}", "--out", figure)
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert lines[0].split()[0] == "name" and len(lines) >= 4
+    assert figure.stat().st_size > 0
+    code, out, err = run_cli("compare", experiment, f"{translated}:clean", f"{translated}", "--json")
+    rows = json.loads(out)
+    assert rows[0]["hist_kl"] == 0 and rows[2]["hist_kl"] < rows[1]["hist_kl"]  # translated is closer than clean
+
+
+def test_translate_refuses_another_pixel_size_unless_resampled(run_cli, experiment, sims, tmp_path):
+    style = tmp_path / "style"
+    assert run_cli("fit-style", experiment, "--out", style, "--pixel-size", 0.1, "-q")[0] == 0
+    out = tmp_path / "t.h5"
+    code, _, err = run_cli("translate", "--style", style, "--in", sims, "--out", out, "-q")
+    one_line_error(code, err)
+    assert "--resample" in err and not out.exists()
+    assert run_cli("translate", "--style", style, "--in", sims, "--out", out, "--resample", "-q", "--no-preview")[0] == 0
+    with h5py.File(out, "r") as f:
+        assert f["images"].shape[1] == round(96 * PIXEL_A / 0.1)
+        assert np.allclose(f["params/pixel_size_A"][:], 0.1)
+
+
+def test_calibrate_reports_the_rendered_pixel_size(run_cli, experiment):
+    code, out, err = run_cli("calibrate", experiment, "--material", "MoS2", "--json")
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["pixel_size_A"] == pytest.approx(PIXEL_A, rel=0.01)
+    assert abs(record["mismatch_percent"]) < 1.0
+    assert np.asarray(record["affine"]).shape == (2, 2)
+
+
+def test_fit_style_warns_when_file_and_lattice_disagree(run_cli, experiment, tmp_path):
+    wrong = write_imagej_tif(tmp_path / "wrong.tif", tifffile.imread(experiment), PIXEL_A * 0.95)
+    code, out, err = run_cli("fit-style", wrong, "--material", "MoS2", "--out", tmp_path / "s1", "-q")
+    assert code == 0 and "--calibrate" in err
+    code, out, err = run_cli("fit-style", wrong, "--material", "MoS2", "--calibrate", "--out", tmp_path / "s2", "-q")
+    assert code == 0
+    assert json.loads((tmp_path / "s2" / "style.json").read_text())["pixel_size_A"] == pytest.approx(PIXEL_A, rel=0.01)
+
+
+def test_select_keeps_ranked_sims(run_cli, experiment, sims, tmp_path):
+    out, plot = tmp_path / "selected.h5", tmp_path / "selection.png"
+    code, stdout, err = run_cli("select", "--sim", sims, "--exp", experiment, "--keep", 5, "--out", out, "--plot", plot, "-q")
+    assert code == 0, err
+    with h5py.File(out, "r") as f:
+        assert f["images"].shape[0] <= 5 and f.attrs["schema_version"] == 1
+        assert len(set(f["source_index"][:])) == f["images"].shape[0]
+    assert plot.stat().st_size > 0
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _bad_files(tmp: Path, experiment: Path) -> dict[str, Path]:
+    files = {}
+    (tmp / "empty.tif").write_bytes(b"")
+    files["empty"] = tmp / "empty.tif"
+    data = experiment.read_bytes()
+    (tmp / "truncated.tif").write_bytes(data[: len(data) // 2])
+    files["truncated TIFF"] = tmp / "truncated.tif"
+    (tmp / "text.dm3").write_text("this is not a Gatan file\n")
+    files["text renamed .dm3"] = tmp / "text.dm3"
+    tifffile.imwrite(tmp / "rgb.tif", np.zeros((64, 64, 3), np.uint8), photometric="rgb")
+    files["RGB"] = tmp / "rgb.tif"
+    files["all NaN"] = write_imagej_tif(tmp / "nan.tif", np.full((64, 64), np.nan), PIXEL_A)
+    files["constant"] = write_imagej_tif(tmp / "constant.tif", np.full((64, 64), 7.0), PIXEL_A)
+    files["8x8"] = write_imagej_tif(tmp / "tiny.tif", np.random.default_rng(0).random((8, 8)), PIXEL_A)
+    return files
+
+
+@pytest.mark.parametrize("case", ["empty", "truncated TIFF", "text renamed .dm3", "RGB", "all NaN", "constant", "8x8"])
+def test_bad_micrographs_exit_2_in_one_line(run_cli, experiment, tmp_path, case):
+    path = _bad_files(tmp_path, experiment)[case]
+    style = tmp_path / "style"
+    code, _, err = run_cli("fit-style", path, "--out", style, "-q")
+    one_line_error(code, err)
+    assert path.name in err
+    assert not style.exists()
+    code, _, err = run_cli("compare", path, experiment)
+    one_line_error(code, err)
+
+
+def test_uncalibrated_png_needs_pixel_size(run_cli, tmp_path):
+    import cv2
+
+    png = tmp_path / "x.png"
+    cv2.imwrite(str(png), (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8))
+    code, _, err = run_cli("fit-style", png, "--out", tmp_path / "s", "-q")
+    one_line_error(code, err)
+    assert "--pixel-size" in err
+
+
+def test_bad_style_and_options(run_cli, experiment, sims, tmp_path):
+    one_line_error(*run_cli("translate", "--style", tmp_path / "nostyle", "--in", sims, "--out", tmp_path / "o.h5")[::2])
+    one_line_error(*run_cli("fit-style", experiment, "--out", tmp_path / "s", "--method", "magic")[::2])
+    one_line_error(*run_cli("fit-style", experiment, "--out", tmp_path / "s", "--calibrate")[::2])
+    one_line_error(*run_cli("fit-style", experiment, "--out", tmp_path / "s", "--pixel-size", -1)[::2])
+    one_line_error(*run_cli("calibrate", experiment)[::2])
+    one_line_error(*run_cli("select", "--sim", sims, "--exp", experiment, "--keep", 0, "--out", tmp_path / "x.h5")[::2])
+    assert not (tmp_path / "s").exists() and not (tmp_path / "x.h5").exists()
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/experimental is not available")
+def test_real_crops_fit_and_translate_closer_than_clean(run_cli, tmp_path):
+    from translators.base import load_style
+    from translators.metrics import hist_kl
+
+    crops = sorted(SHARED.glob("mos2_60kv_*.tif"))
+    style = tmp_path / "style"
+    code, out, err = run_cli("fit-style", *crops, "--material", "MoS2", "--calibrate", "--out", style, "-q")
+    assert code == 0, err
+    translator = load_style(style)
+    assert 0.130 < translator.pixel_size_A < 0.137
+    plan = make_plan({"microscope": {"image_size_px": 384, "pixel_size_A": translator.pixel_size_A, "source_size_A": 0.6, "semiangle_mrad": 30}, "structure": {"rotation_deg": [0, 60]}})
+    clean = simulate_sample(plan, 0, 0).image
+    translated = translator.translate(clean[None], [np.random.default_rng(0)]).images[0]
+    experiment = tifffile.imread(crops[0]).astype(np.float32)
+    assert hist_kl(experiment, translated) < 0.5 * hist_kl(experiment, clean)
