@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR := demo_output
+EXP_DIR := ../shared/data/experimental
 
 .PHONY: demo test install bench clean
 
@@ -20,9 +21,20 @@ demo: $(STAMP)
 		--out $(DEMO_DIR)/mos2_bilayer_slip.h5
 	$(BIN)/factory simulate --config configs/wsse_janus_twisted_bilayer.yaml --n 16 --seed 0 \
 		--out $(DEMO_DIR)/wsse_janus_twisted_bilayer.h5
+	@if [ -d $(EXP_DIR) ]; then \
+		$(BIN)/factory fit-style $(EXP_DIR)/mos2_60kv_a.tif $(EXP_DIR)/mos2_60kv_b.tif --material MoS2 --calibrate \
+			--out $(DEMO_DIR)/style_mos2_60kv -q && \
+		$(BIN)/factory simulate --config mos2_monolayer --n 16 --size 384 --seed 0 -q \
+			--out $(DEMO_DIR)/mos2_monolayer.h5 && \
+		$(BIN)/factory translate --style $(DEMO_DIR)/style_mos2_60kv --in $(DEMO_DIR)/mos2_monolayer.h5 \
+			--out $(DEMO_DIR)/mos2_monolayer_styled.h5 --resample -q && \
+		$(BIN)/factory compare $(EXP_DIR)/mos2_60kv_a.tif $(DEMO_DIR)/mos2_monolayer_styled.h5:clean \
+			$(DEMO_DIR)/mos2_monolayer_styled.h5 --material MoS2 --calibrate \
+			--out $(DEMO_DIR)/compare.png; \
+	else echo "(../shared/data/experimental not found: skipping the style demo)"; fi
 	@echo ""
 	@echo "Demo outputs:"
-	@ls -1 $(abspath $(DEMO_DIR))/* | sed 's/^/  /'
+	@ls -1d $(abspath $(DEMO_DIR))/* | sed 's/^/  /'
 
 # pytest exits 5 when it collects no tests; that is not a failure of the suite.
 test: $(STAMP)
@@ -31,6 +43,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_simulate.py
+	$(BIN)/python benchmarks/bench_translate.py
+	$(BIN)/python benchmarks/bench_metrics.py
+	$(BIN)/python benchmarks/style_real_data.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -217,8 +217,13 @@ def translate(
         typer.echo(str(preview_path.resolve()))
 
 
-def _compare_input(spec: str, pixel_size, index: int, allow_rgb: bool):
-    """(name, image, pixel size) of a micrograph file, or of sample ``index`` of an HDF5 file (``FILE.h5[:clean]``)."""
+def _compare_input(spec: str, pixel_size, index: int, allow_rgb: bool, lattice=None):
+    """(name, image, pixel size) of a micrograph file, or of sample ``index`` of an HDF5 file (``FILE.h5[:clean]``).
+
+    With ``lattice`` (name, vectors), a micrograph's pixel size comes from its lattice.
+    """
+    import dataclasses
+
     import h5py
     import numpy as np
 
@@ -247,6 +252,11 @@ def _compare_input(spec: str, pixel_size, index: int, allow_rgb: bool):
         return label, image, px
     frames = read_micrographs(path, pixel_size_A=pixel_size, allow_rgb=allow_rgb)
     m = frames[min(index, len(frames) - 1)] if len(frames) > 1 else frames[0]
+    if lattice is not None:
+        from .calibration import calibrate_lattice
+
+        name, vectors = lattice
+        m = dataclasses.replace(m, pixel_size_A=calibrate_lattice(m.image, vectors, material=name).pixel_size_A)
     if m.pixel_size_A is None:
         raise FactoryError(f"'{path}' has no pixel-size calibration; give it with --pixel-size (Å per pixel)")
     return m.name, m.image, m.pixel_size_A
@@ -260,6 +270,9 @@ def compare(
     index: int = typer.Option(0, "--index", help="Sample of HDF5 inputs (and frame of stacks) to use."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the comparison figure (PNG)."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON instead of a table."),
+    material: Optional[str] = typer.Option(None, "--material", help="Material of the micrographs, for --calibrate."),
+    structure: Optional[Path] = typer.Option(None, "--structure", help="Unit-cell file, instead of --material."),
+    calibrate: bool = typer.Option(False, "--calibrate", help="Take the micrographs' pixel size from their lattice."),
     allow_rgb: bool = typer.Option(False, "--allow-rgb", help="Convert colour images to grey instead of refusing them."),
 ) -> None:
     """Style metrics of images against a reference: histogram KL, line-profile R_a, PSNR, PSD distance, SWD, column shift."""
@@ -268,8 +281,14 @@ def compare(
     from translators.compare import compare_images, draw_comparison, format_table
 
     _check_positive("--pixel-size", pixel_size)
-    ref_name, ref_image, ref_px = _compare_input(ref, pixel_size, index, allow_rgb)
-    others = [_compare_input(g, pixel_size, index, allow_rgb) for g in gen]
+    lattice = None
+    if calibrate:
+        name, vectors = _lattice(material, structure)
+        if vectors is None:
+            raise FactoryError("--calibrate needs the material: add --material NAME or --structure FILE")
+        lattice = (name, vectors)
+    ref_name, ref_image, ref_px = _compare_input(ref, pixel_size, index, allow_rgb, lattice)
+    others = [_compare_input(g, pixel_size, index, allow_rgb, lattice) for g in gen]
     rows = compare_images(ref_image, ref_px, others)
     rows[0]["name"] = ref_name
     if as_json:

@@ -191,3 +191,25 @@ def test_real_crops_fit_and_translate_closer_than_clean(run_cli, tmp_path):
     translated = translator.translate(clean[None], [np.random.default_rng(0)]).images[0]
     experiment = tifffile.imread(crops[0]).astype(np.float32)
     assert hist_kl(experiment, translated) < 0.5 * hist_kl(experiment, clean)
+
+
+def test_fitted_scan_distortion_is_reproduced_by_translation(run_cli, tmp_path):
+    """--material fits the lattice's scan distortion; translated images carry the same shear."""
+    from datafactory.calibration import calibrate_lattice, lattice_vectors_A
+    from translators.base import load_style
+
+    plan = make_plan({"microscope": {"image_size_px": 384, "pixel_size_A": PIXEL_A, "source_size_A": 0.6}, "structure": {"rotation_deg": 11.0}})
+    clean = simulate_sample(plan, 0, 0).image
+    truth = StyleParameters(gain=2.0, dose_counts=60.0, background=0.2, affine=[[1.0, 0.0], [0.04, 1.0]], spread=0.0)
+    experiment, *_ = render(clean, truth, PIXEL_A, np.random.default_rng(0))
+    path = write_imagej_tif(tmp_path / "sheared.tif", experiment, PIXEL_A)
+    assert run_cli("fit-style", path, "--material", "MoS2", "--out", tmp_path / "style", "-q")[0] == 0
+    translator = load_style(tmp_path / "style")
+    translator.params = translator.params.__class__(**{**translator.params.to_dict(), "spread": 0.0})
+    other = simulate_sample(plan, 0, 1).image
+    restyled = translator.translate(other[None], [np.random.default_rng(1)]).images[0]
+    lattice = lattice_vectors_A("MoS2")
+    expected = calibrate_lattice(experiment, lattice).shear
+    assert abs(expected) > 0.03
+    assert calibrate_lattice(restyled, lattice).shear == pytest.approx(expected, abs=0.01)
+    assert abs(calibrate_lattice(other, lattice).shear) < 0.005
