@@ -30,6 +30,12 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _require_at_least(name: str, value: int | float | None, minimum: int) -> None:
+    """One-line error unless ``value`` (when given) is at least ``minimum``."""
+    if value is not None and value < minimum:
+        raise FactoryError(f"{name}: must be >= {minimum} (got {value})")
+
+
 @app.callback()
 def main(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
@@ -54,12 +60,9 @@ def simulate(
     from .config import load_config
     from .pipeline import Plan, default_workers, write_simulation
 
-    if n < 1:
-        raise FactoryError(f"--n: must be >= 1 (got {n})")
-    if seed < 0:
-        raise FactoryError(f"--seed: must be >= 0 (got {seed})")
-    if workers is not None and workers < 1:
-        raise FactoryError(f"--workers: must be >= 1 (got {workers})")
+    _require_at_least("--n", n, 1)
+    _require_at_least("--seed", seed, 0)
+    _require_at_least("--workers", workers, 1)
     overrides = {}
     if size is not None:
         overrides["microscope.image_size_px"] = size
@@ -202,10 +205,8 @@ def translate(
 
     from .preview import write_preview
 
-    if seed < 0:
-        raise FactoryError(f"--seed: must be >= 0 (got {seed})")
-    if batch < 1:
-        raise FactoryError(f"--batch: must be >= 1 (got {batch})")
+    _require_at_least("--seed", seed, 0)
+    _require_at_least("--batch", batch, 1)
     translator = load_style(style)
     attrs = {"style_method": translator.method, "style_hash": style_hash(style), "style_pixel_size_A": translator.pixel_size_A}
     path = translate_file(translator, input_path, out, seed=seed, allow_resample=resample, batch=batch, progress=not quiet, style_attrs=attrs)
@@ -326,8 +327,7 @@ def select(
 
     if perplexity <= 0:
         raise FactoryError(f"--perplexity: must be > 0 (got {perplexity})")
-    if clusters < 1:
-        raise FactoryError(f"--clusters: must be >= 1 (got {clusters})")
+    _require_at_least("--clusters", clusters, 1)
     if device not in ("cpu", "cuda", "auto"):
         raise FactoryError(f"--device: must be cpu, cuda or auto (got '{device}')")
     if material is None and structure is None:
