@@ -40,8 +40,11 @@ def test_fit_recovers_dose_and_jitter_and_matches_histogram(clean_512, seed):
     assert fitted.jitter_A == pytest.approx(TRUE.jitter_A, rel=0.20)
     assert fitted.gain == pytest.approx(TRUE.gain, rel=0.10)
     assert fitted.streak == pytest.approx(TRUE.streak, rel=0.35)
-    translated = ParametricTranslator(replace(fitted, spread=0.0), PIXEL_A).translate(clean_512[None], np.random.default_rng(99))
-    kl = hist_kl(experiment, translated.images[0])
+    # hist_kl of min–max normalised single images swings with a few extreme pixels (0.002–0.06
+    # between two draws of the true model here), so judge the median of five translations
+    translator = ParametricTranslator(replace(fitted, spread=0.0), PIXEL_A)
+    draws = translator.translate(np.repeat(clean_512[None], 5, 0), [np.random.default_rng(99 + k) for k in range(5)])
+    kl = float(np.median([hist_kl(experiment, image) for image in draws.images]))
     assert kl <= 0.02
     assert hist_kl(experiment, clean_512) > 10 * kl  # the clean image is far from the experiment
 

@@ -308,29 +308,27 @@ def row_streak(image: np.ndarray, counts_scale: float, offset: float, noise_var:
 
 
 def contamination_field(image: np.ndarray, pixel_size_A: float, scale_A: float = CONTAMINATION_SCALE_A) -> tuple[float, float]:
-    """(RMS, correlation length Å) of the low-pass content below the lattice scale.
+    """(RMS, correlation length Å) of the smooth content below the lattice scale.
 
-    The image is smoothed with a Gaussian of ``scale_A`` (which removes the lattice); the
-    correlation length is the σ of a Gaussian random field whose autocorrelation has the
-    same half-width, with the smoothing removed in quadrature.
+    A Gaussian random field of correlation σ = L (white noise smoothed by G_L) keeps, after a
+    further Gaussian smoothing of scale s, the variance fraction L²/(L² + s²). The image is
+    smoothed at s₁ = ``scale_A`` (which removes the lattice) and at s₂ = 1.5·s₁; the ratio of
+    the two RMS values, ``r² = (L² + s₁²)/(L² + s₂²)``, gives L, and the RMS at s₁ divided by
+    ``L/√(L² + s₁²)`` gives the field's own RMS. Both are measured on the same core (borders
+    of 2 s₂ left out) with the mean removed, as the model's field is normalised.
     """
-    sigma_px = scale_A / pixel_size_A
-    low = np.asarray(gaussian(image, sigma_px), dtype=np.float64)
-    margin = int(min(2 * sigma_px, min(low.shape) // 4))
-    core = low[margin : low.shape[0] - margin, margin : low.shape[1] - margin] if margin else low
-    core = core - core.mean()
-    rms = float(core.std())
-    if rms <= 0:
+    s1, s2 = scale_A, 1.5 * scale_A
+    low1 = np.asarray(gaussian(image, s1 / pixel_size_A), dtype=np.float64)
+    low2 = np.asarray(gaussian(image, s2 / pixel_size_A), dtype=np.float64)
+    margin = int(min(2 * s2 / pixel_size_A, min(low1.shape) // 4))
+    core = (slice(margin, low1.shape[0] - margin), slice(margin, low1.shape[1] - margin))
+    rms1, rms2 = float(low1[core].std()), float(low2[core].std())
+    if rms1 <= 0:
         return 0.0, scale_A
-    f = np.fft.rfft2(core, s=(2 * core.shape[0], 2 * core.shape[1]))
-    acf = np.fft.irfft2(np.abs(f) ** 2)[: core.shape[0], : core.shape[1]]
-    acf = acf / acf[0, 0]
-    n = min(acf.shape)
-    radial = 0.5 * (acf[0, :n] + acf[:n, 0])
-    below = np.nonzero(radial < 0.5)[0]
-    half_px = float(below[0]) if below.size else float(len(radial))
-    sigma_eff_A = half_px * pixel_size_A / (2 * math.sqrt(math.log(2)))
-    length_A = math.sqrt(max(sigma_eff_A**2 - scale_A**2, (0.5 * scale_A) ** 2))
+    r2 = min((rms2 / rms1) ** 2, 0.999)
+    length_sq = (r2 * s2**2 - s1**2) / (1.0 - r2)
+    length_A = math.sqrt(length_sq) if length_sq > (0.25 * s1) ** 2 else 0.25 * s1
+    rms = rms1 * math.sqrt(length_A**2 + s1**2) / length_A
     return rms, length_A
 
 
