@@ -130,3 +130,23 @@ def test_run_selection_refuses_bad_requests(sim_file, tmp_path):
     with pytest.raises(FactoryError):
         run_selection(sim_file, [small], keep=4, out_path=tmp_path / "x.h5", progress=False)
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_vgg16_features_come_from_a_user_supplied_file(tmp_path):
+    import torch
+    import torchvision
+
+    from datafactory.selection import vgg16_features
+
+    torch.manual_seed(0)
+    weights = tmp_path / "vgg16.pth"
+    torch.save({f"features.{k}": v for k, v in torchvision.models.vgg16(weights=None).features.state_dict().items()}, weights)
+    images = _images("MoS2", 3, size=64)
+    features = vgg16_features(images, weights)
+    assert features.shape == (3, 512) and np.isfinite(features).all()
+    np.testing.assert_allclose(vgg16_features(images[1:2], weights)[0], features[1], rtol=1e-4, atol=1e-6)
+    with pytest.raises(FactoryError, match="not found"):
+        vgg16_features(images, tmp_path / "missing.pth")
+    (tmp_path / "junk.pth").write_text("not a checkpoint")
+    with pytest.raises(FactoryError):
+        vgg16_features(images, tmp_path / "junk.pth")

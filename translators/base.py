@@ -104,6 +104,11 @@ class Translator(ABC):
         """A few human-readable lines describing the fitted style."""
         return json.dumps(self.parameters(), indent=2)
 
+    @staticmethod
+    def load(directory: Path) -> "Translator":
+        """Load any STYLE bundle (same as :func:`load_style`)."""
+        return load_style(directory)
+
     def save(self, directory: Path, *, sources: Sequence[dict[str, Any]] = (), options: dict[str, Any] | None = None) -> Path:
         """Write the STYLE bundle to ``directory`` (replaced atomically if it exists)."""
         return save_bundle(self, Path(directory), sources=sources, options=options or {})
