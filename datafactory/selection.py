@@ -209,16 +209,19 @@ def default_features(images: np.ndarray, pixel_size_A: float) -> np.ndarray:
     and all frequencies are in 1/Å, so the same lattice at the same pixel size gives the same
     vector whatever the image size. The blocks, in order:
 
-    1. **Radial log-PSD** (``len(PSD_Q_A)`` values): the image is z-scored (zero mean, unit
-       variance, so intensity scale and offset drop out), Hann-windowed and zero-padded;
-       log10 of its power spectrum (floored at ``PSD_FLOOR`` × mean power) is averaged over
-       rings of constant spatial frequency and sampled at the fixed frequencies ``PSD_Q_A``.
-       Rotation-invariant: it captures lattice spacings, probe blur and noise level.
-       Frequencies beyond Nyquist get a constant.
+    1. **Radial PSD of the lattice** (``len(PSD_Q_A)`` values): the image is z-scored,
+       Hann-windowed and zero-padded. In each ring of constant spatial frequency the noise
+       level (median / ln 2: noise periodogram values are exponentially distributed) is
+       removed and only ring power 3 standard errors above it is kept; the qx ≈ 0 line,
+       where scan streaks and line jitter put their power, is left out. The remaining power
+       is normalised by its total and log10(· + ``PSD_FLOOR``) is sampled at ``PSD_Q_A``.
+       So a noisy experiment and a clean simulation of one structure give one spectrum.
+       Rotation-invariant; beyond Nyquist a constant.
     2. **Intensity histogram** (``HIST_BINS`` values): fraction of pixels in equal bins of
-       the min–max normalised intensities over [0, 1] — the grey-level distribution.
+       the min–max normalised image after Gaussian denoising at ``STRUCTURE_SIGMA_A``.
     3. **Lattice peaks** (``2 N_PEAKS`` values): the ``N_PEAKS`` strongest local maxima of
-       the PSD in one half-plane between ``PEAK_Q_MIN_A`` and min(2 1/Å, 0.95 Nyquist),
+       the noise-removed PSD (pixels 3 noise levels above their ring, scan line left out) in
+       one half-plane between ``PEAK_Q_MIN_A`` and min(2 1/Å, 0.95 Nyquist),
        strongest first: their radii in 1/Å (sub-pixel by a 3×3 centroid), the log10
        strength of peaks 2.. relative to the strongest, and the log10 height of the
        strongest peak over the mean of its ring (its prominence). Missing peaks give radius 0
