@@ -696,6 +696,7 @@ def calibration_check(
     use_lattice: bool,
     tolerance_percent: float = 2.0,
     material: str | None = None,
+    calibration: LatticeCalibration | None = None,
 ) -> tuple[float, str | None]:
     """Decide which pixel size to use for a micrograph, checking the file against the lattice.
 
@@ -712,6 +713,9 @@ def calibration_check(
         Disagreement above which a warning is returned.
     material : str, optional
         Name used in messages.
+    calibration : LatticeCalibration, optional
+        An already computed :func:`calibrate_lattice` result for this image, to avoid
+        computing it twice.
 
     Returns
     -------
@@ -731,7 +735,7 @@ def calibration_check(
         raise FactoryError(f"file pixel size must be a positive number of Å, got {file_pixel_size_A!r}")
     name = material or "material's"
     if use_lattice or file_pixel_size_A is None:
-        cal = calibrate_lattice(image, lattice_A, file_pixel_size_A=file_pixel_size_A, material=material)
+        cal = calibration or calibrate_lattice(image, lattice_A, file_pixel_size_A=file_pixel_size_A, material=material)
         msg = (
             f"pixel size {cal.pixel_size_A:.5f} Å/px from the {name} lattice "
             f"(x {cal.pixel_size_x_A:.5f}, y {cal.pixel_size_y_A:.5f} Å/px, shear {cal.shear:+.4f}, {cal.n_spots} spots)"
@@ -746,7 +750,7 @@ def calibration_check(
             msg += "; the distortion is ambiguous for this near-symmetric lattice (the pixel size is not)"
         return cal.pixel_size_A, msg
     try:
-        cal = calibrate_lattice(image, lattice_A, file_pixel_size_A=file_pixel_size_A, material=material)
+        cal = calibration or calibrate_lattice(image, lattice_A, file_pixel_size_A=file_pixel_size_A, material=material)
     except FactoryError as exc:
         return float(file_pixel_size_A), f"calibration check skipped ({exc}); using the file's {file_pixel_size_A:.5f} Å/px"
     if abs(cal.mismatch_percent) > tolerance_percent:

@@ -123,23 +123,20 @@ def _read_experiments(paths, pixel_size, allow_rgb, material, structure, calibra
         return micrographs, [None] * len(micrographs)
     from .calibration import calibrate_lattice, calibration_check
 
+    swap = np.array([[0.0, 1.0], [1.0, 0.0]])  # calibration's [x, y] order -> [row, col]
     checked, affines = [], []
     for m in micrographs:
-        px, message = calibration_check(m.image, lattice, m.pixel_size_A, use_lattice=calibrate, material=name)
+        try:
+            cal = calibrate_lattice(m.image, lattice, file_pixel_size_A=m.pixel_size_A, material=name)
+        except FactoryError:
+            cal = None  # calibration_check decides: skip the check, or fail under --calibrate
+        px, message = calibration_check(m.image, lattice, m.pixel_size_A, use_lattice=calibrate, material=name, calibration=cal)
         if message:
             _notice(f"{m.name}: {message}")
         if px != m.pixel_size_A:
             m = dataclasses.replace(m, pixel_size_A=float(px), calibration="lattice")
-        affine = None
-        if want_affine:
-            try:
-                cal = calibrate_lattice(m.image, lattice, file_pixel_size_A=m.file_pixel_size_A, material=name)
-                swap = np.array([[0.0, 1.0], [1.0, 0.0]])
-                affine = swap @ np.asarray(cal.affine, dtype=float) @ swap
-            except FactoryError:
-                affine = None
         checked.append(m)
-        affines.append(affine)
+        affines.append(swap @ np.asarray(cal.affine, dtype=float) @ swap if want_affine and cal is not None else None)
     return checked, affines
 
 
@@ -176,10 +173,11 @@ def fit_style(
     if differ:
         _notice(f"images at {differ} Å/px are resampled to {target:.5g} Å/px, the first image's pixel size")
     translator = methods[method].fit(micrographs, affine=affine, spread=spread, progress=not quiet)
-    sources = []
-    for m in micrographs:
-        digest = hashlib.sha256(Path(m.source).read_bytes()).hexdigest()
-        sources.append({"name": m.name, "sha256": digest, "pixel_size_A": m.pixel_size_A, "calibration": m.calibration})
+    digests = {path: hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in {m.source for m in micrographs}}
+    sources = [
+        {"name": m.name, "sha256": digests[m.source], "pixel_size_A": m.pixel_size_A, "calibration": m.calibration}
+        for m in micrographs
+    ]
     options = {"method": method, "spread": spread, "material": material, "structure": str(structure) if structure else None, "calibrate": calibrate}
     path = translator.save(out, sources=sources, options=options)
     typer.echo(translator.summary())

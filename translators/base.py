@@ -168,10 +168,11 @@ def read_style_record(directory: Path) -> dict[str, Any]:
         raise FactoryError(f"--style: '{directory}' is not a STYLE bundle (no {STYLE_FILE}); make one with 'factory fit-style'")
     try:
         record = json.loads(path.read_text())
-        method, pixel_size_A, parameters = record["method"], record["pixel_size_A"], record["parameters"]
-    except (ValueError, KeyError, TypeError) as exc:
+        missing = [key for key in ("method", "pixel_size_A", "parameters") if key not in record]
+    except (ValueError, TypeError) as exc:
         raise FactoryError(f"--style: '{path}' is damaged ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-    del method, pixel_size_A, parameters
+    if missing:
+        raise FactoryError(f"--style: '{path}' is damaged (no {', '.join(missing)})")
     return record
 
 

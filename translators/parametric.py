@@ -286,7 +286,7 @@ def line_jitter_px(image: np.ndarray, noise_slope: float, noise_intercept: float
     return float(math.sqrt(max(jitter_var, 0.0)))
 
 
-def row_streak(image: np.ndarray, counts_scale: float, offset: float, noise_var: float) -> float:
+def row_streak(image: np.ndarray, offset: float, noise_var: float) -> float:
     """Relative RMS per-line gain variation from the white level of the row means.
 
     The row-mean sequence holds the lattice's slow modulation (band-limited) plus, at every
@@ -303,7 +303,6 @@ def row_streak(image: np.ndarray, counts_scale: float, offset: float, noise_var:
     var = white - noise_var / x.shape[1]
     if level <= 0 or var <= 0:
         return 0.0
-    del counts_scale
     return float(math.sqrt(var) / level)
 
 
@@ -450,7 +449,7 @@ def fit_image(image: np.ndarray, pixel_size_A: float, affine: np.ndarray | None 
     bands = spectral_bands(x, pixel_size_A, noise_var)
     slope_A2 = psd_slope(band_log_power(x, pixel_size_A, bands, noise_var), bands) if bands else None
     jitter_px = line_jitter_px(x, slope, intercept)
-    streak = row_streak(x, gain, offset, noise_var)
+    streak = row_streak(x, offset, noise_var)
     contamination_rms, contamination_length_A = contamination_field(x, pixel_size_A)
     flyback_A, flyback_decay_A = flyback_lag(x, pixel_size_A)
     return StyleParameters(
