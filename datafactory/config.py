@@ -331,6 +331,18 @@ class LabelsConfig(_Model):
         return self
 
 
+class AugmentConfig(_Model):
+    """Extra augmentations that ``generate`` applies to the images after translation.
+
+    Each is drawn per sample (stream ``augment``) and recorded as ``params/augment_<name>``.
+    They change only ``images``, never the labels.
+    """
+
+    gaussian_noise: NonNegParam = 0.0  # σ of added Gaussian noise, as a fraction of the image's P1–P99.5 range
+    blur_sigma_A: NonNegParam = 0.0  # extra Gaussian blur (Å)
+    gamma: PositiveParam = 1.0  # intensity exponent applied to the min–max normalised image
+
+
 class LimitsConfig(_Model):
     max_memory_MB: float = 4096.0
 
@@ -344,6 +356,7 @@ class Config(_Model):
     microscope: MicroscopeConfig = MicroscopeConfig()
     simulation: SimulationConfig = SimulationConfig()
     labels: LabelsConfig = LabelsConfig()
+    augment: AugmentConfig = AugmentConfig()
     limits: LimitsConfig = LimitsConfig()
 
     def to_yaml(self) -> str:

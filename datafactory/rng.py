@@ -7,7 +7,7 @@ change in how one stage consumes randomness leaves the others untouched.
 import numpy as np
 
 #: Named streams of one sample. Values are part of the data format: never renumber.
-STREAMS = {"params": 0, "structure": 1, "thermal": 2, "phonons": 3, "style": 4}
+STREAMS = {"params": 0, "structure": 1, "thermal": 2, "phonons": 3, "style": 4, "augment": 5, "split": 6}
 
 
 def sample_rng(seed: int, index: int, stream: str) -> np.random.Generator:

@@ -1,0 +1,141 @@
+"""The dataset card: ``DATASET/README.md``, written for a group that has only the files.
+
+It says what is inside and how it was made, defines every label with its units, lists the
+parameter ranges (as configured and as drawn), shows how to load the data in five lines,
+and leaves a licence field to fill in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .dataset import CARD_FILE
+
+
+def _parameter_ranges(root: Path, manifest: dict[str, Any]) -> list[tuple[str, float, float]]:
+    """(name, min, max) of every ``params/*`` over all shards, as drawn."""
+    import h5py
+
+    lo: dict[str, float] = {}
+    hi: dict[str, float] = {}
+    for shard in manifest["shards"]:
+        with h5py.File(root / shard["file"], "r") as f:
+            for name, ds in f["params"].items():
+                values = ds[:]
+                finite = values[np.isfinite(values)]
+                if finite.size:
+                    lo[name] = min(lo.get(name, np.inf), float(finite.min()))
+                    hi[name] = max(hi.get(name, -np.inf), float(finite.max()))
+    return [(name, lo[name], hi[name]) for name in sorted(lo)]
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def card_text(root: Path, manifest: dict[str, Any]) -> str:
+    """The Markdown text of the card."""
+    root = Path(root)
+    style = manifest.get("style")
+    n, shape = manifest["n"], manifest["image_shape"]
+    channels = manifest["channel_names"]
+    n_interfaces = manifest["n_interfaces"]
+    counts = manifest["split"].get("counts") or {}
+    size_bytes = sum(s["bytes"] for s in manifest["shards"])
+    how = (
+        f"restyled with the `{style['method']}` style (bundle hash `{style['hash'][:16]}…`, fitted at "
+        f"{style['pixel_size_A']:.5g} Å/px) to look like the experiment it was fitted on"
+        if style
+        else "left clean (no style translation)"
+    )
+    lines = [
+        f"# Dataset card: {root.name}",
+        "",
+        "## What is inside",
+        "",
+        f"{n} simulated annular dark-field STEM images of {shape[0]}×{shape[1]} pixels at "
+        f"{manifest['pixel_size_A']:.5g} Å per pixel, each with exact labels: per-column-class masks, "
+        f"an atom table{' and interlayer slip and twist' if n_interfaces else ''}. The images were simulated "
+        f"from atomic models and {how}. Translation changes only the images, except that a geometric scan "
+        "artefact's displacement field moves masks and atoms with the image, so the labels stay exact.",
+        "",
+        f"- Shards: {len(manifest['shards'])} HDF5 files in `shards/` ({size_bytes / 1e6:.1f} MB, "
+        f"{size_bytes / max(n, 1) / 1e3:.0f} kB per sample), {manifest['shard_size']} samples each; "
+        "`manifest.json` lists their sample ranges and sha256 checksums.",
+        f"- Splits (per sample, fixed by the seed): "
+        + ", ".join(f"{name} {counts.get(name, 0)}" for name in manifest["split"]["names"])
+        + f" (fractions {', '.join(str(f) for f in manifest['split']['fractions'])}).",
+        f"- Made by stem-datafactory {manifest['package_version']} with `{manifest.get('command') or 'factory generate'}`, "
+        f"seed {manifest['seed']}, {manifest['created']}.",
+        f"- Clean (pre-translation) images: {'included as `clean`' if manifest.get('keep_clean') else 'not included'}.",
+        "",
+        "## Labels and units",
+        "",
+        "Pixel `(row, col)` is centred at x = col·Δ, y = row·Δ (Δ the pixel size); x runs along",
+        "columns, y along rows (down), z along the beam. Layers are numbered 1, 2, … along +z.",
+        "",
+        "| dataset | shape, type | definition |",
+        "| --- | --- | --- |",
+        f"| `images` | (N, {shape[0]}, {shape[1]}) float32 | the image{' in the experiment’s intensity units' if style else ' (incoherent model: Z^γ per Å²)'} |",
+        "| `clean` | (N, H, W) float32 | the image before translation, on the same (displaced) grid (when included) |",
+        f"| `masks` | (N, {len(channels)}, H, W) uint8 | one channel per column class: {', '.join(f'`{c}`' for c in channels)}; attrs give the disk radius or Gaussian σ (Å) and `max_value` |",
+        "| `atoms/position_px` | (M, 2) float32 | atom centre [row, col] in pixels |",
+        "| `atoms/position_A` | (M, 2) float32 | atom centre [y, x] in Å (= position_px × pixel size) |",
+        "| `atoms/z_A`, `atoms/Z`, `atoms/layer` | (M,) | height (Å), atomic number, layer (1-based) |",
+        "| `atoms/column_class` | (M,) int16 | index of the atom's column class in `masks` channel order |",
+        "| `atoms/offsets` | (N+1,) int64 | the atoms of row i are `offsets[i]:offsets[i+1]` |",
+    ]
+    if n_interfaces:
+        lines += [
+            "| `labels/slip_frac` | (N, L−1, 2) | slip of layer k+1 over layer k as fractions (Da, Db) of layer k's a1, a2; periodic with period 1 |",
+            "| `labels/slip_A` | (N, L−1, 2) | the same slip in Å, in the cell's crystal frame |",
+            "| `labels/twist_deg` | (N, L−1) | twist of layer k+1 over layer k about z, degrees |",
+        ]
+    lines += [
+        "| `params/<name>` | (N,) float64 | every value drawn for the sample (microscope, structure, style `style_*`, augmentation `augment_*`) |",
+        "",
+        "## Parameter ranges (as drawn)",
+        "",
+        "| parameter | min | max |",
+        "| --- | --- | --- |",
+    ]
+    lines += [f"| `{name}` | {_fmt(a)} | {_fmt(b)} |" for name, a, b in _parameter_ranges(root, manifest)]
+    lines += [
+        "",
+        "The full configuration (YAML) is in `manifest.json` under `config`.",
+        "",
+        "## Load it",
+        "",
+        "```python",
+        "import h5py, json",
+        f"manifest = json.load(open('{root.name}/manifest.json'))",
+        f"with h5py.File('{root.name}/' + manifest['shards'][0]['file']) as f:",
+        "    image, masks = f['images'][0], f['masks'][0]",
+        "    atoms = f['atoms/position_px'][f['atoms/offsets'][0]:f['atoms/offsets'][1]]",
+        "```",
+        "",
+        "With PyTorch: `from inference.data import ShardDataset; ds = ShardDataset('"
+        + root.name
+        + "', split='train')` (from stem-datafactory). Check integrity with `factory validate "
+        + root.name
+        + "`.",
+        "",
+        "## Licence",
+        "",
+        "LICENCE: _to be filled in by the dataset's owner_",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_card(root: Path, manifest: dict[str, Any]) -> Path:
+    """Write ``root/README.md`` (atomically)."""
+    root = Path(root)
+    path = root / CARD_FILE
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(card_text(root, manifest))
+    tmp.replace(path)
+    return path

@@ -1,0 +1,157 @@
+"""factory generate: determinism across executors, resume after kill -9, refusal, pixel-size rules, manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from datafactory.dataset import file_sha256, load_manifest, split_indices
+from datafactory.pipeline import simulate_sample
+from translators.parametric import ParametricTranslator, StyleParameters
+
+FACTORY = [sys.executable, "-m", "datafactory.cli"]
+SMALL = ["--config", "mos2_bilayer_slip", "--size", "48", "-q"]
+
+
+@pytest.fixture(scope="module")
+def style_dir(tmp_path_factory) -> Path:
+    """A parametric style with every artefact on, including a geometric one that moves labels."""
+    style = StyleParameters(
+        gain=2.0, dose_counts=40.0, background=0.2, jitter_A=0.05, streak=0.01, contamination=0.03,
+        contamination_length_A=5.0, flyback_A=0.2, flyback_decay_A=2.0, affine=[[1.01, 0.0], [0.02, 0.99]],
+    )
+    return ParametricTranslator(style, 0.12).save(tmp_path_factory.mktemp("style") / "style")
+
+
+def arrays(root: Path) -> dict[str, np.ndarray]:
+    """Every per-sample array of a dataset, concatenated in sample order."""
+    manifest = load_manifest(root)
+    out: dict[str, list] = {}
+    for shard in sorted(manifest["shards"], key=lambda s: s["start"]):
+        with h5py.File(root / shard["file"], "r") as f:
+            for name in ("images", "masks", "clean", "atoms/position_px", "atoms/Z", "atoms/offsets", "labels/slip_frac"):
+                if name in f:
+                    out.setdefault(name, []).append(f[name][:])
+            for name, ds in f["params"].items():
+                out.setdefault(f"params/{name}", []).append(ds[:])
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_local_and_dask_give_identical_arrays(run_cli, style_dir, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    local, remote = tmp_path / "local", tmp_path / "dask"
+    code, _, err = run_cli("generate", *SMALL, "--n", 20, "--shard-size", 6, "--style", style_dir, "--keep-clean", "--workers", 1, "--out", local)
+    assert code == 0, err
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None) as cluster:
+        code, _, err = run_cli("generate", *SMALL, "--n", 20, "--shard-size", 6, "--style", style_dir, "--keep-clean", "--scheduler", cluster.scheduler_address, "--out", remote)
+    assert code == 0, err
+    a, b = arrays(local), arrays(remote)
+    assert_same(a, b)
+    assert a["images"].shape == (20, 48, 48) and not np.array_equal(a["images"], a["clean"])
+    for root in (local, remote):
+        manifest = load_manifest(root)
+        assert [s["sha256"] for s in manifest["shards"]] == [file_sha256(root / s["file"]) for s in manifest["shards"]]
+
+
+def test_resume_after_kill_9_ends_with_exactly_n_samples(style_dir, tmp_path):
+    out = tmp_path / "ds"
+    args = [*FACTORY, "generate", *SMALL, "--n", 48, "--shard-size", 4, "--style", style_dir, "--workers", 2, "--out", out]
+    args = [str(a) for a in args]
+    proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:  # wait until some, but not all, shards are recorded
+            try:
+                shards = json.loads((out / "manifest.json").read_text())["shards"]
+            except (OSError, ValueError, KeyError):
+                shards = []
+            if len(shards) >= 2 or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and its workers, as a crash would
+        proc.wait()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["completed"] is None and len(manifest["shards"]) < 12, "the run finished before it could be killed"
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    resumed = arrays(out)
+    clean_run = tmp_path / "clean"
+    subprocess.run([a if a != str(out) else str(clean_run) for a in args], check=True, capture_output=True, timeout=300)
+    assert_same(resumed, arrays(clean_run))
+    manifest = load_manifest(out)
+    ranges = sorted((s["start"], s["stop"]) for s in manifest["shards"])
+    assert ranges[0][0] == 0 and ranges[-1][1] == 48 and all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    assert not list((out / "shards").glob("*.partial"))
+
+
+def test_other_settings_are_refused_unless_overwrite(run_cli, tmp_path):
+    out = tmp_path / "ds"
+    assert run_cli("generate", *SMALL, "--n", 6, "--shard-size", 3, "--workers", 1, "--out", out)[0] == 0
+    before = (out / "manifest.json").read_text()
+    code, _, err = run_cli("generate", *SMALL, "--n", 6, "--shard-size", 3, "--workers", 1, "--seed", 1, "--out", out)
+    assert code == 2 and "seed" in err and err.count("\n") == 1
+    assert (out / "manifest.json").read_text() == before
+    assert run_cli("generate", *SMALL, "--n", 6, "--shard-size", 3, "--workers", 1, "--seed", 1, "--overwrite", "--out", out)[0] == 0
+    assert load_manifest(out)["seed"] == 1
+    # the same command again resumes (nothing to do) and keeps every shard
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.h5")}
+    assert run_cli("generate", *SMALL, "--n", 6, "--shard-size", 3, "--workers", 1, "--seed", 1, "--out", out)[0] == 0
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.h5")}
+
+
+def test_pixel_size_follows_the_style(run_cli, style_dir, tmp_path):
+    code, _, err = run_cli("generate", *SMALL, "--n", 2, "--style", style_dir, "--pixel-size", 0.1, "--workers", 1, "--out", tmp_path / "a")
+    assert code == 2 and "--resample" in err and not (tmp_path / "a").exists()
+    code, _, err = run_cli("generate", *SMALL, "--n", 2, "--style", style_dir, "--pixel-size", 0.1, "--resample", "--workers", 1, "--out", tmp_path / "b")
+    assert code == 0, err
+    manifest = load_manifest(tmp_path / "b")
+    assert manifest["pixel_size_A"] == pytest.approx(0.12) and manifest["image_shape"] == [40, 40]
+    code, _, err = run_cli("generate", *SMALL, "--n", 2, "--style", style_dir, "--workers", 1, "--out", tmp_path / "c")
+    assert code == 0 and "style's 0.12" in err  # the config's 0.1 Å/px gives way, with a notice
+    with h5py.File(tmp_path / "c" / load_manifest(tmp_path / "c")["shards"][0]["file"], "r") as f:
+        np.testing.assert_allclose(f["params/pixel_size_A"][:], 0.12)
+
+
+def test_manifest_splits_card_and_clean_without_style(run_cli, tmp_path):
+    out = tmp_path / "ds"
+    code, _, err = run_cli("generate", *SMALL, "--n", 30, "--shard-size", 8, "--workers", 1, "--keep-clean", "--split", "0.6,0.2,0.2", "--out", out)
+    assert code == 0, err
+    manifest = load_manifest(out)
+    parts = [set(split_indices(manifest, name)) for name in ("train", "val", "test")]
+    assert sum(len(p) for p in parts) == 30 and set.union(*parts) == set(range(30))
+    assert all(not (a & b) for i, a in enumerate(parts) for b in parts[i + 1 :])
+    assert manifest["split"]["counts"] == {name: len(p) for name, p in zip(("train", "val", "test"), parts)}
+    data = arrays(out)
+    np.testing.assert_array_equal(data["images"], data["clean"])  # no style: clean is the image
+    card = (out / "README.md").read_text()
+    assert "LICENCE" in card and "slip_frac" in card and "ShardDataset" in card and "30 simulated" in card
+    code, _, err = run_cli("generate", *SMALL, "--n", 3, "--split", "0.5,0.5", "--out", tmp_path / "bad")
+    assert code == 2 and "--split" in err
+
+
+def test_generated_sample_equals_the_simulation(run_cli, tmp_path):
+    out = tmp_path / "ds"
+    assert run_cli("generate", "--config", "mos2_monolayer", "--size", "48", "-q", "--n", 5, "--shard-size", 2, "--workers", 1, "--out", out)[0] == 0
+    from datafactory.config import load_config
+    from datafactory.pipeline import Plan
+
+    config, path = load_config("mos2_monolayer", {"microscope.image_size_px": 48})
+    plan = Plan.from_config(config, base_dir=path.parent)
+    data = arrays(out)
+    np.testing.assert_array_equal(data["images"][3], simulate_sample(plan, 0, 3).image)
