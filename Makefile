@@ -4,7 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR := demo_output
-EXP_DIR := ../shared/data/experimental
+EXP ?=
+MATERIAL ?= MoS2
+DEMO_CONFIG ?= configs/mos2_bilayer_slip.yaml
+DEMO_N ?= 256
 
 .PHONY: demo test install bench clean
 
@@ -16,25 +19,27 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 		-c requirements/constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
+# The main job on the built-in example experiment (a digital twin); point it at your own
+# micrographs with e.g. `make demo EXP="../shared/data/experimental/*.tif"`.
 demo: $(STAMP)
-	$(BIN)/factory simulate --config configs/mos2_bilayer_slip.yaml --n 16 --seed 0 \
-		--out $(DEMO_DIR)/mos2_bilayer_slip.h5
-	$(BIN)/factory simulate --config configs/wsse_janus_twisted_bilayer.yaml --n 16 --seed 0 \
-		--out $(DEMO_DIR)/wsse_janus_twisted_bilayer.h5
-	@if [ -d $(EXP_DIR) ]; then \
-		$(BIN)/factory fit-style $(EXP_DIR)/mos2_60kv_a.tif $(EXP_DIR)/mos2_60kv_b.tif --material MoS2 --calibrate \
-			--out $(DEMO_DIR)/style_mos2_60kv -q && \
-		$(BIN)/factory simulate --config mos2_monolayer --n 16 --size 384 --seed 0 -q \
-			--out $(DEMO_DIR)/mos2_monolayer.h5 && \
-		$(BIN)/factory translate --style $(DEMO_DIR)/style_mos2_60kv --in $(DEMO_DIR)/mos2_monolayer.h5 \
-			--out $(DEMO_DIR)/mos2_monolayer_styled.h5 --resample -q && \
-		$(BIN)/factory compare $(EXP_DIR)/mos2_60kv_a.tif $(DEMO_DIR)/mos2_monolayer_styled.h5:clean \
-			$(DEMO_DIR)/mos2_monolayer_styled.h5 --material MoS2 --calibrate \
-			--out $(DEMO_DIR)/compare.png; \
-	else echo "(../shared/data/experimental not found: skipping the style demo)"; fi
+	@set -e; exp="$(EXP)"; \
+	if [ -z "$$exp" ]; then \
+		$(BIN)/factory example --out $(DEMO_DIR)/experiment; \
+		exp=$(DEMO_DIR)/experiment/example_mos2_haadf.tif; \
+	fi; \
+	$(BIN)/factory fit-style $$exp --material $(MATERIAL) --calibrate --out $(DEMO_DIR)/style -q; \
+	$(BIN)/factory generate --config $(DEMO_CONFIG) --style $(DEMO_DIR)/style --n $(DEMO_N) --size 256 \
+		--shard-size 64 --out $(DEMO_DIR)/dataset --overwrite -q; \
+	$(BIN)/factory validate $(DEMO_DIR)/dataset; \
+	$(BIN)/factory preview $(DEMO_DIR)/dataset --out $(DEMO_DIR)/preview.png; \
+	$(BIN)/factory compare $$(echo $$exp | cut -d' ' -f1) $(DEMO_DIR)/dataset/shards/shard-00000.h5:clean \
+		$(DEMO_DIR)/dataset/shards/shard-00000.h5 --material $(MATERIAL) --calibrate --out $(DEMO_DIR)/compare.png
 	@echo ""
 	@echo "Demo outputs:"
-	@ls -1d $(abspath $(DEMO_DIR))/* | sed 's/^/  /'
+	@echo "  style bundle     $(abspath $(DEMO_DIR))/style"
+	@echo "  dataset          $(abspath $(DEMO_DIR))/dataset  (manifest.json, README.md dataset card, shards/)"
+	@echo "  preview          $(abspath $(DEMO_DIR))/preview.png"
+	@echo "  comparison       $(abspath $(DEMO_DIR))/compare.png"
 
 # pytest exits 5 when it collects no tests; that is not a failure of the suite.
 test: $(STAMP)
@@ -45,6 +50,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_simulate.py
 	$(BIN)/python benchmarks/bench_translate.py
 	$(BIN)/python benchmarks/bench_metrics.py
+	$(BIN)/python benchmarks/bench_generate.py
 	$(BIN)/python benchmarks/style_real_data.py
 
 clean:

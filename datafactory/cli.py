@@ -487,6 +487,18 @@ def generate(
     typer.echo(str(out.resolve()))
 
 
+@app.command()
+def example(
+    out: Path = typer.Option(Path("example"), "--out", "-o", help="Directory for the example micrograph."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the twin's structure and noise."),
+) -> None:
+    """Write the built-in example experiment: a digital twin of a 60 kV HAADF image of monolayer MoS2 (16-bit TIFF)."""
+    from .example import make_example_experiment
+
+    _require_at_least("--seed", seed, 0)
+    typer.echo(str(make_example_experiment(out, seed).resolve()))
+
+
 def run(argv: list[str] | None = None) -> int:
     """Console entry point: runs the app and turns user errors into one line and exit code 2."""
     try:
