@@ -155,3 +155,36 @@ def test_generated_sample_equals_the_simulation(run_cli, tmp_path):
     plan = Plan.from_config(config, base_dir=path.parent)
     data = arrays(out)
     np.testing.assert_array_equal(data["images"][3], simulate_sample(plan, 0, 3).image)
+
+
+def test_config_augmentations_change_only_images(run_cli, tmp_path):
+    import yaml
+
+    from datafactory.config import load_config
+
+    config, _ = load_config("mos2_monolayer", {"microscope.image_size_px": 48})
+    raw = yaml.safe_load(config.to_yaml())
+    raw["augment"] = {"gaussian_noise": [0.05, 0.1], "blur_sigma_A": 0.1, "gamma": [0.8, 1.2]}
+    path = tmp_path / "aug.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    plain, augmented = tmp_path / "plain", tmp_path / "aug"
+    assert run_cli("generate", "--config", "mos2_monolayer", "--size", 48, "-q", "--n", 4, "--workers", 1, "--out", plain)[0] == 0
+    code, _, err = run_cli("generate", "--config", path, "-q", "--n", 4, "--workers", 1, "--out", augmented)
+    assert code == 0, err
+    a, b = arrays(plain), arrays(augmented)
+    assert not np.allclose(a["images"], b["images"])
+    for key in ("masks", "atoms/position_px", "atoms/Z"):
+        np.testing.assert_array_equal(a[key], b[key])
+    assert ((b["params/augment_gaussian_noise"] >= 0.05) & (b["params/augment_gaussian_noise"] <= 0.1)).all()
+
+
+def test_example_experiment_has_a_wrong_file_calibration_that_calibrate_finds(run_cli, tmp_path):
+    from datafactory.example import FILE_PIXEL_SIZE_A, TRUE_PIXEL_SIZE_A
+
+    code, out, err = run_cli("example", "--out", tmp_path)
+    assert code == 0, err
+    image = Path(out.strip())
+    code, out, err = run_cli("calibrate", image, "--material", "MoS2", "--json")
+    record = json.loads(out)
+    assert record["file_pixel_size_A"] == pytest.approx(FILE_PIXEL_SIZE_A, rel=1e-4)
+    assert record["pixel_size_A"] == pytest.approx(TRUE_PIXEL_SIZE_A, rel=0.005)
