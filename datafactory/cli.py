@@ -499,10 +499,52 @@ def example(
     typer.echo(str(make_example_experiment(out, seed).resolve()))
 
 
+@app.command()
+def validate(
+    dataset: Path = typer.Argument(..., help="Dataset directory written by generate."),
+    checksums: bool = typer.Option(True, "--checksums/--no-checksums", help="Recompute every shard's sha256."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Check schema, counts, checksums, NaN/inf and mask/atom consistency; list every problem and exit 1 if any."""
+    from .validate import validate_dataset
+
+    problems = validate_dataset(dataset, checksums=checksums, progress=not quiet)
+    if problems:
+        for line in problems:
+            typer.echo(f"problem: {line}", err=True)
+        typer.echo(f"{dataset}: {len(problems)} problem(s)", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{dataset}: valid")
+
+
+@app.command()
+def inspect(dataset: Path = typer.Argument(..., help="Dataset directory written by generate.")) -> None:
+    """Counts, label histograms and parameter ranges of a dataset."""
+    from .report import inspect_dataset
+
+    typer.echo(inspect_dataset(dataset))
+
+
+@app.command()
+def preview(
+    dataset: Path = typer.Argument(..., help="Dataset directory written by generate."),
+    out: Path = typer.Option(..., "--out", "-o", help="PNG to write."),
+    n: int = typer.Option(12, "--n", help="Number of random samples."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random choice."),
+) -> None:
+    """Random samples with their mask overlays and labels, as one PNG."""
+    from .report import preview_dataset
+
+    _require_at_least("--n", n, 1)
+    typer.echo(str(preview_dataset(dataset, out, n=n, seed=seed).resolve()))
+
+
 def run(argv: list[str] | None = None) -> int:
     """Console entry point: runs the app and turns user errors into one line and exit code 2."""
     try:
-        app(args=argv, standalone_mode=False)
+        result = app(args=argv, standalone_mode=False)
+        if isinstance(result, int):  # click returns typer.Exit's code instead of raising it
+            return result
     except FactoryError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2

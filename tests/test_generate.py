@@ -188,3 +188,24 @@ def test_example_experiment_has_a_wrong_file_calibration_that_calibrate_finds(ru
     record = json.loads(out)
     assert record["file_pixel_size_A"] == pytest.approx(FILE_PIXEL_SIZE_A, rel=1e-4)
     assert record["pixel_size_A"] == pytest.approx(TRUE_PIXEL_SIZE_A, rel=0.005)
+
+
+def test_validate_inspect_preview_commands(run_cli, tmp_path):
+    out = tmp_path / "ds"
+    assert run_cli("generate", *SMALL, "--n", 8, "--shard-size", 4, "--workers", 1, "--out", out)[0] == 0
+    code, stdout, err = run_cli("validate", out, "-q")
+    assert code == 0 and "valid" in stdout
+    code, stdout, _ = run_cli("inspect", out)
+    assert code == 0 and "N = 8" in stdout and "L1:Mo" in stdout
+    code, stdout, _ = run_cli("preview", out, "--out", tmp_path / "grid.png", "--n", 4)
+    assert code == 0 and (tmp_path / "grid.png").stat().st_size > 0
+    shard = out / load_manifest(out)["shards"][1]["file"]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    (out / "shards" / "shard-00000.h5").unlink()
+    code, _, err = run_cli("validate", out, "-q")
+    assert code == 1
+    assert "shard-00000.h5" in err and "sha256" in err
+    code, _, err = run_cli("inspect", tmp_path / "nothing")
+    assert code == 2 and err.count("\n") == 1
