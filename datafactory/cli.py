@@ -25,6 +25,16 @@ app = typer.Typer(
 )
 
 
+#: The arguments of the running command (for the manifest's command line).
+_ARGV: list[str] = []
+
+
+def _command_line() -> str:
+    import shlex
+
+    return shlex.join(["factory", *_ARGV])
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"factory {__version__}")
@@ -430,7 +440,7 @@ def generate(
 
     from .config import load_config
     from .dataset import parse_split
-    from .generate import GenerateRequest, command_line, generate_dataset
+    from .generate import GenerateRequest, generate_dataset
     from .grid import resampled_shape
     from .pipeline import Plan
 
@@ -478,7 +488,7 @@ def generate(
         pixel_A = resample_to
     request = GenerateRequest(
         config_yaml=cfg.to_yaml(), base_dir=str(path.parent.resolve()), n=n, seed=seed, out=out, shard_size=shard_size,
-        style=style_info, resample_to_A=resample_to, keep_clean=keep_clean, split=fractions, command=command_line(),
+        style=style_info, resample_to_A=resample_to, keep_clean=keep_clean, split=fractions, command=_command_line(),
         pixel_size_A=pixel_A, image_shape=shape, channel_names=list(plan.channel_names), n_interfaces=plan.n_interfaces,
     )
     manifest = generate_dataset(request, workers=workers or (os.cpu_count() or 1), scheduler=scheduler, overwrite=overwrite, progress=not quiet)
@@ -541,6 +551,8 @@ def preview(
 
 def run(argv: list[str] | None = None) -> int:
     """Console entry point: runs the app and turns user errors into one line and exit code 2."""
+    global _ARGV
+    _ARGV = list(sys.argv[1:] if argv is None else argv)
     try:
         result = app(args=argv, standalone_mode=False)
         if isinstance(result, int):  # click returns typer.Exit's code instead of raising it

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import math
 import os
-import shlex
 import shutil
-import sys
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -403,11 +401,6 @@ def generate_dataset(req: GenerateRequest, *, workers: int = 1, scheduler: str |
 
     write_card(req.out, manifest)
     return manifest
-
-
-def command_line() -> str:
-    """The command line of this process, shell-quoted."""
-    return " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])
 
 
 def projected_hours(n: int, samples_per_s: float) -> float:

@@ -1,0 +1,143 @@
+#!/usr/bin/env python
+"""End-to-end throughput of ``factory generate`` and of reading the result back for training.
+
+1. A parametric style is fitted to a synthetic "experiment" (a 512² MoS2 simulation put
+   through the style model with dose 30, 0.05 Å jitter and 0.02 streaks), no external data.
+2. ``factory generate`` makes N 256×256 MoS2 bilayers (configs/mos2_bilayer_slip.yaml) in
+   a subprocess on all cores, once with that style and once without; the wall time covers
+   everything (start-up, simulation, translation, writing, verification, manifest).
+3. :class:`inference.data.ShardDataset` reads the styled dataset (image + masks) through a
+   ``DataLoader(num_workers=2, batch_size=64, shuffle=True)`` with persistent workers, in a
+   fresh process as a training script would: one pass to warm up, then five timed passes
+   (median reported, best in brackets).
+4. Bytes on disk per sample.
+
+One figure per line; the last line sums them up. Takes about a minute on 2 cores.
+
+    .venv/bin/python benchmarks/bench_generate.py [--n 1024] [--shard-size 256] [--keep DIR]
+    .venv/bin/python benchmarks/bench_generate.py --read DATASET      # step 3 alone
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
+
+CONFIG = REPO / "configs" / "mos2_bilayer_slip.yaml"
+SIZE = 256
+PIXEL_A = 0.1  # the config's pixel size, so the style needs no resampling
+
+
+def fit_synthetic_style(out: Path) -> Path:
+    """Fit a parametric style on a simulated 512² MoS2 image rendered with known artefacts."""
+    from conftest import make_plan
+
+    from datafactory.pipeline import simulate_sample
+    from translators.parametric import ParametricTranslator, StyleParameters, render
+
+    plan = make_plan({"microscope": {"image_size_px": 512, "pixel_size_A": PIXEL_A, "source_size_A": 0.6}, "structure": {"rotation_deg": 7.0}})
+    truth = StyleParameters(gain=4.0, offset=200.0, dose_counts=30.0, background=0.25, jitter_A=0.05, streak=0.02, spread=0.0)
+    image, *_ = render(simulate_sample(plan, 0, 0).image, truth, PIXEL_A, np.random.default_rng(0))
+    experiment = SimpleNamespace(image=image, pixel_size_A=PIXEL_A, name="synthetic.tif")
+    translator = ParametricTranslator.fit([experiment], pixel_size_A=PIXEL_A)
+    return translator.save(out)
+
+
+def generate(out: Path, style: str, n: int, shard_size: int) -> float:
+    """Run ``factory generate`` in a subprocess; returns samples per second, wall clock."""
+    factory = Path(sys.executable).parent / "factory"
+    command = [str(factory), "generate", "--config", str(CONFIG), "--size", str(SIZE), "--n", str(n),
+               "--shard-size", str(shard_size), "--style", style, "--out", str(out), "-q"]
+    t0 = time.perf_counter()
+    subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    return n / (time.perf_counter() - t0)
+
+
+def read_rate(root: Path, passes: int = 5) -> tuple[float, float]:
+    """(median, best) samples/s of ShardDataset(image, masks) through DataLoader(num_workers=2, batch_size=64)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from inference.data import ShardDataset
+
+    ds = ShardDataset(root, split=None, fields=("image", "masks"))
+    loader = DataLoader(ds, batch_size=64, shuffle=True, num_workers=2, persistent_workers=True,
+                        generator=torch.Generator().manual_seed(0))
+    for _ in loader:  # warm up: workers started, files open, pages cached
+        pass
+    rates = []
+    for _ in range(passes):
+        seen = 0
+        t0 = time.perf_counter()
+        for batch in loader:
+            seen += len(batch["image"])
+        rates.append(seen / (time.perf_counter() - t0))
+    assert seen == len(ds)
+    return statistics.median(rates), max(rates)
+
+
+def read_line(root: Path) -> str:
+    from inference.data import INFLATER
+
+    median, best = read_rate(root)
+    return (f"read: {median:.0f} samples/s (image+masks, DataLoader num_workers=2 batch_size=64; "
+            f"median of 5 passes, best {best:.0f}; masks inflated with {INFLATER})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1024, help="samples per generated dataset")
+    parser.add_argument("--shard-size", type=int, default=256)
+    parser.add_argument("--keep", type=Path, default=None, help="write the style and datasets here and keep them")
+    parser.add_argument("--read", type=Path, default=None, metavar="DATASET", help="only measure reading DATASET")
+    args = parser.parse_args()
+    if args.read:
+        print(read_line(args.read), flush=True)
+        return
+
+    from datafactory.generate import projected_hours
+
+    with tempfile.TemporaryDirectory(prefix="bench_generate_") as tmp:
+        work = args.keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        for name in ("styled", "clean"):
+            if (work / name).exists():
+                raise SystemExit(f"{work / name} exists; remove it or choose another --keep directory")
+        style = fit_synthetic_style(work / "style")
+        workers = os.cpu_count() or 1
+
+        styled = generate(work / "styled", str(style), args.n, args.shard_size)
+        hours = projected_hours(100_000, styled)
+        print(f"generate[parametric]: {styled:.1f} samples/s ({args.n} samples {SIZE}x{SIZE}, {workers} workers, end to end)", flush=True)
+        print(f"generate[parametric]: 100,000 samples in {hours:.2f} h at that rate", flush=True)
+        plain = generate(work / "clean", "none", args.n, args.shard_size)
+        print(f"generate[none]: {plain:.1f} samples/s", flush=True)
+
+        # a fresh process: the DataLoader's workers fork from a process that has done nothing else
+        line = subprocess.run([sys.executable, __file__, "--read", str(work / "styled")], check=True,
+                              capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        median = float(line.split()[1])
+        print(line, flush=True)
+
+        manifest = json.loads((work / "styled" / "manifest.json").read_text())
+        kb = sum(s["bytes"] for s in manifest["shards"]) / manifest["n"] / 1000
+        print(f"bytes/sample: {kb:.0f} kB", flush=True)
+        print(f"generate[parametric] {styled:.0f} samples/s (100k in {hours:.1f} h), generate[none] {plain:.0f} samples/s, read {median:.0f} samples/s, {kb:.0f} kB/sample")
+
+
+if __name__ == "__main__":
+    main()
