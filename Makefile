@@ -29,7 +29,7 @@ demo: $(STAMP)
 	fi; \
 	$(BIN)/factory fit-style $$exp --material $(MATERIAL) --calibrate --out $(DEMO_DIR)/style -q; \
 	$(BIN)/factory generate --config $(DEMO_CONFIG) --style $(DEMO_DIR)/style --n $(DEMO_N) --size 256 \
-		--shard-size 64 --out $(DEMO_DIR)/dataset --overwrite -q; \
+		--shard-size 64 --keep-clean --out $(DEMO_DIR)/dataset --overwrite -q; \
 	$(BIN)/factory validate $(DEMO_DIR)/dataset; \
 	$(BIN)/factory preview $(DEMO_DIR)/dataset --out $(DEMO_DIR)/preview.png; \
 	$(BIN)/factory compare $$(echo $$exp | cut -d' ' -f1) $(DEMO_DIR)/dataset/shards/shard-00000.h5:clean \
