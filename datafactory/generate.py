@@ -128,9 +128,7 @@ def make_shard(task: ShardTask) -> dict[str, Any]:
 
     param_names = list(plan.param_names)
     if translator is not None:
-        from translators.parametric import RECORDED_PARAMETERS
-
-        param_names += [f"style_{name}" for name in RECORDED_PARAMETERS] if translator.method == "parametric" else []
+        param_names += [f"style_{name}" for name in translator.recorded_parameters]
     if augment:
         param_names += [f"augment_{name}" for name in AUGMENT_NAMES]
     pixel_size_A = task.resample_to_A or (translator.pixel_size_A if translator else None)

@@ -76,6 +76,8 @@ class Translator(ABC):
     """Base class of style translators (see the module docstring)."""
 
     method: ClassVar[str]
+    #: Scalar values of each translation recorded per sample as ``params/style_<name>``.
+    recorded_parameters: ClassVar[tuple[str, ...]] = ()
     pixel_size_A: float
 
     @classmethod

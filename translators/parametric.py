@@ -615,6 +615,7 @@ class ParametricTranslator(Translator):
     """The fitted physics style model (see the module docstring)."""
 
     method = "parametric"
+    recorded_parameters = RECORDED_PARAMETERS
 
     def __init__(self, params: StyleParameters, pixel_size_A: float):
         self.params = params

@@ -152,9 +152,7 @@ def translate_file(
         attrs.update(style_attrs or {})
         attrs["translate_seed"] = seed
         source_params = list(f["params"].keys())
-        from .parametric import RECORDED_PARAMETERS
-
-        param_names = source_params + [f"style_{name}" for name in RECORDED_PARAMETERS]
+        param_names = source_params + [f"style_{name}" for name in translator.recorded_parameters]
         out_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = out_path.with_name(out_path.name + ".partial")
         writer = ShardWriter(
