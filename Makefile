@@ -27,7 +27,7 @@ demo: $(STAMP)
 		$(BIN)/factory example --out $(DEMO_DIR)/experiment; \
 		exp=$(DEMO_DIR)/experiment/example_mos2_haadf.tif; \
 	fi; \
-	$(BIN)/factory fit-style $$exp --material $(MATERIAL) --calibrate --out $(DEMO_DIR)/style -q; \
+	$(BIN)/factory fit-style $$exp --method parametric --material $(MATERIAL) --calibrate --out $(DEMO_DIR)/style -q; \
 	$(BIN)/factory generate --config $(DEMO_CONFIG) --style $(DEMO_DIR)/style --n $(DEMO_N) --size 256 \
 		--shard-size 64 --keep-clean --out $(DEMO_DIR)/dataset --overwrite -q; \
 	$(BIN)/factory validate $(DEMO_DIR)/dataset; \

@@ -38,7 +38,7 @@ def main() -> None:
     crops = sorted(SHARED.glob("mos2_60kv_*.tif"))
     with tempfile.TemporaryDirectory() as tmp:
         style_dir = Path(tmp) / "style"
-        code = run(["fit-style", *map(str, crops), "--material", "MoS2", "--calibrate", "--out", str(style_dir), "-q"])
+        code = run(["fit-style", *map(str, crops), "--method", "parametric", "--material", "MoS2", "--calibrate", "--out", str(style_dir), "-q"])
         if code:
             sys.exit(code)
         translator = load_style(style_dir)

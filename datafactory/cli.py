@@ -155,12 +155,23 @@ def _read_experiments(paths, pixel_size, allow_rgb, material, structure, calibra
 def fit_style(
     exp: List[Path] = typer.Argument(..., help="Experimental micrographs (.tif .dm3 .dm4 .emd .ser .mrc .png .jpg .npy); stacks give one image per frame."),
     out: Path = typer.Option(..., "--out", "-o", help="STYLE bundle directory to write."),
-    method: str = typer.Option("parametric", "--method", help="Style model: parametric (fitted physics model)."),
+    method: str = typer.Option("drit", "--method", help="drit (learned translator, the default) or parametric (fitted physics model)."),
+    sim: Optional[Path] = typer.Option(None, "--sim", help="drit: schema-v1 file of clean simulations at the experiments' pixel size."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="drit: config (file or preset) to simulate the pool from, instead of --sim."),
+    preset: str = typer.Option("quick", "--preset", help="drit: quick (≤ 20 min on 2 CPU cores) or paper (the reference's settings, for a GPU)."),
+    iterations: Optional[int] = typer.Option(None, "--iterations", help="drit: training iterations (overrides the preset)."),
+    crop: Optional[int] = typer.Option(None, "--crop", help="drit: training crop size in pixels (overrides the preset; a multiple of 4)."),
+    device: str = typer.Option("auto", "--device", help="drit: auto, cpu or cuda."),
+    resume: bool = typer.Option(False, "--resume", help="drit: continue from the checkpoint in OUT.training/."),
+    select: bool = typer.Option(True, "--select/--no-select", help="drit: Trident selection of the simulation pool before training."),
+    pool: Optional[int] = typer.Option(None, "--pool", help="drit with --config: pool size (default: 10× the experimental training crops)."),
+    seed: int = typer.Option(0, "--seed", help="drit: seed of the pool, crops and initial weights."),
     pixel_size: Optional[float] = typer.Option(None, "--pixel-size", help="Pixel size in Å, overriding the files' calibration."),
+    resample: bool = typer.Option(False, "--resample", help="Resample experiments at different pixel sizes to the first one's."),
     material: Optional[str] = typer.Option(None, "--material", help="Built-in material of the sample (MoS2, WS2, ...): checks the calibration and fits the scan distortion from its lattice."),
     structure: Optional[Path] = typer.Option(None, "--structure", help="Unit-cell file of the sample (CIF, POSCAR...), instead of --material."),
     calibrate: bool = typer.Option(False, "--calibrate", help="Use the lattice-derived pixel size instead of the file's."),
-    spread: float = typer.Option(0.15, "--spread", help="Relative spread of every parameter around its fitted value when translating."),
+    spread: float = typer.Option(0.15, "--spread", help="parametric: relative spread of every parameter around its fitted value."),
     allow_rgb: bool = typer.Option(False, "--allow-rgb", help="Convert colour images to grey instead of refusing them."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -176,23 +187,95 @@ def fit_style(
         raise FactoryError(f"--method: unknown method '{method}' (available: {', '.join(sorted(methods))})")
     if not 0 <= spread <= 1:
         raise FactoryError(f"--spread: must be between 0 and 1 (got {spread})")
+    _require_at_least("--iterations", iterations, 1)
+    _require_at_least("--pool", pool, 2)
+    _require_at_least("--crop", crop, 16)
+    if crop is not None and crop % 4:
+        raise FactoryError(f"--crop: must be a multiple of 4 (got {crop})")
+    _require_at_least("--seed", seed, 0)
     micrographs, affines = _read_experiments(exp, pixel_size, allow_rgb, material, structure, calibrate, want_affine=True)
-    found = [a for a in affines if a is not None]
-    affine = np.median(np.stack(found), axis=0) if found else None
     target = micrographs[0].pixel_size_A
     differ = sorted({round(m.pixel_size_A, 5) for m in micrographs if abs(m.pixel_size_A / target - 1) > 1e-3})
     if differ:
+        if method == "drit" and not resample:
+            raise FactoryError(f"the experiments' pixel sizes differ ({target:.5g} and {differ[0]:.5g} Å/px); pass --resample to resample them to {target:.5g} Å/px")
         _notice(f"images at {differ} Å/px are resampled to {target:.5g} Å/px, the first image's pixel size")
-    translator = methods[method].fit(micrographs, affine=affine, spread=spread, progress=not quiet)
+    if method == "drit":
+        translator = _fit_drit(
+            micrographs, out, sim=sim, config=config, preset=preset, iterations=iterations, crop=crop, device=device, resume=resume,
+            select=select, pool=pool, seed=seed, quiet=quiet,
+        )
+    else:
+        found = [a for a in affines if a is not None]
+        affine = np.median(np.stack(found), axis=0) if found else None
+        translator = methods[method].fit(micrographs, affine=affine, spread=spread, progress=not quiet)
     digests = {path: hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in {m.source for m in micrographs}}
     sources = [
         {"name": m.name, "sha256": digests[m.source], "pixel_size_A": m.pixel_size_A, "calibration": m.calibration}
         for m in micrographs
     ]
-    options = {"method": method, "spread": spread, "material": material, "structure": str(structure) if structure else None, "calibrate": calibrate}
+    options = {"method": method, "material": material, "structure": str(structure) if structure else None, "calibrate": calibrate}
+    options |= {"spread": spread} if method == "parametric" else {"preset": preset, "select": select, "sim": str(sim) if sim else None, "config": config, "seed": seed}
     path = translator.save(out, sources=sources, options=options)
+    if method == "drit":
+        _drit_report(translator, micrographs, path, config=config, sim=sim, seed=seed)
     typer.echo(translator.summary())
     typer.echo(str(Path(path).resolve()))
+
+
+def _fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, device, resume, select, pool, seed, quiet):
+    """Pool, selection and training of ``fit-style --method drit``."""
+    import dataclasses
+
+    from translators.drit.fit import select_pool, simulation_pool
+    from translators.drit.train import check_experiments, settings_for
+    from translators.drit.translator import DritTranslator, resolve_device
+
+    from .grid import resample
+
+    if sim is None and config is None:
+        raise FactoryError("--method drit needs a simulation pool: give --sim SIM.h5 or --config CONFIG")
+    settings = settings_for(preset, iterations, **({"crop_px": crop} if crop else {}))
+    device = resolve_device(device)
+    target = micrographs[0].pixel_size_A
+    micrographs = [
+        m if abs(m.pixel_size_A / target - 1) <= 1e-3 else dataclasses.replace(m, image=resample(m.image, m.pixel_size_A, target), pixel_size_A=target)
+        for m in micrographs
+    ]
+    exps = [m.image for m in micrographs]
+    check_experiments(exps, settings.crop_px)
+    crops = sum((e.shape[0] // settings.crop_px) * (e.shape[1] // settings.crop_px) for e in exps)
+    n_pool = pool or max(8, 10 * crops)
+    images = simulation_pool(sim_path=sim, config=config, pixel_size_A=target, n=n_pool, size_px=2 * settings.crop_px, seed=seed, workers=os.cpu_count() or 1, progress=not quiet)
+    if select:
+        images, notices = select_pool(images, exps, target, seed)
+        for message in notices:
+            _notice(message)
+    work_dir = out.with_name(out.name + ".training")
+    return DritTranslator.fit(micrographs, sims=images, settings=settings, work_dir=work_dir, pixel_size_A=target, device=device, resume=resume, seed=seed, progress=not quiet)
+
+
+def _drit_report(translator, micrographs, path: Path, *, config, sim, seed) -> None:
+    """report.png / report.json: experiment vs clean vs parametric vs DRIT on a held-out simulation."""
+    import numpy as np
+
+    from translators.drit.fit import simulation_pool, write_report
+    from translators.parametric import ParametricTranslator
+
+    experiment = micrographs[0].image
+    size = min(256, *experiment.shape)
+    size -= size % 4
+    if sim is not None:  # the last image of the user's pool
+        held_out = simulation_pool(sim_path=sim, config=None, pixel_size_A=translator.pixel_size_A, n=0, size_px=0, seed=0, workers=1, progress=False)[-1]
+    else:  # a fresh simulation, not in the training pool
+        held_out = simulation_pool(sim_path=None, config=config, pixel_size_A=translator.pixel_size_A, n=1, size_px=size, seed=seed + 10_000, workers=1, progress=False)[0]
+    parametric = ParametricTranslator.fit(micrographs, pixel_size_A=translator.pixel_size_A)
+    rng = np.random.default_rng(seed)
+    p_image = parametric.translate(held_out[None], [rng]).images[0]
+    d_image = translator.translate(held_out[None], [np.random.default_rng(seed)]).images[0]
+    record = write_report(path, experiment, held_out, p_image, d_image, translator.pixel_size_A)
+    shift = record["column_shift_clean_vs_drit"]
+    typer.echo(f"report: {Path(path) / 'report.png'}; DRIT keeps {100 * shift['fraction_matched']:.1f} % of columns within 0.5 Å (mean {shift['mean_pm']:.1f} pm)")
 
 
 @app.command()

@@ -48,7 +48,7 @@ def one_line_error(code: int, err: str) -> None:
 
 def test_fit_translate_compare(run_cli, experiment, sims, tmp_path):
     style = tmp_path / "style"
-    code, out, err = run_cli("fit-style", experiment, "--out", style, "-q")
+    code, out, err = run_cli("fit-style", experiment, "--method", "parametric", "--out", style, "-q")
     assert code == 0, err
     record = json.loads((style / "style.json").read_text())
     assert record["method"] == "parametric" and record["pixel_size_A"] == pytest.approx(PIXEL_A, rel=1e-4)
@@ -84,7 +84,7 @@ def test_fit_translate_compare(run_cli, experiment, sims, tmp_path):
 
 def test_translate_refuses_another_pixel_size_unless_resampled(run_cli, experiment, sims, tmp_path):
     style = tmp_path / "style"
-    assert run_cli("fit-style", experiment, "--out", style, "--pixel-size", 0.1, "-q")[0] == 0
+    assert run_cli("fit-style", experiment, "--method", "parametric", "--out", style, "--pixel-size", 0.1, "-q")[0] == 0
     out = tmp_path / "t.h5"
     code, _, err = run_cli("translate", "--style", style, "--in", sims, "--out", out, "-q")
     one_line_error(code, err)
@@ -106,9 +106,9 @@ def test_calibrate_reports_the_rendered_pixel_size(run_cli, experiment):
 
 def test_fit_style_warns_when_file_and_lattice_disagree(run_cli, experiment, tmp_path):
     wrong = write_imagej_tif(tmp_path / "wrong.tif", tifffile.imread(experiment), PIXEL_A * 0.95)
-    code, out, err = run_cli("fit-style", wrong, "--material", "MoS2", "--out", tmp_path / "s1", "-q")
+    code, out, err = run_cli("fit-style", wrong, "--method", "parametric", "--material", "MoS2", "--out", tmp_path / "s1", "-q")
     assert code == 0 and "--calibrate" in err
-    code, out, err = run_cli("fit-style", wrong, "--material", "MoS2", "--calibrate", "--out", tmp_path / "s2", "-q")
+    code, out, err = run_cli("fit-style", wrong, "--method", "parametric", "--material", "MoS2", "--calibrate", "--out", tmp_path / "s2", "-q")
     assert code == 0
     assert json.loads((tmp_path / "s2" / "style.json").read_text())["pixel_size_A"] == pytest.approx(PIXEL_A, rel=0.01)
 
@@ -167,9 +167,9 @@ def test_uncalibrated_png_needs_pixel_size(run_cli, tmp_path):
 
 def test_bad_style_and_options(run_cli, experiment, sims, tmp_path):
     one_line_error(*run_cli("translate", "--style", tmp_path / "nostyle", "--in", sims, "--out", tmp_path / "o.h5")[::2])
-    one_line_error(*run_cli("fit-style", experiment, "--out", tmp_path / "s", "--method", "magic")[::2])
-    one_line_error(*run_cli("fit-style", experiment, "--out", tmp_path / "s", "--calibrate")[::2])
-    one_line_error(*run_cli("fit-style", experiment, "--out", tmp_path / "s", "--pixel-size", -1)[::2])
+    one_line_error(*run_cli("fit-style", experiment, "--method", "parametric", "--out", tmp_path / "s", "--method", "magic")[::2])
+    one_line_error(*run_cli("fit-style", experiment, "--method", "parametric", "--out", tmp_path / "s", "--calibrate")[::2])
+    one_line_error(*run_cli("fit-style", experiment, "--method", "parametric", "--out", tmp_path / "s", "--pixel-size", -1)[::2])
     one_line_error(*run_cli("calibrate", experiment)[::2])
     one_line_error(*run_cli("select", "--sim", sims, "--exp", experiment, "--keep", 0, "--out", tmp_path / "x.h5")[::2])
     assert not (tmp_path / "s").exists() and not (tmp_path / "x.h5").exists()
@@ -182,7 +182,7 @@ def test_real_crops_fit_and_translate_closer_than_clean(run_cli, tmp_path):
 
     crops = sorted(SHARED.glob("mos2_60kv_*.tif"))
     style = tmp_path / "style"
-    code, out, err = run_cli("fit-style", *crops, "--material", "MoS2", "--calibrate", "--out", style, "-q")
+    code, out, err = run_cli("fit-style", *crops, "--method", "parametric", "--material", "MoS2", "--calibrate", "--out", style, "-q")
     assert code == 0, err
     translator = load_style(style)
     assert 0.130 < translator.pixel_size_A < 0.137
@@ -203,7 +203,7 @@ def test_fitted_scan_distortion_is_reproduced_by_translation(run_cli, tmp_path):
     truth = StyleParameters(gain=2.0, dose_counts=60.0, background=0.2, affine=[[1.0, 0.0], [0.04, 1.0]], spread=0.0)
     experiment, *_ = render(clean, truth, PIXEL_A, np.random.default_rng(0))
     path = write_imagej_tif(tmp_path / "sheared.tif", experiment, PIXEL_A)
-    assert run_cli("fit-style", path, "--material", "MoS2", "--out", tmp_path / "style", "-q")[0] == 0
+    assert run_cli("fit-style", path, "--method", "parametric", "--material", "MoS2", "--out", tmp_path / "style", "-q")[0] == 0
     translator = load_style(tmp_path / "style")
     translator.params = translator.params.__class__(**{**translator.params.to_dict(), "spread": 0.0})
     other = simulate_sample(plan, 0, 1).image

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 def registry() -> dict[str, type]:
     """Translator classes by method name (the ``method`` field of a STYLE bundle)."""
+    from .drit.translator import DritTranslator
     from .parametric import ParametricTranslator
 
-    return {ParametricTranslator.method: ParametricTranslator}
+    return {cls.method: cls for cls in (DritTranslator, ParametricTranslator)}

@@ -1,0 +1,112 @@
+"""DRIT training: checkpoints and resume, divergence, the translator bundle, CLI bad input."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_plan
+
+from datafactory.errors import FactoryError
+from datafactory.pipeline import simulate_sample
+from translators.base import load_style
+from translators.drit.train import PRESETS, train
+from translators.drit.translator import DritTranslator
+from translators.parametric import StyleParameters, render
+
+TINY = replace(PRESETS["quick"], crop_px=32, batch=1, iterations=6, width=8, checkpoint_every=3, threads=1)
+PIXEL_A = 0.12
+
+
+@pytest.fixture(scope="module")
+def data():
+    plan = make_plan({"microscope": {"image_size_px": 64, "pixel_size_A": PIXEL_A, "source_size_A": 0.6}, "structure": {"rotation_deg": [0, 60]}})
+    sims = [simulate_sample(plan, 0, i).image for i in range(4)]
+    noisy = StyleParameters(gain=1.0, dose_counts=30.0, background=0.3, spread=0.0)
+    exps = [render(simulate_sample(plan, 1, i).image, noisy, PIXEL_A, np.random.default_rng(i))[0] for i in range(2)]
+    return sims, exps
+
+
+def _weights(model) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_resume_continues_exactly_where_it_stopped(data, tmp_path):
+    sims, exps = data
+    kwargs = dict(exp_range=(0.0, 60.0), pixel_size_A=PIXEL_A, progress=False)
+    full, history = train(sims, exps, TINY, tmp_path / "a", **kwargs)
+    assert len(history) == 6 and all(np.isfinite(list(h.values())).all() for h in history)
+    train(sims, exps, TINY, tmp_path / "b", budget_iterations=4, **kwargs)  # interrupted after 4 (checkpoint at 3 and 4)
+    resumed, history_b = train(sims, exps, TINY, tmp_path / "b", resume=True, **kwargs)
+    assert len(history_b) == 6
+    a, b = _weights(full), _weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(FactoryError, match="other training settings"):
+        train(sims, exps, replace(TINY, iterations=7), tmp_path / "b", resume=True, **kwargs)
+    with pytest.raises(FactoryError, match="no checkpoint"):
+        train(sims, exps, TINY, tmp_path / "none", resume=True, **kwargs)
+
+
+def test_a_diverging_loss_is_named_and_the_checkpoint_kept(data, tmp_path, monkeypatch):
+    sims, exps = data
+    kwargs = dict(exp_range=(0.0, 60.0), pixel_size_A=PIXEL_A, progress=False)
+    train(sims, exps, TINY, tmp_path / "w", budget_iterations=3, **kwargs)
+    saved = (tmp_path / "w" / "checkpoint.pt").read_bytes()
+    import translators.drit.losses as losses
+
+    monkeypatch.setattr(losses, "kl_loss", lambda mu, logvar: torch.tensor(float("nan")))
+    with pytest.raises(FactoryError, match="'kl' loss became non-finite"):
+        train(sims, exps, TINY, tmp_path / "w", resume=True, **kwargs)
+    assert (tmp_path / "w" / "checkpoint.pt").read_bytes() == saved
+
+
+def test_experiments_smaller_than_the_crop_are_refused(data, tmp_path):
+    sims, exps = data
+    with pytest.raises(FactoryError, match="smaller than the 96 px training crop"):
+        train(sims, [e[:40, :40] for e in exps], replace(TINY, crop_px=96), tmp_path, exp_range=(0, 1), pixel_size_A=PIXEL_A, progress=False)
+    with pytest.raises(FactoryError, match="pool is empty"):
+        train([], exps, TINY, tmp_path, exp_range=(0, 1), pixel_size_A=PIXEL_A, progress=False)
+
+
+def test_translator_bundle_round_trip_and_any_size(data, tmp_path):
+    sims, exps = data
+
+    class M:
+        def __init__(self, image):
+            self.image, self.pixel_size_A, self.name = image, PIXEL_A, "exp"
+
+    translator = DritTranslator.fit([M(e) for e in exps], sims=sims, settings=TINY, work_dir=tmp_path / "train", device="cpu", progress=False)
+    assert translator.codes.shape[1] == 8 and len(translator.codes) >= 2
+    path = translator.save(tmp_path / "style")
+    loaded = load_style(path)
+    assert loaded.method == "drit" and loaded.pixel_size_A == pytest.approx(PIXEL_A)
+    odd = sims[0][:50, :62]  # not a multiple of the model's stride: padded and cropped back
+    a = translator.translate(odd[None], [np.random.default_rng(3)])
+    b = loaded.translate(odd[None], [np.random.default_rng(3)])
+    assert a.images.shape == (1, 50, 62) and a.displacement is None
+    np.testing.assert_allclose(a.images, b.images, rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(a.clean, odd[None])
+    c = translator.translate(np.stack([odd, odd]), [np.random.default_rng(3), np.random.default_rng(4)])
+    np.testing.assert_allclose(c.images[0], a.images[0], rtol=1e-5, atol=1e-4)  # independent of the batch
+    (path / "weights.pt").write_bytes(b"junk")
+    with pytest.raises(FactoryError):
+        load_style(path)
+
+
+def test_drit_cli_bad_input(run_cli, tmp_path):
+    import tifffile
+
+    small = tmp_path / "small.tif"
+    tifffile.imwrite(small, np.random.default_rng(0).random((64, 64)).astype(np.float32), imagej=True, resolution=(1 / PIXEL_A, 1 / PIXEL_A), metadata={"unit": "A"})
+    code, _, err = run_cli("fit-style", small, "--out", tmp_path / "s", "-q")
+    assert code == 2 and "--sim" in err and err.count("\n") == 1
+    code, _, err = run_cli("fit-style", small, "--config", "mos2_monolayer", "--out", tmp_path / "s", "-q")
+    assert code == 2 and "smaller than the 96 px training crop" in err
+    other = tmp_path / "other.tif"
+    tifffile.imwrite(other, np.random.default_rng(1).random((128, 128)).astype(np.float32), imagej=True, resolution=(1 / 0.2, 1 / 0.2), metadata={"unit": "A"})
+    code, _, err = run_cli("fit-style", small, other, "--config", "mos2_monolayer", "--out", tmp_path / "s", "-q")
+    assert code == 2 and "--resample" in err
+    assert not (tmp_path / "s").exists()

@@ -1,0 +1,95 @@
+"""``fit-style --method drit``: the simulation pool, Trident selection, training, and the report.
+
+1. The simulation pool: a schema-v1 file the user gives (``--sim``), or simulated here from
+   a config at the experiments' pixel size, by default ten times as many images as the
+   experiments give training crops.
+2. Trident step I (unless ``--no-select``): the pool is ranked against the experimental
+   patches (:mod:`datafactory.selection`) and the better half is kept.
+3. Training (:mod:`translators.drit.train`), with checkpoints in ``STYLE.training/``.
+4. The report: ``STYLE/report.png`` and ``STYLE/report.json`` compare a held-out clean
+   simulation, the fitted parametric model and DRIT against the experiment, with the
+   column shift between the clean simulation and its DRIT translation.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from datafactory.errors import FactoryError
+
+
+def simulation_pool(
+    *, sim_path: Path | None, config: str | None, pixel_size_A: float, n: int, size_px: int, seed: int, workers: int, progress: bool
+) -> list[np.ndarray]:
+    """Clean images at ``pixel_size_A``: read from ``sim_path`` or simulated from ``config``."""
+    from translators.translate import same_pixel_size
+
+    if sim_path is not None:
+        import h5py
+
+        from datafactory.shards import sample_pixel_sizes_A
+
+        sim_path = Path(sim_path)
+        if not sim_path.is_file():
+            raise FactoryError(f"--sim: '{sim_path}' does not exist")
+        with h5py.File(sim_path, "r") as f:
+            sizes = sample_pixel_sizes_A(f)
+            wrong = [s for s in np.unique(sizes) if not same_pixel_size(s, pixel_size_A)]
+            if wrong:
+                raise FactoryError(
+                    f"--sim: '{sim_path.name}' is at {wrong[0]:.5g} Å/px but the experiments are at {pixel_size_A:.5g} Å/px; "
+                    f"simulate at --pixel-size {pixel_size_A:.5g} (or give --config to simulate the pool here)"
+                )
+            return [np.asarray(im, dtype=np.float32) for im in f["images"][:]]
+    if config is None:
+        raise FactoryError("--method drit needs a simulation pool: give --sim SIM.h5 or --config CONFIG")
+    from tqdm import tqdm
+
+    from datafactory.config import load_config
+    from datafactory.pipeline import Plan, simulate_samples
+
+    cfg, path = load_config(config, {"microscope.pixel_size_A": pixel_size_A, "microscope.image_size_px": size_px})
+    plan = Plan.from_config(cfg, base_dir=path.parent)
+    images = []
+    with tqdm(total=n, desc="simulate pool", unit="img", disable=not progress, dynamic_ncols=True) as bar:
+        for sample in simulate_samples(plan, seed, 0, n, workers):
+            images.append(sample.image)
+            bar.update()
+    return images
+
+
+def select_pool(pool: Sequence[np.ndarray], exps: Sequence[np.ndarray], pixel_size_A: float, seed: int) -> tuple[list[np.ndarray], list[str]]:
+    """Trident step I: keep the better half of the pool (at least 4) by joint t-SNE + k-means."""
+    from datafactory.selection import default_features, exp_patches, mask_undetectable, select_similar
+
+    shape = pool[0].shape
+    patches = np.concatenate([exp_patches(e, shape) for e in exps if min(e.shape) >= min(shape)] or [np.zeros((0, *shape), np.float32)])
+    if len(patches) == 0:
+        return list(pool), ["selection skipped: the experiments are smaller than the pool images"]
+    f_sim = default_features(np.stack(pool), pixel_size_A)
+    f_exp = default_features(patches, pixel_size_A)
+    keep = max(4, len(pool) // 2) if len(pool) > 4 else len(pool)
+    selection = select_similar(mask_undetectable(f_sim, f_exp), f_exp, keep=keep, seed=seed)
+    if len(selection.kept) == 0:
+        raise FactoryError("selection left the simulation pool empty; run with --no-select or simulate a larger pool")
+    return [pool[i] for i in selection.kept], selection.notices
+
+
+def write_report(directory: Path, experiment: np.ndarray, clean: np.ndarray, parametric: np.ndarray, drit: np.ndarray, pixel_size_A: float) -> dict[str, Any]:
+    """``report.png`` and ``report.json`` in the bundle directory; returns the JSON record."""
+    from translators.compare import compare_images, draw_comparison
+    from translators.metrics import column_shift
+
+    others = [("clean simulation", clean, pixel_size_A), ("parametric", parametric, pixel_size_A), ("DRIT", drit, pixel_size_A)]
+    rows = compare_images(experiment, pixel_size_A, others)
+    rows[0]["name"] = "experiment"
+    shift = column_shift(clean, drit, pixel_size_A).to_dict()
+    record = {"metrics": rows, "column_shift_clean_vs_drit": shift}
+    directory = Path(directory)
+    (directory / "report.json").write_text(json.dumps(record, indent=2, default=float) + "\n")
+    draw_comparison(experiment, pixel_size_A, others, directory / "report.png", reference_name="experiment")
+    return record

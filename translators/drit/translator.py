@@ -1,0 +1,218 @@
+"""The DRIT translator behind the shared :class:`translators.base.Translator` interface.
+
+A DRIT STYLE bundle holds, besides ``style.json``:
+
+``weights.pt``
+    the generator-side weights (content and attribute encoders, generators);
+``exp_codes.npy``
+    the attribute codes (means) of the experimental training patches, (n, attr_dim).
+
+``style.json``'s parameters record the model config, the training settings and history
+summary, and the normalisation statistics: simulations are mapped to [0, 1] by their own
+0.5th/99.5th percentiles, and the output back to the experiment's units by the
+experimental range stored here.
+
+Translation draws, per image, one experimental code (or, with probability
+``interpolate``, a point between two of them) from that image's generator, so sample *i*
+of ``generate`` depends only on (seed, *i*). Inference is deterministic given the code.
+Images are padded by reflection to a multiple of the model's stride and cropped back.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from datafactory.errors import FactoryError
+
+from ..base import Translation, Translator, batch_rngs
+
+WEIGHTS_FILE = "weights.pt"
+CODES_FILE = "exp_codes.npy"
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise FactoryError("--device cuda: no CUDA device is available here (use --device cpu or auto)")
+    if device not in ("cpu", "cuda"):
+        raise FactoryError(f"--device: must be auto, cpu or cuda (got '{device}')")
+    return device
+
+
+class DritTranslator(Translator):
+    """A trained DRIT model that restyles clean simulations as the experiment."""
+
+    method = "drit"
+    recorded_parameters = ("attr_index", "attr_mix_index", "attr_mix")
+
+    def __init__(self, model, codes: np.ndarray, parameters: dict[str, Any], pixel_size_A: float, device: str = "cpu"):
+        self.model = model
+        self.codes = np.asarray(codes, dtype=np.float32)
+        self._parameters = parameters
+        self.pixel_size_A = float(pixel_size_A)
+        self.device = device
+        self.interpolate = float(parameters.get("interpolate", 0.5))
+        self.exp_range = tuple(parameters["exp_range"])
+
+    # ---------------------------------------------------------------- fitting
+
+    @classmethod
+    def fit(
+        cls,
+        micrographs: Sequence[Any],
+        *,
+        sims: Sequence[np.ndarray] | None = None,
+        settings=None,
+        work_dir: Path | None = None,
+        pixel_size_A: float | None = None,
+        device: str = "cpu",
+        resume: bool = False,
+        seed: int = 0,
+        progress: bool = True,
+        **_: Any,
+    ) -> "DritTranslator":
+        """Train on experimental ``micrographs`` and clean ``sims`` (both at ``pixel_size_A``)."""
+        import torch
+
+        from .train import PRESETS, percentile_range, train
+
+        settings = settings or PRESETS["quick"]
+        exps = [np.asarray(m.image, dtype=np.float32) for m in micrographs]
+        pixel_size_A = float(pixel_size_A or micrographs[0].pixel_size_A)
+        exp_range = percentile_range(exps)
+        device = resolve_device(device)
+        model, history = train(
+            list(sims or []), exps, settings, Path(work_dir or "drit-training"), exp_range=exp_range,
+            pixel_size_A=pixel_size_A, seed=seed, device=device, resume=resume, progress=progress,
+        )
+        codes = experimental_codes(model, exps, exp_range, settings.crop_px, device)
+        last = history[-min(len(history), 50):]
+        parameters = {
+            "config": model.cfg.to_dict(),
+            "settings": settings.to_dict(),
+            "exp_range": list(exp_range),
+            "interpolate": 0.5,
+            "iterations": len(history),
+            "final_losses": {k: float(np.mean([h[k] for h in last])) for k in last[0]} if last else {},
+        }
+        translator = cls(model, codes, parameters, pixel_size_A, device)
+        del torch
+        return translator
+
+    # ---------------------------------------------------------------- translation
+
+    def _normalise(self, image: np.ndarray) -> np.ndarray:
+        lo, hi = np.percentile(image, [0.5, 99.5])
+        return ((image - lo) / (hi - lo if hi > lo else 1.0)).astype(np.float32)
+
+    def _codes_for(self, rngs: Sequence[np.random.Generator]) -> np.ndarray:
+        out = np.empty((len(rngs), self.codes.shape[1]), np.float32)
+        params = []
+        for k, g in enumerate(rngs):
+            i = int(g.integers(len(self.codes)))
+            if len(self.codes) > 1 and g.random() < self.interpolate:
+                j = int(g.integers(len(self.codes)))
+                t = float(g.random())
+                out[k] = (1 - t) * self.codes[i] + t * self.codes[j]
+                params.append({"attr_index": float(i), "attr_mix_index": float(j), "attr_mix": t})
+            else:
+                out[k] = self.codes[i]
+                params.append({"attr_index": float(i), "attr_mix_index": float(i), "attr_mix": 0.0})
+        self._last_params = params
+        return out
+
+    def translate(self, clean_batch: np.ndarray, rng) -> Translation:
+        import torch
+
+        clean_batch = np.asarray(clean_batch, dtype=np.float32)
+        if clean_batch.ndim == 2:
+            clean_batch = clean_batch[None]
+        rngs = batch_rngs(rng, len(clean_batch))
+        codes = self._codes_for(rngs)
+        x = np.stack([self._normalise(im) for im in clean_batch])[:, None]
+        stride = 2 ** self.model.cfg.downsamples
+        rows, cols = x.shape[2:]
+        pad_r, pad_c = (-rows) % stride, (-cols) % stride
+        if pad_r or pad_c:
+            x = np.pad(x, ((0, 0), (0, 0), (0, pad_r), (0, pad_c)), mode="reflect")
+        with torch.inference_mode():
+            xt = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+            at = torch.from_numpy(codes).to(self.device)
+            out = self.model.generate(self.model.content(xt, "sim"), at, "exp").float().cpu().numpy()[:, 0, :rows, :cols]
+        lo, hi = self.exp_range
+        images = (lo + (hi - lo) * out).astype(np.float32)
+        return Translation(images=images, clean=clean_batch.copy(), displacement=None, params=self._last_params)
+
+    # ---------------------------------------------------------------- bundle
+
+    def parameters(self) -> dict[str, Any]:
+        return self._parameters
+
+    def weight_files(self) -> dict[str, bytes]:
+        import torch
+
+        buffer = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in self.model.state_dict().items()}, buffer)
+        codes = io.BytesIO()
+        np.save(codes, self.codes)
+        return {WEIGHTS_FILE: buffer.getvalue(), CODES_FILE: codes.getvalue()}
+
+    @classmethod
+    def from_parameters(cls, parameters: dict[str, Any], directory: Path) -> "DritTranslator":
+        import torch
+
+        from .model import Drit, DritConfig
+
+        directory = Path(directory)
+        weights, codes = directory / WEIGHTS_FILE, directory / CODES_FILE
+        if not weights.is_file() or not codes.is_file():
+            raise FactoryError(f"--style: '{directory}' lacks {WEIGHTS_FILE} or {CODES_FILE}; fit it again")
+        device = resolve_device("auto")
+        try:
+            model = Drit(DritConfig.from_dict(parameters["config"]))
+            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            codes_array = np.load(codes)
+        except Exception as exc:  # noqa: BLE001 - any damaged bundle file is the user's to refit
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise FactoryError(f"--style: '{directory}' is damaged ({reason}); fit it again") from None
+        model.to(device).eval()
+        return cls(model, codes_array, parameters, pixel_size_A=1.0, device=device)
+
+    def summary(self) -> str:
+        s = self._parameters.get("settings", {})
+        losses = self._parameters.get("final_losses", {})
+        return "\n".join([
+            f"pixel size        {self.pixel_size_A:.5f} Å/px",
+            f"model             DRIT width {s.get('width')}, {self._parameters.get('iterations')} iterations, crops {s.get('crop_px')} px",
+            f"content loss      {s.get('content_form')} (weight {s.get('weights', {}).get('consistency')})",
+            f"experimental codes {len(self.codes)} (attribute dim {self.codes.shape[1]})",
+            "final losses      " + ", ".join(f"{k} {v:.3g}" for k, v in losses.items()),
+        ])
+
+
+def experimental_codes(model, exps: Sequence[np.ndarray], exp_range: tuple[float, float], crop_px: int, device: str) -> np.ndarray:
+    """Attribute means of non-overlapping crop_px tiles of every experimental image."""
+    import torch
+
+    from .train import normalise
+
+    tiles = []
+    for image in exps:
+        x = normalise(image, *exp_range)
+        for r in range(0, x.shape[0] - crop_px + 1, crop_px):
+            for c in range(0, x.shape[1] - crop_px + 1, crop_px):
+                tiles.append(x[r : r + crop_px, c : c + crop_px])
+    codes = []
+    with torch.inference_mode():
+        for k in range(0, len(tiles), 16):
+            t = torch.from_numpy(np.stack(tiles[k : k + 16])[:, None]).to(device)
+            codes.append(model.attribute(t, "exp")[0].float().cpu().numpy())
+    return np.concatenate(codes)
