@@ -3,9 +3,11 @@
 
 A parametric style is fitted to a synthetic "experiment" (a 512² MoS2 simulation put
 through the model with every artefact switched on), then 256² clean simulations are
-translated in worker processes (one BLAS thread each), as `generate` will do.
+translated in worker processes (one BLAS thread each), as `generate` will do:
+``translate[parametric]: <x> images/s (256x256, <k> processes)``.
 
-Last line: ``translate[parametric]: <x> images/s (256x256, <k> processes)``.
+The last line, ``translate[drit]: <x> images/s``, times the DRIT translator with the quick
+preset's architecture on the CPU (its speed does not depend on training).
 """
 
 from __future__ import annotations
@@ -76,6 +78,29 @@ def main() -> None:
     single = CHUNK / (time.perf_counter() - t0)
     print(f"one process: {single:.0f} images/s")
     print(f"translate[parametric]: {done / elapsed:.0f} images/s (256x256, {workers} processes)")
+    print(f"translate[drit]: {drit_rate(clean):.1f} images/s (256x256, quick-preset architecture, CPU, batch 8)")
+
+
+def drit_rate(clean: np.ndarray) -> float:
+    """Images/s of the DRIT translator with the quick preset's architecture (speed does not depend on training)."""
+    import torch
+
+    from translators.drit.model import Drit, DritConfig
+    from translators.drit.train import PRESETS
+    from translators.drit.translator import DritTranslator
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    settings = PRESETS["quick"]
+    model = Drit(DritConfig(width=settings.width)).eval()
+    codes = np.zeros((4, model.cfg.attr_dim), np.float32)
+    translator = DritTranslator(model, codes, {"exp_range": [0.0, 1.0], "config": model.cfg.to_dict()}, 0.127)
+    batch = np.stack([clean[k % len(clean)] for k in range(8)])
+    translator.translate(batch[:1], [np.random.default_rng(0)])  # warm up
+    t0 = time.perf_counter()
+    rounds = 3
+    for r in range(rounds):
+        translator.translate(batch, [np.random.default_rng(r * 8 + k) for k in range(8)])
+    return rounds * len(batch) / (time.perf_counter() - t0)
 
 
 if __name__ == "__main__":
