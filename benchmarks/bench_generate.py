@@ -6,6 +6,8 @@
 2. ``factory generate`` makes N 256×256 MoS2 bilayers (configs/mos2_bilayer_slip.yaml) in
    a subprocess on all cores, once with that style and once without; the wall time covers
    everything (start-up, simulation, translation, writing, verification, manifest).
+   Then ``generate[drit]`` with an untrained DRIT bundle of the quick preset's
+   architecture (speed does not depend on training), on fewer samples.
 3. :class:`inference.data.ShardDataset` reads the styled dataset (image + masks) through a
    ``DataLoader(num_workers=2, batch_size=64, shuffle=True)`` with persistent workers, in a
    fresh process as a training script would: one pass to warm up, then five timed passes
@@ -55,6 +57,17 @@ def fit_synthetic_style(out: Path) -> Path:
     experiment = SimpleNamespace(image=image, pixel_size_A=PIXEL_A, name="synthetic.tif")
     translator = ParametricTranslator.fit([experiment], pixel_size_A=PIXEL_A)
     return translator.save(out)
+
+
+def untrained_drit_style(out: Path) -> Path:
+    """A DRIT bundle with the quick preset's architecture, untrained: generation speed does not depend on training."""
+    from translators.drit.model import Drit, DritConfig
+    from translators.drit.train import PRESETS
+    from translators.drit.translator import DritTranslator
+
+    model = Drit(DritConfig(width=PRESETS["quick"].width)).eval()
+    codes = np.zeros((4, model.cfg.attr_dim), np.float32)
+    return DritTranslator(model, codes, {"exp_range": [0.0, 1.0], "config": model.cfg.to_dict()}, PIXEL_A).save(out)
 
 
 def generate(out: Path, style: str, n: int, shard_size: int) -> float:
@@ -114,7 +127,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_generate_") as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        for name in ("styled", "clean"):
+        for name in ("styled", "clean", "drit"):
             if (work / name).exists():
                 raise SystemExit(f"{work / name} exists; remove it or choose another --keep directory")
         style = fit_synthetic_style(work / "style")
@@ -127,6 +140,10 @@ def main() -> None:
         plain = generate(work / "clean", "none", args.n, args.shard_size)
         print(f"generate[none]: {plain:.1f} samples/s", flush=True)
 
+        n_drit = max(32, args.n // 8)
+        drit = generate(work / "drit", str(untrained_drit_style(work / "drit_style")), n_drit, max(8, n_drit // 4))
+        print(f"generate[drit]: {drit:.1f} samples/s ({n_drit} samples, quick-preset architecture on the CPU)", flush=True)
+
         # a fresh process: the DataLoader's workers fork from a process that has done nothing else
         line = subprocess.run([sys.executable, __file__, "--read", str(work / "styled")], check=True,
                               capture_output=True, text=True).stdout.strip().splitlines()[-1]
@@ -136,7 +153,7 @@ def main() -> None:
         manifest = json.loads((work / "styled" / "manifest.json").read_text())
         kb = sum(s["bytes"] for s in manifest["shards"]) / manifest["n"] / 1000
         print(f"bytes/sample: {kb:.0f} kB", flush=True)
-        print(f"generate[parametric] {styled:.0f} samples/s (100k in {hours:.1f} h), generate[none] {plain:.0f} samples/s, read {median:.0f} samples/s, {kb:.0f} kB/sample")
+        print(f"generate[parametric] {styled:.0f} samples/s (100k in {hours:.1f} h), generate[none] {plain:.0f} samples/s, generate[drit] {drit:.1f} samples/s, read {median:.0f} samples/s, {kb:.0f} kB/sample")
 
 
 if __name__ == "__main__":

@@ -118,6 +118,8 @@ def make_shard(task: ShardTask) -> dict[str, Any]:
     config = validate_config(yaml.safe_load(task.config_yaml), "config")
     plan = Plan.from_config(config, Path(task.base_dir) if task.base_dir else None)
     translator = _translator(task.style)
+    if "torch" in sys.modules:  # one intra-op thread per worker process, like the BLAS limit below
+        sys.modules["torch"].set_num_threads(1)
     augment = _has_augmentations(config)
     binary = plan.mask_style.max_value == 1
     out_dir = Path(task.out_dir)
