@@ -161,6 +161,8 @@ def fit_style(
     preset: str = typer.Option("quick", "--preset", help="drit: quick (≤ 20 min on 2 CPU cores) or paper (the reference's settings, for a GPU)."),
     iterations: Optional[int] = typer.Option(None, "--iterations", help="drit: training iterations (overrides the preset)."),
     crop: Optional[int] = typer.Option(None, "--crop", help="drit: training crop size in pixels (overrides the preset; a multiple of 4)."),
+    content_loss: Optional[str] = typer.Option(None, "--content-loss", help="drit: Trident content loss, structure (default) or plain (the reference's)."),
+    spectrum: bool = typer.Option(False, "--spectrum-discriminator", help="drit: add a discriminator on the log power spectrum."),
     device: str = typer.Option("auto", "--device", help="drit: auto, cpu or cuda."),
     resume: bool = typer.Option(False, "--resume", help="drit: continue from the checkpoint in OUT.training/."),
     select: bool = typer.Option(True, "--select/--no-select", help="drit: Trident selection of the simulation pool before training."),
@@ -202,7 +204,8 @@ def fit_style(
         _notice(f"images at {differ} Å/px are resampled to {target:.5g} Å/px, the first image's pixel size")
     if method == "drit":
         translator = _fit_drit(
-            micrographs, out, sim=sim, config=config, preset=preset, iterations=iterations, crop=crop, device=device, resume=resume,
+            micrographs, out, sim=sim, config=config, preset=preset, iterations=iterations, crop=crop, content_loss=content_loss,
+            spectrum=spectrum, device=device, resume=resume,
             select=select, pool=pool, seed=seed, quiet=quiet,
         )
     else:
@@ -223,7 +226,7 @@ def fit_style(
     typer.echo(str(Path(path).resolve()))
 
 
-def _fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, device, resume, select, pool, seed, quiet):
+def _fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, content_loss, spectrum, device, resume, select, pool, seed, quiet):
     """Pool, selection and training of ``fit-style --method drit``."""
     import dataclasses
 
@@ -235,7 +238,14 @@ def _fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, 
 
     if sim is None and config is None:
         raise FactoryError("--method drit needs a simulation pool: give --sim SIM.h5 or --config CONFIG")
-    settings = settings_for(preset, iterations, **({"crop_px": crop} if crop else {}))
+    overrides = {"crop_px": crop} if crop else {}
+    if content_loss is not None:
+        if content_loss not in ("structure", "plain"):
+            raise FactoryError(f"--content-loss: must be structure or plain (got '{content_loss}')")
+        overrides["content_form"] = content_loss
+    if spectrum:
+        overrides["spectrum_discriminator"] = True
+    settings = settings_for(preset, iterations, **overrides)
     device = resolve_device(device)
     target = micrographs[0].pixel_size_A
     micrographs = [
