@@ -17,9 +17,10 @@ model, and the metrics are averaged:
   ``--spectrum-discriminator``) — the ablation switches.
 
 Content is measured by ``column_shift(clean, DRIT)``. The last line sums up. A quick run
-(``--iterations 100``) takes a few minutes; the quality targets need runs of an hour or two:
+(``--iterations 100``) takes a few minutes; the quick preset about 15 minutes; the quality
+targets need runs of an hour or two:
 
-    .venv/bin/python benchmarks/bench_style.py --iterations 700 [--content-loss plain] [--spectrum-discriminator]
+    .venv/bin/python benchmarks/bench_style.py [--iterations N] [--content-loss plain] [--no-spectrum-discriminator]
 """
 
 from __future__ import annotations
@@ -64,9 +65,9 @@ def twin(clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=100)
+    parser.add_argument("--iterations", type=int, default=None, help="default: the quick preset's")
     parser.add_argument("--content-loss", default="structure", choices=("structure", "plain"))
-    parser.add_argument("--spectrum-discriminator", action="store_true")
+    parser.add_argument("--spectrum-discriminator", action=argparse.BooleanOptionalAction, default=None, help="default: the quick preset's (on)")
     parser.add_argument("--pool", type=int, default=120)
     args = parser.parse_args()
 
@@ -92,7 +93,9 @@ def main() -> None:
     pool_plan = Plan.from_config(validate_config({**CONFIG, "microscope": {**CONFIG["microscope"], "image_size_px": 192}}, "pool"))
     pool = [simulate_sample(pool_plan, 300, i).image for i in range(args.pool)]
     pool, _ = select_pool(pool, train_twins, PIXEL_A, seed=0)
-    settings = replace(PRESETS["quick"], iterations=args.iterations, content_form=args.content_loss, spectrum_discriminator=args.spectrum_discriminator)
+    iterations = args.iterations or PRESETS["quick"].iterations
+    spectrum = PRESETS["quick"].spectrum_discriminator if args.spectrum_discriminator is None else args.spectrum_discriminator
+    settings = replace(PRESETS["quick"], iterations=iterations, content_form=args.content_loss, spectrum_discriminator=spectrum)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         drit = DritTranslator.fit(experiments, sims=pool, settings=settings, work_dir=Path(tmp), pixel_size_A=PIXEL_A, device="cpu", progress=True)
@@ -118,7 +121,7 @@ def main() -> None:
                 table.setdefault(row["name"], {}).setdefault(key, []).append(row[key])
         shifts.append(column_shift(clean, candidates["DRIT"], PIXEL_A))
 
-    label = f"DRIT {args.iterations} it, {args.content_loss} loss{', spectrum D' if args.spectrum_discriminator else ''}"
+    label = f"DRIT {iterations} it, {args.content_loss} loss{', spectrum D' if spectrum else ', no spectrum D'}"
     print(f"held-out twins: 3 × 512² at {PIXEL_A} Å/px; {label}; training {minutes:.1f} min")
     print(f"{'model':16s} " + " ".join(f"{k:>13s}" for k in keys))
     for name, values in table.items():

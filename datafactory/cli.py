@@ -162,7 +162,7 @@ def fit_style(
     iterations: Optional[int] = typer.Option(None, "--iterations", help="drit: training iterations (overrides the preset)."),
     crop: Optional[int] = typer.Option(None, "--crop", help="drit: training crop size in pixels (overrides the preset; a multiple of 4)."),
     content_loss: Optional[str] = typer.Option(None, "--content-loss", help="drit: Trident content loss, structure (default) or plain (the reference's)."),
-    spectrum: bool = typer.Option(False, "--spectrum-discriminator", help="drit: add a discriminator on the log power spectrum."),
+    spectrum: Optional[bool] = typer.Option(None, "--spectrum-discriminator/--no-spectrum-discriminator", help="drit: discriminator on the log power spectrum (on in both presets)."),
     device: str = typer.Option("auto", "--device", help="drit: auto, cpu or cuda."),
     resume: bool = typer.Option(False, "--resume", help="drit: continue from the checkpoint in OUT.training/."),
     select: bool = typer.Option(True, "--select/--no-select", help="drit: Trident selection of the simulation pool before training."),
@@ -243,8 +243,8 @@ def _fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, 
         if content_loss not in ("structure", "plain"):
             raise FactoryError(f"--content-loss: must be structure or plain (got '{content_loss}')")
         overrides["content_form"] = content_loss
-    if spectrum:
-        overrides["spectrum_discriminator"] = True
+    if spectrum is not None:
+        overrides["spectrum_discriminator"] = spectrum
     settings = settings_for(preset, iterations, **overrides)
     device = resolve_device(device)
     target = micrographs[0].pixel_size_A

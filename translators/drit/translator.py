@@ -80,8 +80,6 @@ class DritTranslator(Translator):
         **_: Any,
     ) -> "DritTranslator":
         """Train on experimental ``micrographs`` and clean ``sims`` (both at ``pixel_size_A``)."""
-        import torch
-
         from .train import PRESETS, percentile_range, train
 
         settings = settings or PRESETS["quick"]
@@ -103,9 +101,7 @@ class DritTranslator(Translator):
             "iterations": len(history),
             "final_losses": {k: float(np.mean([h[k] for h in last])) for k in last[0]} if last else {},
         }
-        translator = cls(model, codes, parameters, pixel_size_A, device)
-        del torch
-        return translator
+        return cls(model, codes, parameters, pixel_size_A, device)
 
     # ---------------------------------------------------------------- translation
 
