@@ -72,6 +72,14 @@ def batch_rngs(rng: np.random.Generator | Sequence[np.random.Generator], n: int)
     return rngs
 
 
+def as_batch(clean_batch: np.ndarray, rng) -> tuple[np.ndarray, list[np.random.Generator]]:
+    """(B, H, W) float32 images and one generator per image, from one image or a batch."""
+    batch = np.asarray(clean_batch, dtype=np.float32)
+    if batch.ndim == 2:
+        batch = batch[None]
+    return batch, batch_rngs(rng, len(batch))
+
+
 class Translator(ABC):
     """Base class of style translators (see the module docstring)."""
 

@@ -56,7 +56,7 @@ import scipy.fft
 from datafactory.errors import FactoryError
 
 from .augment import ScanDistortion, displacement_field, warp_image
-from .base import Translation, Translator, batch_rngs
+from .base import Translation, Translator, as_batch
 
 #: Gaussian scale (Å) used to denoise before measuring intensity levels, on both sides.
 DENOISE_SIGMA_A = 0.25
@@ -654,10 +654,7 @@ class ParametricTranslator(Translator):
         return cls(combine(fits, spread), target)
 
     def translate(self, clean_batch: np.ndarray, rng) -> Translation:
-        clean_batch = np.asarray(clean_batch, dtype=np.float32)
-        if clean_batch.ndim == 2:
-            clean_batch = clean_batch[None]
-        rngs = batch_rngs(rng, len(clean_batch))
+        clean_batch, rngs = as_batch(clean_batch, rng)
         images = np.empty_like(clean_batch)
         clean = np.empty_like(clean_batch)
         fields_: list[np.ndarray | None] = []

@@ -28,7 +28,7 @@ import numpy as np
 
 from datafactory.errors import FactoryError
 
-from ..base import Translation, Translator, batch_rngs
+from ..base import Translation, Translator, as_batch
 
 WEIGHTS_FILE = "weights.pt"
 CODES_FILE = "exp_codes.npy"
@@ -109,7 +109,8 @@ class DritTranslator(Translator):
         lo, hi = np.percentile(image, [0.5, 99.5])
         return ((image - lo) / (hi - lo if hi > lo else 1.0)).astype(np.float32)
 
-    def _codes_for(self, rngs: Sequence[np.random.Generator]) -> np.ndarray:
+    def _codes_for(self, rngs: Sequence[np.random.Generator]) -> tuple[np.ndarray, list[dict[str, float]]]:
+        """One attribute code per image (an experimental code, or a mix of two) and what was drawn."""
         out = np.empty((len(rngs), self.codes.shape[1]), np.float32)
         params = []
         for k, g in enumerate(rngs):
@@ -122,17 +123,13 @@ class DritTranslator(Translator):
             else:
                 out[k] = self.codes[i]
                 params.append({"attr_index": float(i), "attr_mix_index": float(i), "attr_mix": 0.0})
-        self._last_params = params
-        return out
+        return out, params
 
     def translate(self, clean_batch: np.ndarray, rng) -> Translation:
         import torch
 
-        clean_batch = np.asarray(clean_batch, dtype=np.float32)
-        if clean_batch.ndim == 2:
-            clean_batch = clean_batch[None]
-        rngs = batch_rngs(rng, len(clean_batch))
-        codes = self._codes_for(rngs)
+        clean_batch, rngs = as_batch(clean_batch, rng)
+        codes, drawn = self._codes_for(rngs)
         x = np.stack([self._normalise(im) for im in clean_batch])[:, None]
         stride = 2 ** self.model.cfg.downsamples
         rows, cols = x.shape[2:]
@@ -145,7 +142,7 @@ class DritTranslator(Translator):
             out = self.model.generate(self.model.content(xt, "sim"), at, "exp").float().cpu().numpy()[:, 0, :rows, :cols]
         lo, hi = self.exp_range
         images = (lo + (hi - lo) * out).astype(np.float32)
-        return Translation(images=images, clean=clean_batch.copy(), displacement=None, params=self._last_params)
+        return Translation(images=images, clean=clean_batch.copy(), displacement=None, params=drawn)
 
     # ---------------------------------------------------------------- bundle
 
