@@ -65,7 +65,7 @@ def card_text(root: Path, manifest: dict[str, Any]) -> str:
         f"- Shards: {len(manifest['shards'])} HDF5 files in `shards/` ({size_bytes / 1e6:.1f} MB, "
         f"{size_bytes / max(n, 1) / 1e3:.0f} kB per sample), {manifest['shard_size']} samples each; "
         "`manifest.json` lists their sample ranges and sha256 checksums.",
-        f"- Splits (per sample, fixed by the seed): "
+        "- Splits (per sample, fixed by the seed): "
         + ", ".join(f"{name} {counts.get(name, 0)}" for name in manifest["split"]["names"])
         + f" (fractions {', '.join(str(f) for f in manifest['split']['fractions'])}).",
         f"- Made by stem-datafactory {manifest['package_version']} with `{manifest.get('command') or 'factory generate'}`, "

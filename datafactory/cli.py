@@ -184,6 +184,8 @@ def fit_style(
 
     from translators import registry
 
+    from .grid import same_pixel_size
+
     methods = registry()
     if method not in methods:
         raise FactoryError(f"--method: unknown method '{method}' (available: {', '.join(sorted(methods))})")
@@ -197,7 +199,7 @@ def fit_style(
     _require_at_least("--seed", seed, 0)
     micrographs, affines = _read_experiments(exp, pixel_size, allow_rgb, material, structure, calibrate, want_affine=True)
     target = micrographs[0].pixel_size_A
-    differ = sorted({round(m.pixel_size_A, 5) for m in micrographs if abs(m.pixel_size_A / target - 1) > 1e-3})
+    differ = sorted({round(m.pixel_size_A, 5) for m in micrographs if not same_pixel_size(m.pixel_size_A, target)})
     if differ:
         if method == "drit" and not resample:
             raise FactoryError(f"the experiments' pixel sizes differ ({target:.5g} and {differ[0]:.5g} Å/px); pass --resample to resample them to {target:.5g} Å/px")
@@ -234,7 +236,7 @@ def _fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, 
     from translators.drit.train import check_experiments, settings_for
     from translators.drit.translator import DritTranslator, resolve_device
 
-    from .grid import resample
+    from .grid import resample, same_pixel_size
 
     if sim is None and config is None:
         raise FactoryError("--method drit needs a simulation pool: give --sim SIM.h5 or --config CONFIG")
@@ -249,7 +251,7 @@ def _fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, 
     device = resolve_device(device)
     target = micrographs[0].pixel_size_A
     micrographs = [
-        m if abs(m.pixel_size_A / target - 1) <= 1e-3 else dataclasses.replace(m, image=resample(m.image, m.pixel_size_A, target), pixel_size_A=target)
+        m if same_pixel_size(m.pixel_size_A, target) else dataclasses.replace(m, image=resample(m.image, m.pixel_size_A, target), pixel_size_A=target)
         for m in micrographs
     ]
     exps = [m.image for m in micrographs]
@@ -529,7 +531,7 @@ def generate(
 ) -> None:
     """Simulate, translate and write N labelled samples as verified, resumable HDF5 shards with a manifest and a dataset card."""
     from translators.base import load_style, read_style_record
-    from translators.translate import same_pixel_size
+    from .grid import same_pixel_size
 
     from .config import load_config
     from .dataset import parse_split

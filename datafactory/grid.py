@@ -58,6 +58,15 @@ class PixelGrid:
         )
 
 
+#: Relative pixel-size difference below which two pixel sizes count as the same (0.1 %).
+PIXEL_SIZE_TOLERANCE = 1e-3
+
+
+def same_pixel_size(a: float, b: float) -> bool:
+    """Whether two pixel sizes agree within :data:`PIXEL_SIZE_TOLERANCE`."""
+    return abs(a / b - 1.0) <= PIXEL_SIZE_TOLERANCE
+
+
 def resampled_shape(shape: tuple[int, int], from_pixel_size_A: float, to_pixel_size_A: float) -> tuple[int, int]:
     """Pixel shape of an image of ``shape`` at ``from_pixel_size_A`` once resampled to ``to_pixel_size_A``."""
     scale = from_pixel_size_A / to_pixel_size_A

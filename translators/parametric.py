@@ -638,15 +638,14 @@ class ParametricTranslator(Translator):
         """
         from tqdm import tqdm
 
-        from datafactory.grid import resample
+        from datafactory.grid import resample, same_pixel_size
 
         if not micrographs:
             raise FactoryError("fit-style: no experimental images")
         target = float(pixel_size_A or micrographs[0].pixel_size_A)
         fits = []
         for m in tqdm(micrographs, desc="fit", unit="img", disable=not progress):
-            same = abs(m.pixel_size_A / target - 1) <= 1e-3  # calibrations agreeing to 0.1 % are the same
-            image = m.image if same else resample(m.image, m.pixel_size_A, target)
+            image = m.image if same_pixel_size(m.pixel_size_A, target) else resample(m.image, m.pixel_size_A, target)
             try:
                 fits.append(fit_image(image, target, affine))
             except FactoryError as exc:

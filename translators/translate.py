@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from datafactory.errors import FactoryError
-from datafactory.grid import resample, resampled_shape
+from datafactory.grid import resample, resampled_shape, same_pixel_size
 from datafactory.pipeline import Sample
 from datafactory.rng import sample_rng
 from datafactory.shards import SCHEMA_VERSION, ShardWriter, read_sample, sample_pixel_sizes_A
@@ -23,12 +23,6 @@ from datafactory.shards import SCHEMA_VERSION, ShardWriter, read_sample, sample_
 from .augment import move_atoms, warp_masks
 from .base import Translation, Translator
 
-#: Relative pixel-size difference below which two pixel sizes are the same.
-PIXEL_SIZE_TOLERANCE = 1e-3
-
-
-def same_pixel_size(a: float, b: float) -> bool:
-    return abs(a / b - 1.0) <= PIXEL_SIZE_TOLERANCE
 
 
 def resample_sample(sample: Sample, from_pixel_size_A: float, to_pixel_size_A: float, binary_masks: bool = False) -> Sample:

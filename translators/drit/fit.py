@@ -26,7 +26,7 @@ def simulation_pool(
     *, sim_path: Path | None, config: str | None, pixel_size_A: float, n: int, size_px: int, seed: int, workers: int, progress: bool
 ) -> list[np.ndarray]:
     """Clean images at ``pixel_size_A``: read from ``sim_path`` or simulated from ``config``."""
-    from translators.translate import same_pixel_size
+    from datafactory.grid import same_pixel_size
 
     if sim_path is not None:
         import h5py

@@ -131,7 +131,7 @@ class DritTranslator(Translator):
         clean_batch, rngs = as_batch(clean_batch, rng)
         codes, drawn = self._codes_for(rngs)
         x = np.stack([self._normalise(im) for im in clean_batch])[:, None]
-        stride = 2 ** self.model.cfg.downsamples
+        stride = self.model.cfg.size_multiple
         rows, cols = x.shape[2:]
         pad_r, pad_c = (-rows) % stride, (-cols) % stride
         if pad_r or pad_c:
