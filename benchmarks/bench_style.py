@@ -14,9 +14,10 @@ model, and the metrics are averaged:
 * baselines: the clean simulation; Gaussian noise matched to the twin's noise level;
 * the parametric model fitted on the training twins;
 * DRIT trained with the chosen settings (``--iterations``, ``--content-loss``,
-  ``--spectrum-discriminator``) — the ablation switches.
+  ``--spectrum-discriminator``, ``--physics-prior``) — the ablation switches.
 
-Content is measured by ``column_shift(clean, DRIT)``. The last line sums up. A quick run
+Content is measured by ``column_shift(clean, DRIT)``, where clean carries the scan geometry
+of the translation (the physics prior's parametric draw, else none). The last line sums up. A quick run
 (``--iterations 100``) takes a few minutes; the quick preset about 15 minutes; the quality
 targets need runs of an hour or two:
 
@@ -68,6 +69,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=None, help="default: the quick preset's")
     parser.add_argument("--content-loss", default="structure", choices=("structure", "plain"))
     parser.add_argument("--spectrum-discriminator", action=argparse.BooleanOptionalAction, default=None, help="default: the quick preset's (on)")
+    parser.add_argument("--physics-prior", action=argparse.BooleanOptionalAction, default=None, help="default: the quick preset's (off)")
+    parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--pool", type=int, default=120)
     args = parser.parse_args()
 
@@ -95,10 +98,11 @@ def main() -> None:
     pool, _ = select_pool(pool, train_twins, PIXEL_A, seed=0)
     iterations = args.iterations or PRESETS["quick"].iterations
     spectrum = PRESETS["quick"].spectrum_discriminator if args.spectrum_discriminator is None else args.spectrum_discriminator
-    settings = replace(PRESETS["quick"], iterations=iterations, content_form=args.content_loss, spectrum_discriminator=spectrum)
+    prior = PRESETS["quick"].physics_prior if args.physics_prior is None else args.physics_prior
+    settings = replace(PRESETS["quick"], iterations=iterations, content_form=args.content_loss, spectrum_discriminator=spectrum, physics_prior=prior)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        drit = DritTranslator.fit(experiments, sims=pool, settings=settings, work_dir=Path(tmp), pixel_size_A=PIXEL_A, device="cpu", progress=True)
+        drit = DritTranslator.fit(experiments, sims=pool, settings=settings, work_dir=Path(tmp), pixel_size_A=PIXEL_A, device="cpu", progress=True, seed=args.seed)
         minutes = (time.perf_counter() - t0) / 60
     parametric = ParametricTranslator.fit(experiments, pixel_size_A=PIXEL_A)
 
@@ -109,19 +113,20 @@ def main() -> None:
         noise_sigma = float(np.std(reference - __import__("cv2").GaussianBlur(reference, (0, 0), 1.0)))
         lo, hi = np.percentile(reference, [1, 99.5])
         gaussian = lo + (hi - lo) * (clean - clean.min()) / np.ptp(clean) + noise_sigma * np.random.default_rng(k).standard_normal(clean.shape)
+        translated = drit.translate(clean[None], [np.random.default_rng(k)])
         candidates = {
             "clean": clean,
             "gaussian noise": gaussian.astype(np.float32),
             "parametric": parametric.translate(clean[None], [np.random.default_rng(k)]).images[0],
-            "DRIT": drit.translate(clean[None], [np.random.default_rng(k)]).images[0],
+            "DRIT": translated.images[0],
         }
         rows = compare_images(reference, PIXEL_A, [(name, image, PIXEL_A) for name, image in candidates.items()])
         for row in rows[1:]:
             for key in keys:
                 table.setdefault(row["name"], {}).setdefault(key, []).append(row[key])
-        shifts.append(column_shift(clean, candidates["DRIT"], PIXEL_A))
+        shifts.append(column_shift(translated.clean[0], candidates["DRIT"], PIXEL_A))
 
-    label = f"DRIT {iterations} it, {args.content_loss} loss{', spectrum D' if spectrum else ', no spectrum D'}"
+    label = f"DRIT {iterations} it, {args.content_loss} loss{', spectrum D' if spectrum else ', no spectrum D'}{', physics prior' if prior else ''}, seed {args.seed}"
     print(f"held-out twins: 3 × 512² at {PIXEL_A} Å/px; {label}; training {minutes:.1f} min")
     print(f"{'model':16s} " + " ".join(f"{k:>13s}" for k in keys))
     for name, values in table.items():

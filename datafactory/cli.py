@@ -163,6 +163,7 @@ def fit_style(
     crop: Optional[int] = typer.Option(None, "--crop", help="drit: training crop size in pixels (overrides the preset; a multiple of 4)."),
     content_loss: Optional[str] = typer.Option(None, "--content-loss", help="drit: Trident content loss, structure (default) or plain (the reference's)."),
     spectrum: Optional[bool] = typer.Option(None, "--spectrum-discriminator/--no-spectrum-discriminator", help="drit: discriminator on the log power spectrum (on in both presets)."),
+    physics_prior: Optional[bool] = typer.Option(None, "--physics-prior/--no-physics-prior", help="drit: start from the fitted parametric model and learn a residual on top (off in both presets)."),
     device: str = typer.Option("auto", "--device", help="drit: auto, cpu or cuda."),
     resume: bool = typer.Option(False, "--resume", help="drit: continue from the checkpoint in OUT.training/."),
     select: bool = typer.Option(True, "--select/--no-select", help="drit: Trident selection of the simulation pool before training."),
@@ -204,15 +205,15 @@ def fit_style(
         if method == "drit" and not resample:
             raise FactoryError(f"the experiments' pixel sizes differ ({target:.5g} and {differ[0]:.5g} Å/px); pass --resample to resample them to {target:.5g} Å/px")
         _notice(f"images at {differ} Å/px are resampled to {target:.5g} Å/px, the first image's pixel size")
+    found = [a for a in affines if a is not None]
+    affine = np.median(np.stack(found), axis=0) if found else None
     if method == "drit":
         translator = _fit_drit(
             micrographs, out, sim=sim, config=config, preset=preset, iterations=iterations, crop=crop, content_loss=content_loss,
-            spectrum=spectrum, device=device, resume=resume,
-            select=select, pool=pool, seed=seed, quiet=quiet,
+            spectrum=spectrum, physics_prior=physics_prior, device=device, resume=resume,
+            select=select, pool=pool, seed=seed, quiet=quiet, affine=affine,
         )
     else:
-        found = [a for a in affines if a is not None]
-        affine = np.median(np.stack(found), axis=0) if found else None
         translator = methods[method].fit(micrographs, affine=affine, spread=spread, progress=not quiet)
     digests = {path: hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in {m.source for m in micrographs}}
     sources = [
@@ -228,7 +229,7 @@ def fit_style(
     typer.echo(str(Path(path).resolve()))
 
 
-def _fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, content_loss, spectrum, device, resume, select, pool, seed, quiet):
+def _fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, content_loss, spectrum, physics_prior, device, resume, select, pool, seed, quiet, affine):
     """Pool, selection and training of ``fit-style --method drit``."""
     import dataclasses
 
@@ -247,6 +248,8 @@ def _fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, 
         overrides["content_form"] = content_loss
     if spectrum is not None:
         overrides["spectrum_discriminator"] = spectrum
+    if physics_prior is not None:
+        overrides["physics_prior"] = physics_prior
     settings = settings_for(preset, iterations, **overrides)
     device = resolve_device(device)
     target = micrographs[0].pixel_size_A
@@ -264,7 +267,7 @@ def _fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, 
         for message in notices:
             _notice(message)
     work_dir = out.with_name(out.name + ".training")
-    return DritTranslator.fit(micrographs, sims=images, settings=settings, work_dir=work_dir, pixel_size_A=target, device=device, resume=resume, seed=seed, progress=not quiet)
+    return DritTranslator.fit(micrographs, sims=images, settings=settings, work_dir=work_dir, pixel_size_A=target, device=device, resume=resume, seed=seed, progress=not quiet, affine=affine)
 
 
 def _drit_report(translator, micrographs, path: Path, *, config, sim, seed) -> None:
@@ -284,8 +287,9 @@ def _drit_report(translator, micrographs, path: Path, *, config, sim, seed) -> N
     parametric = ParametricTranslator.fit(micrographs, pixel_size_A=translator.pixel_size_A)
     rng = np.random.default_rng(seed)
     p_image = parametric.translate(held_out[None], [rng]).images[0]
-    d_image = translator.translate(held_out[None], [np.random.default_rng(seed)]).images[0]
-    record = write_report(path, experiment, held_out, p_image, d_image, translator.pixel_size_A)
+    d_translation = translator.translate(held_out[None], [np.random.default_rng(seed)])
+    # with the physics prior the DRIT image carries the parametric scan geometry: its atoms are in d_translation.clean
+    record = write_report(path, experiment, held_out, p_image, d_translation.images[0], translator.pixel_size_A, drit_clean=d_translation.clean[0])
     shift = record["column_shift_clean_vs_drit"]
     typer.echo(f"report: {Path(path) / 'report.png'}; DRIT keeps {100 * shift['fraction_matched']:.1f} % of columns within 0.5 Å (mean {shift['mean_pm']:.1f} pm)")
 

@@ -109,3 +109,40 @@ def test_drit_cli_bad_input(run_cli, tmp_path):
     code, _, err = run_cli("fit-style", small, other, "--config", "mos2_monolayer", "--out", tmp_path / "s", "-q")
     assert code == 2 and "--resample" in err
     assert not (tmp_path / "s").exists()
+
+
+def test_physics_prior_starts_at_the_parametric_model_and_round_trips(data, tmp_path):
+    from translators.drit.model import Drit, DritConfig
+
+    sims, exps = data
+    prior = StyleParameters(gain=2.0, offset=5.0, dose_counts=40.0, background=0.2, jitter_A=0.02, spread=0.0)
+    # untrained: the residual is exactly zero, so DRIT returns the parametric rendering of the same draw
+    model = Drit(DritConfig(width=8, content_blocks=2, gen_blocks=1, residual_prior=True)).eval()
+    exp_range = (0.0, 200.0)
+    untrained = DritTranslator(model, np.zeros((2, 8), np.float32), {"exp_range": list(exp_range), "prior": prior.to_dict()}, PIXEL_A)
+    clean = sims[0][:48, :60]
+    out = untrained.translate(clean[None], [np.random.default_rng(5)])
+    g = np.random.default_rng(5)
+    untrained._codes_for([g])
+    image, displaced, field_, _ = render(clean, prior, PIXEL_A, g)
+    np.testing.assert_allclose(out.images[0], image, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(out.clean[0], displaced, atol=1e-6)
+    np.testing.assert_allclose(out.displacement[0], field_, atol=1e-6)
+    assert "prior_jitter_A" in untrained.recorded_parameters and "prior_jitter_A" in out.params[0]
+
+    class M:
+        def __init__(self, image):
+            self.image, self.pixel_size_A, self.name = image, PIXEL_A, "exp"
+
+    settings = replace(TINY, physics_prior=True)
+    affine = np.array([[1.0, 0.03], [0.0, 1.0]])  # a sheared scan: the prior's geometry moves the atoms
+    translator = DritTranslator.fit([M(e) for e in exps], sims=sims, settings=settings, work_dir=tmp_path / "t", device="cpu", progress=False, affine=affine)
+    assert translator.model.cfg.residual_prior and translator.prior is not None
+    loaded = load_style(translator.save(tmp_path / "style"))
+    a = translator.translate(sims[1][None], [np.random.default_rng(1)])
+    b = loaded.translate(sims[1][None], [np.random.default_rng(1)])
+    np.testing.assert_allclose(a.images, b.images, rtol=1e-5, atol=1e-3)
+    assert a.displacement is not None and np.abs(a.displacement).max() > 0.3
+    assert not np.allclose(a.clean, sims[1][None])  # clean carries the same geometry as the image
+    with pytest.raises(ValueError, match="prior renderer"):
+        train(sims, exps, settings, tmp_path / "p", exp_range=exp_range, pixel_size_A=PIXEL_A, progress=False)

@@ -84,8 +84,9 @@ class Translator(ABC):
     """Base class of style translators (see the module docstring)."""
 
     method: ClassVar[str]
-    #: Scalar values of each translation recorded per sample as ``params/style_<name>``.
-    recorded_parameters: ClassVar[tuple[str, ...]] = ()
+    #: Scalar values of each translation recorded per sample as ``params/style_<name>``
+    #: (an instance may extend them, e.g. a DRIT style with a physics prior).
+    recorded_parameters: tuple[str, ...] = ()
     pixel_size_A: float
 
     @classmethod

@@ -79,15 +79,22 @@ def select_pool(pool: Sequence[np.ndarray], exps: Sequence[np.ndarray], pixel_si
     return [pool[i] for i in selection.kept], selection.notices
 
 
-def write_report(directory: Path, experiment: np.ndarray, clean: np.ndarray, parametric: np.ndarray, drit: np.ndarray, pixel_size_A: float) -> dict[str, Any]:
-    """``report.png`` and ``report.json`` in the bundle directory; returns the JSON record."""
+def write_report(
+    directory: Path, experiment: np.ndarray, clean: np.ndarray, parametric: np.ndarray, drit: np.ndarray, pixel_size_A: float,
+    drit_clean: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """``report.png`` and ``report.json`` in the bundle directory; returns the JSON record.
+
+    The column shift compares ``drit`` with ``drit_clean`` (the clean image under the
+    translation's scan geometry; default ``clean``).
+    """
     from translators.compare import compare_images, draw_comparison
     from translators.metrics import column_shift
 
     others = [("clean simulation", clean, pixel_size_A), ("parametric", parametric, pixel_size_A), ("DRIT", drit, pixel_size_A)]
     rows = compare_images(experiment, pixel_size_A, others)
     rows[0]["name"] = "experiment"
-    shift = column_shift(clean, drit, pixel_size_A).to_dict()
+    shift = column_shift(clean if drit_clean is None else drit_clean, drit, pixel_size_A).to_dict()
     record = {"metrics": rows, "column_shift_clean_vs_drit": shift}
     directory = Path(directory)
     (directory / "report.json").write_text(json.dumps(record, indent=2, default=float) + "\n")

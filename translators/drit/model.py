@@ -44,8 +44,9 @@ Convolutions in the encoders and generators pad by reflection (no artificial dar
   gradients) yet reaching a little beyond [0, 1], because percentile-normalised images
   have tails outside [0, 1] that a discriminator would miss in a plain sigmoid output.
   With ``cfg.residual_prior`` and a ``base`` image: ``base + RESIDUAL_LIMIT·tanh(r)``, so
-  the generator only learns the change from base (e.g. the input simulation), limited to
-  ±RESIDUAL_LIMIT.
+  the generator only learns the change from base (the physics prior: the parametric
+  model's rendering of the same simulation), limited to ±RESIDUAL_LIMIT. The exp
+  generator's last conv then starts at zero, so an untrained model returns base exactly.
 
 Discriminators (LeakyReLU 0.2, spectral norm on every layer, no other normalisation)
 ------------------------------------------------------------------------------------
@@ -331,6 +332,9 @@ class Drit(nn.Module):
         self.content_shared = _ResBlock(cfg.content_channels)
         self.attr_enc = nn.ModuleDict({d: _AttributeEncoder(cfg) for d in DOMAINS})
         self.gen = nn.ModuleDict({d: _Generator(cfg) for d in DOMAINS})
+        if cfg.residual_prior:  # the exp generator starts as the identity on its base image
+            nn.init.zeros_(self.gen["exp"].out.weight)
+            nn.init.zeros_(self.gen["exp"].out.bias)
 
     def check_size(self, x: torch.Tensor) -> None:
         """Raise ValueError unless ``x`` is (B, 1, H, W) with H, W multiples of ``2 ** downsamples``."""

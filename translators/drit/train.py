@@ -19,6 +19,14 @@ c_y); cross-cycle L1 (translate, swap, translate back); self-reconstruction L1; 
 KL; latent regression ‖E_a(v_z) − z‖₁; the Trident content-consistency loss (form
 ``plain`` or ``structure``); and, optionally, a spectrum discriminator on v.
 
+Physics prior (``physics_prior``): each sim crop is first rendered by the fitted parametric
+model (``prior(crop, rng) -> (rendered, displaced)``, both normalised); the displaced
+clean crop (scan geometry applied) becomes x, and the exp generator outputs
+``rendered + tanh(r)``, starting at r = 0, i.e. at the fitted baseline. The exp-domain
+reconstructions (self and cross-cycle) use the real image as their own base, so they ask
+for a zero residual: the residual departs from the parametric rendering only where the
+discriminators see a difference.
+
 Checkpoints (everything: weights, optimisers, iteration, generator states) are written
 atomically every ``checkpoint_every`` iterations; ``resume`` continues from the last one,
 so a ``kill -9`` loses at most the iterations since. A non-finite loss stops the run,
@@ -64,6 +72,7 @@ class TrainSettings:
     threads: int = 2
     width: int = 32
     spectrum_discriminator: bool = False
+    physics_prior: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -179,11 +188,14 @@ def train(
     resume: bool = False,
     progress: bool = True,
     budget_iterations: int | None = None,
+    prior=None,
 ):
     """Train a DRIT model; returns (model, history). Checkpoints go to ``work_dir``.
 
     ``budget_iterations`` stops this call after that many new iterations (checkpointed),
-    for training in time slices; a later call with ``resume`` continues.
+    for training in time slices; a later call with ``resume`` continues. ``prior`` (needed
+    with ``settings.physics_prior``) renders a normalised sim crop as the parametric model
+    would: ``prior(crop, rng) -> (rendered, displaced_crop)``, both normalised.
     """
     import torch
     from tqdm import tqdm
@@ -194,11 +206,13 @@ def train(
     check_experiments(exps, settings.crop_px)
     if not sims:
         raise FactoryError("fit-style: the simulation pool is empty (after selection)")
+    if settings.physics_prior and prior is None:
+        raise ValueError("train: settings.physics_prior needs a prior renderer")
     torch.set_num_threads(max(1, settings.threads))
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = work_dir / CHECKPOINT_FILE
-    cfg = DritConfig(width=settings.width, spectrum_discriminator=settings.spectrum_discriminator)
+    cfg = DritConfig(width=settings.width, spectrum_discriminator=settings.spectrum_discriminator, residual_prior=settings.physics_prior)
     torch.manual_seed(seed)
     model, discs = Drit(cfg).to(device), Discriminators(cfg).to(device)
     opt_g = torch.optim.Adam(model.parameters(), lr=settings.lr, betas=(settings.beta1, settings.beta2))
@@ -228,6 +242,16 @@ def train(
         crops = [random_crop(images[int(rng.integers(len(images)))], settings.crop_px, rng, rotate=rotate, zoom=settings.zoom) for _ in range(settings.batch)]
         return torch.from_numpy(np.stack(crops)[:, None]).to(device)
 
+    def sim_batch():
+        """(x, base): sim crops and, with the physics prior, their parametric renderings."""
+        x = batch(sim_norm, rotate=True)
+        if not settings.physics_prior:
+            return x, None
+        pairs = [prior(crop, rng) for crop in x[:, 0].cpu().numpy()]
+        base = torch.from_numpy(np.stack([p[0] for p in pairs])[:, None].astype(np.float32)).to(device)
+        displaced = torch.from_numpy(np.stack([p[1] for p in pairs])[:, None].astype(np.float32)).to(device)
+        return displaced, base
+
     def save():
         _save_checkpoint(checkpoint, {
             "settings": settings.to_dict(), "config": cfg.to_dict(), "model": model.state_dict(), "discs": discs.state_dict(),
@@ -243,20 +267,21 @@ def train(
             for opt in (opt_g, opt_d):
                 for group in opt.param_groups:
                     group["lr"] = settings.lr * factor
-            x, y = batch(sim_norm, rotate=True), batch(exp_norm, rotate=False)
+            (x, base_x), y = sim_batch(), batch(exp_norm, rotate=False)
+            base_y = y if settings.physics_prior else None
 
             # ---- generator side
             c_x, c_y = model.content(x, "sim"), model.content(y, "exp")
             mu_x, lv_x = model.attribute(x, "sim")
             mu_y, lv_y = model.attribute(y, "exp")
             a_x, a_y = model.sample_attribute(mu_x, lv_x), model.sample_attribute(mu_y, lv_y)
-            v = model.generate(c_x, a_y, "exp")
+            v = model.generate(c_x, a_y, "exp", base_x)
             u = model.generate(c_y, a_x, "sim")
             z = torch.randn_like(a_y)
-            v_z = model.generate(c_x, z, "exp")
+            v_z = model.generate(c_x, z, "exp", base_x)
             x_rec = model.generate(model.content(v, "exp"), model.attribute(u, "sim")[0], "sim")
-            y_rec = model.generate(model.content(u, "sim"), model.attribute(v, "exp")[0], "exp")
-            x_self, y_self = model.generate(c_x, a_x, "sim"), model.generate(c_y, a_y, "exp")
+            y_rec = model.generate(model.content(u, "sim"), model.attribute(v, "exp")[0], "exp", base_y)
+            x_self, y_self = model.generate(c_x, a_x, "sim"), model.generate(c_y, a_y, "exp", base_y)
             z_rec = model.attribute(v_z, "exp")[0]
             terms = {
                 "domain": gan_g_loss(discs.domain(v, "exp")) + gan_g_loss(discs.domain(u, "sim")) + gan_g_loss(discs.domain(v_z, "exp")),

@@ -12,6 +12,12 @@ summary, and the normalisation statistics: simulations are mapped to [0, 1] by t
 0.5th/99.5th percentiles, and the output back to the experiment's units by the
 experimental range stored here.
 
+With the physics prior (``settings.physics_prior``), ``style.json`` also holds the fitted
+parametric model (``prior``): translation first renders each clean image with it (one
+draw from the image's generator, scan geometry included), then DRIT adds its learned
+residual. The translation's ``clean`` and ``displacement`` are then the parametric draw's,
+so masks and atoms follow the geometry.
+
 Translation draws, per image, one experimental code (or, with probability
 ``interpolate``, a point between two of them) from that image's generator, so sample *i*
 of ``generate`` depends only on (seed, *i*). Inference is deterministic given the code.
@@ -61,6 +67,13 @@ class DritTranslator(Translator):
         self.device = device
         self.interpolate = float(parameters.get("interpolate", 0.5))
         self.exp_range = tuple(parameters["exp_range"])
+        self.prior = None
+        if parameters.get("prior") is not None:
+            from ..parametric import RECORDED_PARAMETERS, StyleParameters
+
+            self.prior = StyleParameters.from_dict(parameters["prior"])
+            # this instance also records the parametric draw behind each image
+            self.recorded_parameters = type(self).recorded_parameters + tuple(f"prior_{k}" for k in RECORDED_PARAMETERS)
 
     # ---------------------------------------------------------------- fitting
 
@@ -77,9 +90,14 @@ class DritTranslator(Translator):
         resume: bool = False,
         seed: int = 0,
         progress: bool = True,
+        affine: np.ndarray | None = None,
         **_: Any,
     ) -> "DritTranslator":
-        """Train on experimental ``micrographs`` and clean ``sims`` (both at ``pixel_size_A``)."""
+        """Train on experimental ``micrographs`` and clean ``sims`` (both at ``pixel_size_A``).
+
+        With ``settings.physics_prior`` the parametric model is fitted first (``affine``: the
+        lattice-derived scan distortion, as for ``--method parametric``) and used as the base.
+        """
         from .train import PRESETS, percentile_range, train
 
         settings = settings or PRESETS["quick"]
@@ -87,9 +105,15 @@ class DritTranslator(Translator):
         pixel_size_A = float(pixel_size_A or micrographs[0].pixel_size_A)
         exp_range = percentile_range(exps)
         device = resolve_device(device)
+        prior = None
+        if settings.physics_prior:
+            from ..parametric import ParametricTranslator
+
+            prior = ParametricTranslator.fit(micrographs, pixel_size_A=pixel_size_A, affine=affine).params
         model, history = train(
             list(sims or []), exps, settings, Path(work_dir or "drit-training"), exp_range=exp_range,
             pixel_size_A=pixel_size_A, seed=seed, device=device, resume=resume, progress=progress,
+            prior=None if prior is None else prior_renderer(prior, pixel_size_A, exp_range),
         )
         codes = experimental_codes(model, exps, exp_range, settings.crop_px, device)
         last = history[-min(len(history), 50):]
@@ -101,6 +125,8 @@ class DritTranslator(Translator):
             "iterations": len(history),
             "final_losses": {k: float(np.mean([h[k] for h in last])) for k in last[0]} if last else {},
         }
+        if prior is not None:
+            parameters["prior"] = prior.to_dict()
         return cls(model, codes, parameters, pixel_size_A, device)
 
     # ---------------------------------------------------------------- translation
@@ -129,20 +155,38 @@ class DritTranslator(Translator):
         import torch
 
         clean_batch, rngs = as_batch(clean_batch, rng)
+        from .train import normalise
+
         codes, drawn = self._codes_for(rngs)
-        x = np.stack([self._normalise(im) for im in clean_batch])[:, None]
+        clean, base, displacement = clean_batch.copy(), None, None
+        if self.prior is not None:
+            from ..parametric import render
+
+            base = np.empty_like(clean_batch)
+            for i, (image, g) in enumerate(zip(clean_batch, rngs)):
+                rendered, clean[i], field_, values = render(image, self.prior, self.pixel_size_A, g)
+                base[i] = normalise(rendered, *self.exp_range)
+                drawn[i] |= {f"prior_{k}": v for k, v in values.items()}
+                if field_ is not None:
+                    if displacement is None:
+                        displacement = np.zeros((len(clean_batch), 2, *clean_batch.shape[1:]), np.float32)
+                    displacement[i] = field_
+            base = base[:, None]
+        x = np.stack([self._normalise(im) for im in clean])[:, None]
         stride = self.model.cfg.size_multiple
         rows, cols = x.shape[2:]
-        pad_r, pad_c = (-rows) % stride, (-cols) % stride
-        if pad_r or pad_c:
-            x = np.pad(x, ((0, 0), (0, 0), (0, pad_r), (0, pad_c)), mode="reflect")
+        pad = ((0, 0), (0, 0), (0, (-rows) % stride), (0, (-cols) % stride))
+        if pad[2][1] or pad[3][1]:
+            x = np.pad(x, pad, mode="reflect")
+            base = None if base is None else np.pad(base, pad, mode="reflect")
         with torch.inference_mode():
             xt = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
             at = torch.from_numpy(codes).to(self.device)
-            out = self.model.generate(self.model.content(xt, "sim"), at, "exp").float().cpu().numpy()[:, 0, :rows, :cols]
+            bt = None if base is None else torch.from_numpy(np.ascontiguousarray(base)).to(self.device)
+            out = self.model.generate(self.model.content(xt, "sim"), at, "exp", bt).float().cpu().numpy()[:, 0, :rows, :cols]
         lo, hi = self.exp_range
         images = (lo + (hi - lo) * out).astype(np.float32)
-        return Translation(images=images, clean=clean_batch.copy(), displacement=None, params=drawn)
+        return Translation(images=images, clean=clean, displacement=displacement, params=drawn)
 
     # ---------------------------------------------------------------- bundle
 
@@ -186,9 +230,27 @@ class DritTranslator(Translator):
             f"pixel size        {self.pixel_size_A:.5f} Å/px",
             f"model             DRIT width {s.get('width')}, {self._parameters.get('iterations')} iterations, crops {s.get('crop_px')} px",
             f"content loss      {s.get('content_form')} (weight {s.get('weights', {}).get('consistency')})",
+            f"physics prior     {'parametric model + learned residual' if self.prior is not None else 'off'}",
             f"experimental codes {len(self.codes)} (attribute dim {self.codes.shape[1]})",
             "final losses      " + ", ".join(f"{k} {v:.3g}" for k, v in losses.items()),
         ])
+
+
+def prior_renderer(params, pixel_size_A: float, exp_range: tuple[float, float]):
+    """The physics prior for training: ``(crop, rng) -> (rendered, displaced_crop)``.
+
+    ``crop`` is a normalised clean crop; ``rendered`` is one parametric draw of it,
+    normalised by the experimental range; ``displaced_crop`` is the crop under that draw's
+    scan geometry, in the crop's units.
+    """
+    from ..parametric import render
+    from .train import normalise
+
+    def render_crop(crop: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        rendered, displaced, _, _ = render(crop, params, pixel_size_A, rng)
+        return normalise(rendered, *exp_range), displaced
+
+    return render_crop
 
 
 def experimental_codes(model, exps: Sequence[np.ndarray], exp_range: tuple[float, float], crop_px: int, device: str) -> np.ndarray:
