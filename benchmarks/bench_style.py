@@ -71,6 +71,7 @@ def main() -> None:
     parser.add_argument("--spectrum-discriminator", action=argparse.BooleanOptionalAction, default=None, help="default: the quick preset's (on)")
     parser.add_argument("--physics-prior", action=argparse.BooleanOptionalAction, default=None, help="default: the quick preset's (off)")
     parser.add_argument("--seed", type=int, default=0, help="training seed")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 when two runs share the 2 cores)")
     parser.add_argument("--pool", type=int, default=120)
     args = parser.parse_args()
 
@@ -85,7 +86,7 @@ def main() -> None:
     from translators.metrics import column_shift
     from translators.parametric import ParametricTranslator
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     plan = Plan.from_config(validate_config(CONFIG, "twin"))
     train_clean = [simulate_sample(plan, 100, i).image for i in range(2)]
     test_clean = [simulate_sample(plan, 200, i).image for i in range(3)]
@@ -99,7 +100,7 @@ def main() -> None:
     iterations = args.iterations or PRESETS["quick"].iterations
     spectrum = PRESETS["quick"].spectrum_discriminator if args.spectrum_discriminator is None else args.spectrum_discriminator
     prior = PRESETS["quick"].physics_prior if args.physics_prior is None else args.physics_prior
-    settings = replace(PRESETS["quick"], iterations=iterations, content_form=args.content_loss, spectrum_discriminator=spectrum, physics_prior=prior)
+    settings = replace(PRESETS["quick"], iterations=iterations, content_form=args.content_loss, spectrum_discriminator=spectrum, physics_prior=prior, threads=args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         drit = DritTranslator.fit(experiments, sims=pool, settings=settings, work_dir=Path(tmp), pixel_size_A=PIXEL_A, device="cpu", progress=True, seed=args.seed)

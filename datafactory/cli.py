@@ -73,6 +73,7 @@ def simulate(
 
     _require_at_least("--n", n, 1)
     _require_at_least("--seed", seed, 0)
+    _require_at_least("--threads", threads, 1)
     _require_at_least("--workers", workers, 1)
     overrides = {}
     if size is not None:
@@ -165,6 +166,7 @@ def fit_style(
     spectrum: Optional[bool] = typer.Option(None, "--spectrum-discriminator/--no-spectrum-discriminator", help="drit: discriminator on the log power spectrum (on in both presets)."),
     physics_prior: Optional[bool] = typer.Option(None, "--physics-prior/--no-physics-prior", help="drit: start from the fitted parametric model and learn a residual on top (off in both presets)."),
     device: str = typer.Option("auto", "--device", help="drit: auto, cpu or cuda."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="drit: CPU threads for training (default: the preset's, 2)."),
     resume: bool = typer.Option(False, "--resume", help="drit: continue from the checkpoint in OUT.training/."),
     select: bool = typer.Option(True, "--select/--no-select", help="drit: Trident selection of the simulation pool before training."),
     pool: Optional[int] = typer.Option(None, "--pool", help="drit with --config: pool size (default: 10× the experimental training crops)."),
@@ -198,6 +200,7 @@ def fit_style(
     if crop is not None and crop % 4:
         raise FactoryError(f"--crop: must be a multiple of 4 (got {crop})")
     _require_at_least("--seed", seed, 0)
+    _require_at_least("--threads", threads, 1)
     micrographs, affines = _read_experiments(exp, pixel_size, allow_rgb, material, structure, calibrate, want_affine=True)
     target = micrographs[0].pixel_size_A
     differ = sorted({round(m.pixel_size_A, 5) for m in micrographs if not same_pixel_size(m.pixel_size_A, target)})
@@ -210,7 +213,7 @@ def fit_style(
     if method == "drit":
         translator = _fit_drit(
             micrographs, out, sim=sim, config=config, preset=preset, iterations=iterations, crop=crop, content_loss=content_loss,
-            spectrum=spectrum, physics_prior=physics_prior, device=device, resume=resume,
+            spectrum=spectrum, physics_prior=physics_prior, threads=threads, device=device, resume=resume,
             select=select, pool=pool, seed=seed, quiet=quiet, affine=affine,
         )
     else:
@@ -229,7 +232,7 @@ def fit_style(
     typer.echo(str(Path(path).resolve()))
 
 
-def _fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, content_loss, spectrum, physics_prior, device, resume, select, pool, seed, quiet, affine):
+def _fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, content_loss, spectrum, physics_prior, threads, device, resume, select, pool, seed, quiet, affine):
     """Pool, selection and training of ``fit-style --method drit``."""
     import dataclasses
 
@@ -250,6 +253,8 @@ def _fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, 
         overrides["spectrum_discriminator"] = spectrum
     if physics_prior is not None:
         overrides["physics_prior"] = physics_prior
+    if threads is not None:
+        overrides["threads"] = threads
     settings = settings_for(preset, iterations, **overrides)
     device = resolve_device(device)
     target = micrographs[0].pixel_size_A
@@ -314,6 +319,7 @@ def translate(
     from .preview import write_preview
 
     _require_at_least("--seed", seed, 0)
+    _require_at_least("--threads", threads, 1)
     _require_at_least("--batch", batch, 1)
     translator = load_style(style)
     attrs = {"style_method": translator.method, "style_hash": style_hash(style), "style_pixel_size_A": translator.pixel_size_A}
@@ -545,6 +551,7 @@ def generate(
 
     _require_at_least("--n", n, 1)
     _require_at_least("--seed", seed, 0)
+    _require_at_least("--threads", threads, 1)
     _require_at_least("--shard-size", shard_size, 1)
     _require_at_least("--workers", workers, 1)
     _check_positive("--pixel-size", pixel_size)
@@ -605,6 +612,7 @@ def example(
     from .example import make_example_experiment
 
     _require_at_least("--seed", seed, 0)
+    _require_at_least("--threads", threads, 1)
     typer.echo(str(make_example_experiment(out, seed).resolve()))
 
 

@@ -317,3 +317,21 @@ def test_time_full_generator_step(spectrum):
         f"{counts['discriminators_total']:,} discriminator parameters; generator step forward+backward at 96×96, "
         f"batch 2, 2 threads: {min(times):.3f} s (first {times[0]:.3f} s)"
     )
+
+
+def test_inference_settings_use_channels_last_and_fp16_only_on_cuda():
+    from translators.drit.translator import inference_settings
+
+    assert inference_settings("cpu") == (torch.contiguous_format, None)
+    assert inference_settings("cuda") == (torch.channels_last, torch.float16)
+    assert inference_settings("cuda:1") == (torch.channels_last, torch.float16)
+    # the networks give the same result in channels_last (the layout the cuda path uses)
+    model = Drit(SMALL).eval()
+    x = torch.rand(2, 1, 32, 32)
+    a = torch.randn(2, SMALL.attr_dim)
+    with torch.inference_mode():
+        ref = model.generate(model.content(x, "sim"), a, "exp")
+        model = model.to(memory_format=torch.channels_last)
+        xl = x.to(memory_format=torch.channels_last)
+        out = model.generate(model.content(xl, "sim"), a, "exp")
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)

@@ -104,6 +104,8 @@ def test_drit_cli_bad_input(run_cli, tmp_path):
     assert code == 2 and "--sim" in err and err.count("\n") == 1
     code, _, err = run_cli("fit-style", small, "--config", "mos2_monolayer", "--out", tmp_path / "s", "-q")
     assert code == 2 and "smaller than the 96 px training crop" in err
+    code, _, err = run_cli("fit-style", small, "--config", "mos2_monolayer", "--threads", 0, "--out", tmp_path / "s", "-q")
+    assert code == 2 and "--threads" in err and err.count("\n") == 1
     other = tmp_path / "other.tif"
     tifffile.imwrite(other, np.random.default_rng(1).random((128, 128)).astype(np.float32), imagej=True, resolution=(1 / 0.2, 1 / 0.2), metadata={"unit": "A"})
     code, _, err = run_cli("fit-style", small, other, "--config", "mos2_monolayer", "--out", tmp_path / "s", "-q")
@@ -146,3 +148,28 @@ def test_physics_prior_starts_at_the_parametric_model_and_round_trips(data, tmp_
     assert not np.allclose(a.clean, sims[1][None])  # clean carries the same geometry as the image
     with pytest.raises(ValueError, match="prior renderer"):
         train(sims, exps, settings, tmp_path / "p", exp_range=exp_range, pixel_size_A=PIXEL_A, progress=False)
+
+
+def test_fit_style_drit_with_physics_prior_end_to_end(data, run_cli, tmp_path):
+    """The CLI path: pool from a config, selection, a short training with the prior, bundle and report."""
+    import json
+
+    import tifffile
+
+    _, exps = data
+    experiment = tmp_path / "exp.tif"
+    tifffile.imwrite(experiment, exps[0], imagej=True, resolution=(1 / PIXEL_A, 1 / PIXEL_A), metadata={"unit": "A"})
+    style = tmp_path / "style"
+    code, out, err = run_cli(
+        "fit-style", experiment, "--config", "mos2_monolayer", "--iterations", 3, "--crop", 32, "--pool", 6,
+        "--physics-prior", "--threads", 1, "--device", "cpu", "--out", style, "-q",
+    )
+    assert code == 0, err
+    record = json.loads((style / "style.json").read_text())
+    assert record["method"] == "drit" and record["parameters"]["prior"]["dose_counts"] > 0
+    assert record["parameters"]["settings"]["physics_prior"] and record["parameters"]["settings"]["threads"] == 1
+    report = json.loads((style / "report.json").read_text())
+    assert [row["name"] for row in report["metrics"]] == ["experiment", "clean simulation", "parametric", "DRIT"]
+    assert 0 <= report["column_shift_clean_vs_drit"]["fraction_matched"] <= 1
+    assert (style / "report.png").stat().st_size > 10_000
+    assert "physics prior     parametric model + learned residual" in out
