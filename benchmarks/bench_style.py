@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--content-loss", default="structure", choices=("structure", "plain"))
     parser.add_argument("--spectrum-discriminator", action=argparse.BooleanOptionalAction, default=None, help="default: the quick preset's (on)")
     parser.add_argument("--physics-prior", action=argparse.BooleanOptionalAction, default=None, help="default: the quick preset's (off)")
+    parser.add_argument("--prior-target", default="base", choices=("base", "clean"), help="with the prior: v's content-consistency target")
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 when two runs share the 2 cores)")
     parser.add_argument("--pool", type=int, default=120)
@@ -100,7 +101,7 @@ def main() -> None:
     iterations = args.iterations or PRESETS["quick"].iterations
     spectrum = PRESETS["quick"].spectrum_discriminator if args.spectrum_discriminator is None else args.spectrum_discriminator
     prior = PRESETS["quick"].physics_prior if args.physics_prior is None else args.physics_prior
-    settings = replace(PRESETS["quick"], iterations=iterations, content_form=args.content_loss, spectrum_discriminator=spectrum, physics_prior=prior, threads=args.threads)
+    settings = replace(PRESETS["quick"], iterations=iterations, content_form=args.content_loss, spectrum_discriminator=spectrum, physics_prior=prior, prior_target=args.prior_target, threads=args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         drit = DritTranslator.fit(experiments, sims=pool, settings=settings, work_dir=Path(tmp), pixel_size_A=PIXEL_A, device="cpu", progress=True, seed=args.seed)
@@ -127,7 +128,7 @@ def main() -> None:
                 table.setdefault(row["name"], {}).setdefault(key, []).append(row[key])
         shifts.append(column_shift(translated.clean[0], candidates["DRIT"], PIXEL_A))
 
-    label = f"DRIT {iterations} it, {args.content_loss} loss{', spectrum D' if spectrum else ', no spectrum D'}{', physics prior' if prior else ''}, seed {args.seed}"
+    label = f"DRIT {iterations} it, {args.content_loss} loss{', spectrum D' if spectrum else ', no spectrum D'}{f', physics prior (target {args.prior_target})' if prior else ''}, seed {args.seed}"
     print(f"held-out twins: 3 × 512² at {PIXEL_A} Å/px; {label}; training {minutes:.1f} min")
     print(f"{'model':16s} " + " ".join(f"{k:>13s}" for k in keys))
     for name, values in table.items():

@@ -173,3 +173,28 @@ def test_fit_style_drit_with_physics_prior_end_to_end(data, run_cli, tmp_path):
     assert 0 <= report["column_shift_clean_vs_drit"]["fraction_matched"] <= 1
     assert (style / "report.png").stat().st_size > 10_000
     assert "physics prior     parametric model + learned residual" in out
+
+
+@pytest.mark.parametrize("target", ["base", "clean"])
+def test_prior_consistency_target(data, tmp_path, monkeypatch, target):
+    """Under the prior, v's content-consistency term compares with the rendering (base) or the displaced clean crop."""
+    import translators.drit.losses as losses
+
+    sims, exps = data
+    seen = []
+    original = losses.content_consistency
+
+    def spy(u, y, v, x, **kw):
+        seen.append(x.detach().clone())
+        return original(u, y, v, x, **kw)
+
+    monkeypatch.setattr(losses, "content_consistency", spy)
+    prior = lambda crop, rng: (np.full_like(crop, 0.7), crop[::-1].copy())  # noqa: E731 - rendering 0.7, "displaced" = flipped
+    settings = replace(TINY, iterations=1, physics_prior=True, prior_target=target)
+    train(sims, exps, settings, tmp_path, exp_range=(0.0, 60.0), pixel_size_A=PIXEL_A, progress=False, prior=prior)
+    if target == "base":
+        assert torch.all(seen[0] == 0.7)
+    else:
+        assert not torch.all(seen[0] == 0.7) and seen[0].std() > 0
+    with pytest.raises(ValueError, match="prior_target"):
+        train(sims, exps, replace(settings, prior_target="x"), tmp_path / "b", exp_range=(0.0, 60.0), pixel_size_A=PIXEL_A, progress=False, prior=prior)

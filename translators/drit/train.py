@@ -25,7 +25,11 @@ clean crop (scan geometry applied) becomes x, and the exp generator outputs
 ``rendered + tanh(r)``, starting at r = 0, i.e. at the fitted baseline. The exp-domain
 reconstructions (self and cross-cycle) use the real image as their own base, so they ask
 for a zero residual: the residual departs from the parametric rendering only where the
-discriminators see a difference.
+discriminators see a difference. The content-consistency term of v compares it with
+``prior_target``: ``"base"`` (the default) is the parametric rendering, whose atoms are
+already in place and whose blur is the fitted one; ``"clean"`` is the displaced clean
+crop, as without the prior (its structure term then also asks the residual to undo the
+fitted blur).
 
 Checkpoints (everything: weights, optimisers, iteration, generator states) are written
 atomically every ``checkpoint_every`` iterations; ``resume`` continues from the last one,
@@ -73,6 +77,7 @@ class TrainSettings:
     width: int = 32
     spectrum_discriminator: bool = False
     physics_prior: bool = False
+    prior_target: str = "base"  # what v's content-consistency term compares with under the prior: base or clean
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -208,6 +213,8 @@ def train(
         raise FactoryError("fit-style: the simulation pool is empty (after selection)")
     if settings.physics_prior and prior is None:
         raise ValueError("train: settings.physics_prior needs a prior renderer")
+    if settings.prior_target not in ("base", "clean"):
+        raise ValueError(f"train: prior_target must be base or clean, got '{settings.prior_target}'")
     torch.set_num_threads(max(1, settings.threads))
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -269,6 +276,7 @@ def train(
                     group["lr"] = settings.lr * factor
             (x, base_x), y = sim_batch(), batch(exp_norm, rotate=False)
             base_y = y if settings.physics_prior else None
+            consistency_x = base_x if settings.physics_prior and settings.prior_target == "base" else x
 
             # ---- generator side
             c_x, c_y = model.content(x, "sim"), model.content(y, "exp")
@@ -290,7 +298,7 @@ def train(
                 "self_recon": l1(x_self, x) + l1(y_self, y),
                 "kl": kl_loss(mu_x, lv_x) + kl_loss(mu_y, lv_y),
                 "latent": l1(z_rec, z),
-                "consistency": content_consistency(u, y, v, x, form=settings.content_form, sigma_px=sigma_px),
+                "consistency": content_consistency(u, y, v, consistency_x, form=settings.content_form, sigma_px=sigma_px),
             }
             if cfg.spectrum_discriminator:
                 terms["spectrum"] = gan_g_loss(discs.spectrum(v))
