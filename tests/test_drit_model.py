@@ -319,10 +319,10 @@ def test_time_full_generator_step(spectrum):
     )
 
 
-def test_inference_settings_use_channels_last_and_fp16_only_on_cuda():
-    from translators.drit.translator import inference_settings
+def test_inference_settings_channels_last_fp16_on_cuda_bf16_on_capable_cpus():
+    from translators.drit.translator import cpu_bf16_supported, inference_settings
 
-    assert inference_settings("cpu") == (torch.contiguous_format, None)
+    assert inference_settings("cpu") == (torch.contiguous_format, torch.bfloat16 if cpu_bf16_supported() else None)
     assert inference_settings("cuda") == (torch.channels_last, torch.float16)
     assert inference_settings("cuda:1") == (torch.channels_last, torch.float16)
     # the networks give the same result in channels_last (the layout the cuda path uses)
@@ -335,3 +335,19 @@ def test_inference_settings_use_channels_last_and_fp16_only_on_cuda():
         xl = x.to(memory_format=torch.channels_last)
         out = model.generate(model.content(xl, "sim"), a, "exp")
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_autocast_stays_close_to_float32():
+    """The CPU bf16 path (where supported) deviates little from float32; the output layer is float32."""
+    torch.manual_seed(0)
+    model = Drit(DritConfig(width=16, residual_prior=True)).eval()
+    x, base = torch.rand(2, 1, 64, 64), torch.rand(2, 1, 64, 64)
+    a = torch.randn(2, model.cfg.attr_dim)
+    with torch.inference_mode():
+        torch.nn.init.normal_(model.gen["exp"].out.weight, std=0.05)  # a non-zero residual
+        ref = model.generate(model.content(x, "sim"), a, "exp", base)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model.generate(model.content(x, "sim"), a, "exp", base)
+    assert out.dtype == torch.float32
+    spread = (ref - base).std()  # the size of what the network computes
+    assert (out - ref).abs().mean() < 0.05 * spread and (out - ref).abs().max() < 0.3 * spread

@@ -316,7 +316,9 @@ class _Generator(nn.Module):
             h = block(h, code)
         for up in self.ups:
             h = up(h, code, noise, generator)
-        return self.out(h)
+        # the output layer runs in float32 even under autocast: the image is the product
+        with torch.autocast(h.device.type, enabled=False):
+            return self.out(h.float())
 
 
 # --------------------------------------------------------------------------- generator side
