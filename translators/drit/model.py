@@ -357,7 +357,8 @@ class Drit(nn.Module):
         """(μ, log σ²) of the attribute posterior, each (B, attr_dim)."""
         if x.dim() != 4 or x.shape[1] != 1:
             raise ValueError(f"expected images of shape (B, 1, H, W), got {tuple(x.shape)}")
-        return self.attr_enc[_check_domain(domain)](x)
+        mu, logvar = self.attr_enc[_check_domain(domain)](x)
+        return mu.float(), logvar.float()  # float32 under autocast too: the KL and the codes want it
 
     @staticmethod
     def sample_attribute(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -478,11 +479,11 @@ class Discriminators(nn.Module):
 
     def domain(self, x: torch.Tensor, domain: str) -> list[torch.Tensor]:
         """PatchGAN logits of a ``domain`` image at each scale: [(B, 1, h0, w0), (B, 1, h1, w1), …]."""
-        return self.domain_d[_check_domain(domain)](x)
+        return [logits.float() for logits in self.domain_d[_check_domain(domain)](x)]
 
     def content(self, c: torch.Tensor) -> torch.Tensor:
         """(B,) logits: is the content map ``c`` from the sim domain?"""
-        return self.content_d(c)
+        return self.content_d(c).float()
 
     def spectrum(self, x: torch.Tensor) -> torch.Tensor:
         """(B,) logits: is the log power spectrum of ``x`` that of a real exp-domain image?"""
@@ -490,7 +491,7 @@ class Discriminators(nn.Module):
             raise RuntimeError("spectrum discriminator is off (DritConfig.spectrum_discriminator=False)")
         s = log_spectrum(x)
         coords = _frequency_coordinates(s.shape[-2], s.shape[-1], s.device, s.dtype).expand(s.shape[0], -1, -1, -1)
-        return self.spectrum_d(torch.cat([s, coords], dim=1))
+        return self.spectrum_d(torch.cat([s, coords], dim=1)).float()
 
 
 def parameter_counts(cfg: DritConfig | None = None) -> dict[str, int]:

@@ -78,6 +78,7 @@ class TrainSettings:
     spectrum_discriminator: bool = False
     physics_prior: bool = False
     prior_target: str = "base"  # what v's content-consistency term compares with under the prior: base or clean
+    mixed_precision: bool = True  # bfloat16 autocast on CPUs with native bf16, float16 on cuda; float32 otherwise
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -162,6 +163,18 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+def training_autocast_dtype(device: str):
+    """Mixed-precision dtype for training on ``device``: float16 on cuda (with a gradient
+    scaler), bfloat16 on CPUs with native bf16 (AVX512-BF16/AMX), else None (float32)."""
+    import torch
+
+    from .translator import cpu_bf16_supported
+
+    if str(device).startswith("cuda"):
+        return torch.float16
+    return torch.bfloat16 if cpu_bf16_supported() else None
+
+
 def lr_factor(iteration: int, total: int, constant_fraction: float) -> float:
     """1 for the first ``constant_fraction`` of the run, then linear decay to 0 at ``total``."""
     start = constant_fraction * total
@@ -225,6 +238,12 @@ def train(
     opt_g = torch.optim.Adam(model.parameters(), lr=settings.lr, betas=(settings.beta1, settings.beta2))
     opt_d = torch.optim.Adam(discs.parameters(), lr=settings.lr, betas=(settings.beta1, settings.beta2))
     rng = np.random.default_rng(seed)
+    amp_dtype = training_autocast_dtype(device) if settings.mixed_precision else None
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+    def autocast():
+        return torch.autocast(torch.device(device).type, dtype=amp_dtype, enabled=amp_dtype is not None)
+
     state = TrainState()
     if resume and checkpoint.exists():
         payload = torch.load(checkpoint, map_location=device, weights_only=False)
@@ -235,6 +254,8 @@ def train(
         opt_g.load_state_dict(payload["opt_g"])
         opt_d.load_state_dict(payload["opt_d"])
         rng.bit_generator.state = payload["numpy_rng"]
+        if payload.get("scaler"):
+            scaler.load_state_dict(payload["scaler"])
         torch.set_rng_state(payload["torch_rng"])
         state = TrainState(payload["iteration"], payload["history"])
     elif resume:
@@ -263,7 +284,7 @@ def train(
         _save_checkpoint(checkpoint, {
             "settings": settings.to_dict(), "config": cfg.to_dict(), "model": model.state_dict(), "discs": discs.state_dict(),
             "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "iteration": state.iteration, "history": state.history,
-            "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+            "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "scaler": scaler.state_dict(),
         })
 
     total = settings.iterations
@@ -279,52 +300,55 @@ def train(
             consistency_x = base_x if settings.physics_prior and settings.prior_target == "base" else x
 
             # ---- generator side
-            c_x, c_y = model.content(x, "sim"), model.content(y, "exp")
-            mu_x, lv_x = model.attribute(x, "sim")
-            mu_y, lv_y = model.attribute(y, "exp")
-            a_x, a_y = model.sample_attribute(mu_x, lv_x), model.sample_attribute(mu_y, lv_y)
-            v = model.generate(c_x, a_y, "exp", base_x)
-            u = model.generate(c_y, a_x, "sim")
-            z = torch.randn_like(a_y)
-            v_z = model.generate(c_x, z, "exp", base_x)
-            x_rec = model.generate(model.content(v, "exp"), model.attribute(u, "sim")[0], "sim")
-            y_rec = model.generate(model.content(u, "sim"), model.attribute(v, "exp")[0], "exp", base_y)
-            x_self, y_self = model.generate(c_x, a_x, "sim"), model.generate(c_y, a_y, "exp", base_y)
-            z_rec = model.attribute(v_z, "exp")[0]
-            terms = {
-                "domain": gan_g_loss(discs.domain(v, "exp")) + gan_g_loss(discs.domain(u, "sim")) + gan_g_loss(discs.domain(v_z, "exp")),
-                "content_adv": 0.5 * (((discs.content(c_x) - 0.5) ** 2).mean() + ((discs.content(c_y) - 0.5) ** 2).mean()),
-                "cross_cycle": l1(x_rec, x) + l1(y_rec, y),
-                "self_recon": l1(x_self, x) + l1(y_self, y),
-                "kl": kl_loss(mu_x, lv_x) + kl_loss(mu_y, lv_y),
-                "latent": l1(z_rec, z),
-                "consistency": content_consistency(u, y, v, consistency_x, form=settings.content_form, sigma_px=sigma_px),
-            }
-            if cfg.spectrum_discriminator:
-                terms["spectrum"] = gan_g_loss(discs.spectrum(v))
+            with autocast():
+                c_x, c_y = model.content(x, "sim"), model.content(y, "exp")
+                mu_x, lv_x = model.attribute(x, "sim")
+                mu_y, lv_y = model.attribute(y, "exp")
+                a_x, a_y = model.sample_attribute(mu_x, lv_x), model.sample_attribute(mu_y, lv_y)
+                v = model.generate(c_x, a_y, "exp", base_x)
+                u = model.generate(c_y, a_x, "sim")
+                z = torch.randn_like(a_y)
+                v_z = model.generate(c_x, z, "exp", base_x)
+                x_rec = model.generate(model.content(v, "exp"), model.attribute(u, "sim")[0], "sim")
+                y_rec = model.generate(model.content(u, "sim"), model.attribute(v, "exp")[0], "exp", base_y)
+                x_self, y_self = model.generate(c_x, a_x, "sim"), model.generate(c_y, a_y, "exp", base_y)
+                z_rec = model.attribute(v_z, "exp")[0]
+                terms = {
+                    "domain": gan_g_loss(discs.domain(v, "exp")) + gan_g_loss(discs.domain(u, "sim")) + gan_g_loss(discs.domain(v_z, "exp")),
+                    "content_adv": 0.5 * (((discs.content(c_x) - 0.5) ** 2).mean() + ((discs.content(c_y) - 0.5) ** 2).mean()),
+                    "cross_cycle": l1(x_rec, x) + l1(y_rec, y),
+                    "self_recon": l1(x_self, x) + l1(y_self, y),
+                    "kl": kl_loss(mu_x, lv_x) + kl_loss(mu_y, lv_y),
+                    "latent": l1(z_rec, z),
+                    "consistency": content_consistency(u, y, v, consistency_x, form=settings.content_form, sigma_px=sigma_px),
+                }
+                if cfg.spectrum_discriminator:
+                    terms["spectrum"] = gan_g_loss(discs.spectrum(v))
             loss_g = sum(w[k] * t for k, t in terms.items())
             bad = [k for k, t in terms.items() if not torch.isfinite(t)]
             if bad:
                 raise FactoryError(f"training diverged at iteration {state.iteration}: the '{bad[0]}' loss became non-finite; the last good checkpoint is kept in {work_dir}")
             opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            opt_g.step()
+            scaler.scale(loss_g).backward()
+            scaler.step(opt_g)
 
             # ---- discriminator side
             fake_v, fake_u, fake_vz = v.detach(), u.detach(), v_z.detach()
-            loss_d = (
-                gan_d_loss(discs.domain(y, "exp"), discs.domain(fake_v, "exp"))
-                + gan_d_loss(discs.domain(x, "sim"), discs.domain(fake_u, "sim"))
-                + gan_d_loss(discs.domain(y, "exp"), discs.domain(fake_vz, "exp"))
-                + ((discs.content(c_x.detach()) - 1) ** 2).mean() + (discs.content(c_y.detach()) ** 2).mean()
-            )
-            if cfg.spectrum_discriminator:
-                loss_d = loss_d + gan_d_loss(discs.spectrum(y), discs.spectrum(fake_v))
+            with autocast():
+                loss_d = (
+                    gan_d_loss(discs.domain(y, "exp"), discs.domain(fake_v, "exp"))
+                    + gan_d_loss(discs.domain(x, "sim"), discs.domain(fake_u, "sim"))
+                    + gan_d_loss(discs.domain(y, "exp"), discs.domain(fake_vz, "exp"))
+                    + ((discs.content(c_x.detach()) - 1) ** 2).mean() + (discs.content(c_y.detach()) ** 2).mean()
+                )
+                if cfg.spectrum_discriminator:
+                    loss_d = loss_d + gan_d_loss(discs.spectrum(y), discs.spectrum(fake_v))
             if not torch.isfinite(loss_d):
                 raise FactoryError(f"training diverged at iteration {state.iteration}: the discriminator loss became non-finite; the last good checkpoint is kept in {work_dir}")
             opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            opt_d.step()
+            scaler.scale(loss_d).backward()
+            scaler.step(opt_d)
+            scaler.update()
 
             record = {k: float(t.detach()) for k, t in terms.items()} | {"D": float(loss_d.detach())}
             state.history.append(record)
