@@ -59,15 +59,21 @@ def fit_synthetic_style(out: Path) -> Path:
     return translator.save(out)
 
 
-def untrained_drit_style(out: Path) -> Path:
-    """A DRIT bundle with the quick preset's architecture, untrained: generation speed does not depend on training."""
+def untrained_drit_style(out: Path, parametric_style: Path) -> Path:
+    """A DRIT bundle with the quick preset's architecture and physics prior (the given
+    parametric style), untrained: generation speed does not depend on training."""
+    from translators.base import load_style
     from translators.drit.model import Drit, DritConfig
     from translators.drit.train import PRESETS
     from translators.drit.translator import DritTranslator
 
-    model = Drit(DritConfig(width=PRESETS["quick"].width)).eval()
+    quick = PRESETS["quick"]
+    model = Drit(DritConfig(width=quick.width, residual_prior=quick.physics_prior)).eval()
     codes = np.zeros((4, model.cfg.attr_dim), np.float32)
-    return DritTranslator(model, codes, {"exp_range": [0.0, 1.0], "config": model.cfg.to_dict()}, PIXEL_A).save(out)
+    parameters = {"exp_range": [0.0, 1.0], "config": model.cfg.to_dict()}
+    if quick.physics_prior:
+        parameters["prior"] = load_style(parametric_style).parameters()
+    return DritTranslator(model, codes, parameters, PIXEL_A).save(out)
 
 
 def generate(out: Path, style: str, n: int, shard_size: int) -> float:
@@ -141,8 +147,8 @@ def main() -> None:
         print(f"generate[none]: {plain:.1f} samples/s", flush=True)
 
         n_drit = max(32, args.n // 8)
-        drit = generate(work / "drit", str(untrained_drit_style(work / "drit_style")), n_drit, max(8, n_drit // 4))
-        print(f"generate[drit]: {drit:.1f} samples/s ({n_drit} samples, quick-preset architecture on the CPU)", flush=True)
+        drit = generate(work / "drit", str(untrained_drit_style(work / "drit_style", style)), n_drit, max(8, n_drit // 4))
+        print(f"generate[drit]: {drit:.1f} samples/s ({n_drit} samples, quick-preset architecture and physics prior on the CPU)", flush=True)
 
         # a fresh process: the DataLoader's workers fork from a process that has done nothing else
         line = subprocess.run([sys.executable, __file__, "--read", str(work / "styled")], check=True,

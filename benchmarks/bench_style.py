@@ -69,7 +69,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=None, help="default: the quick preset's")
     parser.add_argument("--content-loss", default="structure", choices=("structure", "plain"))
     parser.add_argument("--spectrum-discriminator", action=argparse.BooleanOptionalAction, default=None, help="default: the quick preset's (on)")
-    parser.add_argument("--physics-prior", action=argparse.BooleanOptionalAction, default=None, help="default: the quick preset's (off)")
+    parser.add_argument("--physics-prior", action=argparse.BooleanOptionalAction, default=None, help="default: the quick preset's (on)")
+    parser.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast where the CPU has it")
     parser.add_argument("--prior-target", default="base", choices=("base", "clean"), help="with the prior: v's content-consistency target")
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 when two runs share the 2 cores)")
@@ -101,7 +102,7 @@ def main() -> None:
     iterations = args.iterations or PRESETS["quick"].iterations
     spectrum = PRESETS["quick"].spectrum_discriminator if args.spectrum_discriminator is None else args.spectrum_discriminator
     prior = PRESETS["quick"].physics_prior if args.physics_prior is None else args.physics_prior
-    settings = replace(PRESETS["quick"], iterations=iterations, content_form=args.content_loss, spectrum_discriminator=spectrum, physics_prior=prior, prior_target=args.prior_target, threads=args.threads)
+    settings = replace(PRESETS["quick"], iterations=iterations, content_form=args.content_loss, spectrum_discriminator=spectrum, physics_prior=prior, prior_target=args.prior_target, threads=args.threads, mixed_precision=args.mixed_precision)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         drit = DritTranslator.fit(experiments, sims=pool, settings=settings, work_dir=Path(tmp), pixel_size_A=PIXEL_A, device="cpu", progress=True, seed=args.seed)
@@ -110,16 +111,17 @@ def main() -> None:
 
     keys = ("hist_kl", "ra_delta", "psd_distance", "swd")
     table: dict[str, dict[str, list[float]]] = {}
-    shifts = []
+    shifts, parametric_shifts = [], []
     for k, (clean, reference) in enumerate(zip(test_clean, test_twins)):
         noise_sigma = float(np.std(reference - __import__("cv2").GaussianBlur(reference, (0, 0), 1.0)))
         lo, hi = np.percentile(reference, [1, 99.5])
         gaussian = lo + (hi - lo) * (clean - clean.min()) / np.ptp(clean) + noise_sigma * np.random.default_rng(k).standard_normal(clean.shape)
         translated = drit.translate(clean[None], [np.random.default_rng(k)])
+        rendered = parametric.translate(clean[None], [np.random.default_rng(k)])
         candidates = {
             "clean": clean,
             "gaussian noise": gaussian.astype(np.float32),
-            "parametric": parametric.translate(clean[None], [np.random.default_rng(k)]).images[0],
+            "parametric": rendered.images[0],
             "DRIT": translated.images[0],
         }
         rows = compare_images(reference, PIXEL_A, [(name, image, PIXEL_A) for name, image in candidates.items()])
@@ -127,8 +129,9 @@ def main() -> None:
             for key in keys:
                 table.setdefault(row["name"], {}).setdefault(key, []).append(row[key])
         shifts.append(column_shift(translated.clean[0], candidates["DRIT"], PIXEL_A))
+        parametric_shifts.append(column_shift(rendered.clean[0], rendered.images[0], PIXEL_A))
 
-    label = f"DRIT {iterations} it, {args.content_loss} loss{', spectrum D' if spectrum else ', no spectrum D'}{f', physics prior (target {args.prior_target})' if prior else ''}, seed {args.seed}"
+    label = f"DRIT {iterations} it, {args.content_loss} loss{', spectrum D' if spectrum else ', no spectrum D'}{f', physics prior (target {args.prior_target})' if prior else ''}{', bf16' if args.mixed_precision else ', fp32'}, seed {args.seed}"
     print(f"held-out twins: 3 × 512² at {PIXEL_A} Å/px; {label}; training {minutes:.1f} min")
     print(f"{'model':16s} " + " ".join(f"{k:>13s}" for k in keys))
     for name, values in table.items():
@@ -136,6 +139,8 @@ def main() -> None:
     matched = np.mean([s.fraction_matched for s in shifts])
     mean_pm = np.mean([s.mean_pm for s in shifts])
     print(f"column_shift(clean, DRIT): {100 * matched:.2f} % matched within 0.5 Å, mean {mean_pm:.2f} pm")
+    print(f"column_shift(clean, parametric), the noise floor of the measurement: {100 * np.mean([s.fraction_matched for s in parametric_shifts]):.2f} % "
+          f"matched, mean {np.mean([s.mean_pm for s in parametric_shifts]):.2f} pm")
     d, p = np.mean(table["DRIT"]["hist_kl"]), np.mean(table["parametric"]["hist_kl"])
     print(f"style[{label}]: hist_kl DRIT {d:.4f} vs parametric {p:.4f} (clean {np.mean(table['clean']['hist_kl']):.3f}); "
           f"swd {np.mean(table['DRIT']['swd']):.3f} vs {np.mean(table['parametric']['swd']):.3f}; "

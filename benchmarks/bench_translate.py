@@ -64,7 +64,7 @@ def main() -> None:
     small = make_plan({"microscope": {"image_size_px": 256, "pixel_size_A": pixel_A, "source_size_A": 0.6}, "structure": {"rotation_deg": [0, 60]}})
     clean = np.stack([simulate_sample(small, 0, i).image for i in range(8)])
 
-    drit = drit_rate(clean)  # first, in a process whose thread pools nothing has limited yet
+    drit = drit_rate(clean, translator.params)  # first, in a process whose thread pools nothing has limited yet
     workers = os.cpu_count() or 1
     starts = list(range(0, N_IMAGES, CHUNK))
     with ProcessPoolExecutor(workers, initializer=_init, initargs=(translator, clean)) as pool:
@@ -79,11 +79,12 @@ def main() -> None:
     single = CHUNK / (time.perf_counter() - t0)
     print(f"one process: {single:.0f} images/s")
     print(f"translate[parametric]: {done / elapsed:.0f} images/s (256x256, {workers} processes)")
-    print(f"translate[drit]: {drit:.1f} images/s (256x256, quick-preset architecture, CPU, batch 8)")
+    print(f"translate[drit]: {drit:.1f} images/s (256x256, quick-preset architecture and physics prior, CPU{', bf16' if translator_amp() else ''}, batch 8)")
 
 
-def drit_rate(clean: np.ndarray) -> float:
-    """Images/s of the DRIT translator with the quick preset's architecture (speed does not depend on training)."""
+def drit_rate(clean: np.ndarray, prior) -> float:
+    """Images/s of the DRIT translator with the quick preset's architecture and physics prior
+    (``prior``: fitted parametric parameters); speed does not depend on training."""
     import torch
 
     from translators.drit.model import Drit, DritConfig
@@ -92,9 +93,12 @@ def drit_rate(clean: np.ndarray) -> float:
 
     torch.set_num_threads(os.cpu_count() or 1)
     settings = PRESETS["quick"]
-    model = Drit(DritConfig(width=settings.width)).eval()
+    model = Drit(DritConfig(width=settings.width, residual_prior=settings.physics_prior)).eval()
     codes = np.zeros((4, model.cfg.attr_dim), np.float32)
-    translator = DritTranslator(model, codes, {"exp_range": [0.0, 1.0], "config": model.cfg.to_dict()}, 0.127)
+    parameters = {"exp_range": [0.0, 1.0], "config": model.cfg.to_dict()}
+    if settings.physics_prior:
+        parameters["prior"] = prior.to_dict()
+    translator = DritTranslator(model, codes, parameters, 0.127)
     batch = np.stack([clean[k % len(clean)] for k in range(8)])
     translator.translate(batch[:1], [np.random.default_rng(0)])  # warm up
     t0 = time.perf_counter()
@@ -102,6 +106,12 @@ def drit_rate(clean: np.ndarray) -> float:
     for r in range(rounds):
         translator.translate(batch, [np.random.default_rng(r * 8 + k) for k in range(8)])
     return rounds * len(batch) / (time.perf_counter() - t0)
+
+
+def translator_amp() -> bool:
+    from translators.drit.translator import cpu_bf16_supported
+
+    return cpu_bf16_supported()
 
 
 if __name__ == "__main__":

@@ -73,7 +73,6 @@ def simulate(
 
     _require_at_least("--n", n, 1)
     _require_at_least("--seed", seed, 0)
-    _require_at_least("--threads", threads, 1)
     _require_at_least("--workers", workers, 1)
     overrides = {}
     if size is not None:
@@ -319,7 +318,6 @@ def translate(
     from .preview import write_preview
 
     _require_at_least("--seed", seed, 0)
-    _require_at_least("--threads", threads, 1)
     _require_at_least("--batch", batch, 1)
     translator = load_style(style)
     attrs = {"style_method": translator.method, "style_hash": style_hash(style), "style_pixel_size_A": translator.pixel_size_A}
@@ -551,7 +549,6 @@ def generate(
 
     _require_at_least("--n", n, 1)
     _require_at_least("--seed", seed, 0)
-    _require_at_least("--threads", threads, 1)
     _require_at_least("--shard-size", shard_size, 1)
     _require_at_least("--workers", workers, 1)
     _check_positive("--pixel-size", pixel_size)
@@ -612,7 +609,6 @@ def example(
     from .example import make_example_experiment
 
     _require_at_least("--seed", seed, 0)
-    _require_at_least("--threads", threads, 1)
     typer.echo(str(make_example_experiment(out, seed).resolve()))
 
 

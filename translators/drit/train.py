@@ -31,6 +31,11 @@ already in place and whose blur is the fitted one; ``"clean"`` is the displaced 
 crop, as without the prior (its structure term then also asks the residual to undo the
 fitted blur).
 
+Mixed precision (``mixed_precision``, on by default): the forward passes run under
+bfloat16 autocast on CPUs with native bf16 (AVX512-BF16/AMX; about 1.5× faster per
+iteration here), under float16 autocast with a gradient scaler on cuda, and in float32
+elsewhere. Losses, discriminator logits and attribute codes are float32.
+
 Checkpoints (everything: weights, optimisers, iteration, generator states) are written
 atomically every ``checkpoint_every`` iterations; ``resume`` continues from the last one,
 so a ``kill -9`` loses at most the iterations since. A non-finite loss stops the run,
@@ -88,14 +93,16 @@ class TrainSettings:
         return cls(**data)
 
 
-#: ``quick`` fits within ~20 minutes on a 2-core CPU (width 24: translation runs at ≥ 10
-#: images/s of 256² on the CPU, where width 32 managed 4–6); ``paper`` follows the reference (for a GPU):
+#: Both presets use the spectrum discriminator and the physics prior, the two levers the
+#: ablation (``benchmarks/bench_style.py``, README) found to matter most.
+#: ``quick`` fits within ~20 minutes on a 2-core CPU (width 24, chosen for translation
+#: speed: width 32 ran 4–6 images/s of 256² in float32); ``paper`` follows the reference (for a GPU):
 #: 1024 px crops, batch 2, Adam, lr factor 1 for the first 20 % then linear decay to 0. The
 #: reference trains 3000 epochs over its few images; with crops drawn at random, 3000 epochs
 #: of 3 exp images at batch 2 are 4500 iterations.
 PRESETS: dict[str, TrainSettings] = {
-    "quick": TrainSettings(width=24, iterations=1200, spectrum_discriminator=True),
-    "paper": TrainSettings(crop_px=1024, batch=2, iterations=4500, width=64, checkpoint_every=100, spectrum_discriminator=True),
+    "quick": TrainSettings(width=24, iterations=1200, spectrum_discriminator=True, physics_prior=True),
+    "paper": TrainSettings(crop_px=1024, batch=2, iterations=4500, width=64, checkpoint_every=100, spectrum_discriminator=True, physics_prior=True),
 }
 
 
