@@ -288,7 +288,10 @@ def _drit_report(translator, micrographs, path: Path, *, config, sim, seed) -> N
         held_out = simulation_pool(sim_path=sim, config=None, pixel_size_A=translator.pixel_size_A, n=0, size_px=0, seed=0, workers=1, progress=False)[-1]
     else:  # a fresh simulation, not in the training pool
         held_out = simulation_pool(sim_path=None, config=config, pixel_size_A=translator.pixel_size_A, n=1, size_px=size, seed=seed + 10_000, workers=1, progress=False)[0]
-    parametric = ParametricTranslator.fit(micrographs, pixel_size_A=translator.pixel_size_A)
+    if translator.prior is not None:  # the very model DRIT starts from (scan affine included)
+        parametric = ParametricTranslator(translator.prior, translator.pixel_size_A)
+    else:
+        parametric = ParametricTranslator.fit(micrographs, pixel_size_A=translator.pixel_size_A)
     rng = np.random.default_rng(seed)
     p_image = parametric.translate(held_out[None], [rng]).images[0]
     d_translation = translator.translate(held_out[None], [np.random.default_rng(seed)])
