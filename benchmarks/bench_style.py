@@ -86,7 +86,7 @@ def main() -> None:
     from translators.drit.train import PRESETS
     from translators.drit.translator import DritTranslator
     from translators.metrics import column_shift
-    from translators.parametric import ParametricTranslator
+    from translators.parametric import ParametricTranslator, render
 
     torch.set_num_threads(args.threads)
     plan = Plan.from_config(validate_config(CONFIG, "twin"))
@@ -111,7 +111,7 @@ def main() -> None:
 
     keys = ("hist_kl", "ra_delta", "psd_distance", "swd")
     table: dict[str, dict[str, list[float]]] = {}
-    shifts, parametric_shifts = [], []
+    shifts, parametric_shifts, residual_shifts = [], [], []
     for k, (clean, reference) in enumerate(zip(test_clean, test_twins)):
         noise_sigma = float(np.std(reference - __import__("cv2").GaussianBlur(reference, (0, 0), 1.0)))
         lo, hi = np.percentile(reference, [1, 99.5])
@@ -130,6 +130,11 @@ def main() -> None:
                 table.setdefault(row["name"], {}).setdefault(key, []).append(row[key])
         shifts.append(column_shift(translated.clean[0], candidates["DRIT"], PIXEL_A))
         parametric_shifts.append(column_shift(rendered.clean[0], rendered.images[0], PIXEL_A))
+        if drit.prior is not None:  # the very rendering DRIT started from: same draw, same noise
+            g = np.random.default_rng(k)
+            drit._codes_for([g])
+            base = render(clean, drit.prior, PIXEL_A, g)[0]
+            residual_shifts.append(column_shift(base, translated.images[0], PIXEL_A))
 
     label = f"DRIT {iterations} it, {args.content_loss} loss{', spectrum D' if spectrum else ', no spectrum D'}{f', physics prior (target {args.prior_target})' if prior else ''}{', bf16' if args.mixed_precision else ', fp32'}, seed {args.seed}"
     print(f"held-out twins: 3 × 512² at {PIXEL_A} Å/px; {label}; training {minutes:.1f} min")
@@ -141,6 +146,9 @@ def main() -> None:
     print(f"column_shift(clean, DRIT): {100 * matched:.2f} % matched within 0.5 Å, mean {mean_pm:.2f} pm")
     print(f"column_shift(clean, parametric), the noise floor of the measurement: {100 * np.mean([s.fraction_matched for s in parametric_shifts]):.2f} % "
           f"matched, mean {np.mean([s.mean_pm for s in parametric_shifts]):.2f} pm")
+    if residual_shifts:
+        print(f"column_shift(prior rendering, DRIT), what the learned residual moves: {100 * np.mean([s.fraction_matched for s in residual_shifts]):.2f} % "
+              f"matched, mean {np.mean([s.mean_pm for s in residual_shifts]):.2f} pm")
     d, p = np.mean(table["DRIT"]["hist_kl"]), np.mean(table["parametric"]["hist_kl"])
     print(f"style[{label}]: hist_kl DRIT {d:.4f} vs parametric {p:.4f} (clean {np.mean(table['clean']['hist_kl']):.3f}); "
           f"swd {np.mean(table['DRIT']['swd']):.3f} vs {np.mean(table['parametric']['swd']):.3f}; "
