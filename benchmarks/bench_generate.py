@@ -146,8 +146,8 @@ def main() -> None:
         plain = generate(work / "clean", "none", args.n, args.shard_size)
         print(f"generate[none]: {plain:.1f} samples/s", flush=True)
 
-        n_drit = max(32, args.n // 8)
-        drit = generate(work / "drit", str(untrained_drit_style(work / "drit_style", style)), n_drit, max(8, n_drit // 4))
+        n_drit = max(64, args.n // 4)  # one shard per worker: each loads the model and builds its kernels once per shard
+        drit = generate(work / "drit", str(untrained_drit_style(work / "drit_style", style)), n_drit, max(32, n_drit // workers))
         print(f"generate[drit]: {drit:.1f} samples/s ({n_drit} samples, quick-preset architecture and physics prior on the CPU)", flush=True)
 
         # a fresh process: the DataLoader's workers fork from a process that has done nothing else
