@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--physics-prior", action=argparse.BooleanOptionalAction, default=None, help="default: the quick preset's (on)")
     parser.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast where the CPU has it")
     parser.add_argument("--prior-target", default="base", choices=("base", "clean"), help="with the prior: v's content-consistency target")
+    parser.add_argument("--prior-exp-recon", default="self", choices=("self", "none"), help="with the prior: exp reconstructions against the real image as its own base, or none")
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 when two runs share the 2 cores)")
     parser.add_argument("--draws", type=int, default=4, help="draws of each random model per held-out twin")
@@ -103,7 +104,7 @@ def main() -> None:
     iterations = args.iterations or PRESETS["quick"].iterations
     spectrum = PRESETS["quick"].spectrum_discriminator if args.spectrum_discriminator is None else args.spectrum_discriminator
     prior = PRESETS["quick"].physics_prior if args.physics_prior is None else args.physics_prior
-    settings = replace(PRESETS["quick"], iterations=iterations, content_form=args.content_loss, spectrum_discriminator=spectrum, physics_prior=prior, prior_target=args.prior_target, threads=args.threads, mixed_precision=args.mixed_precision)
+    settings = replace(PRESETS["quick"], iterations=iterations, content_form=args.content_loss, spectrum_discriminator=spectrum, physics_prior=prior, prior_target=args.prior_target, prior_exp_recon=args.prior_exp_recon, threads=args.threads, mixed_precision=args.mixed_precision)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         drit = DritTranslator.fit(experiments, sims=pool, settings=settings, work_dir=Path(tmp), pixel_size_A=PIXEL_A, device="cpu", progress=True, seed=args.seed)
@@ -144,7 +145,7 @@ def main() -> None:
                 residual_shifts.append(column_shift(base, translated.images[0], PIXEL_A))
                 residual_rms.append(float(np.std(translated.images[0] - base) / np.std(base)))
 
-    label = f"DRIT {iterations} it, {args.content_loss} loss{', spectrum D' if spectrum else ', no spectrum D'}{f', physics prior (target {args.prior_target})' if prior else ''}{', bf16' if args.mixed_precision else ', fp32'}, seed {args.seed}"
+    label = f"DRIT {iterations} it, {args.content_loss} loss{', spectrum D' if spectrum else ', no spectrum D'}{f', physics prior (target {args.prior_target}, exp recon {args.prior_exp_recon})' if prior else ''}{', bf16' if args.mixed_precision else ', fp32'}, seed {args.seed}"
     print(f"held-out twins: 3 × 512² at {PIXEL_A} Å/px, {args.draws} draws of each random model; {label}; training {minutes:.1f} min")
     print(f"{'model':16s} " + " ".join(f"{k:>13s}" for k in keys))
     for name, values in table.items():

@@ -214,3 +214,16 @@ def test_resume_with_the_physics_prior_is_exact(data, tmp_path):
     a, b = _weights(full), _weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["gen.exp.out.weight"], torch.zeros_like(a["gen.exp.out.weight"]))  # the residual did train
+
+
+def test_prior_without_exp_reconstructions(data, tmp_path):
+    """prior_exp_recon="none": the exp-domain reconstructions are left out; the run is finite and validated."""
+    from translators.drit.translator import prior_renderer
+
+    sims, exps = data
+    prior = prior_renderer(StyleParameters(gain=1.0, dose_counts=30.0, background=0.3, spread=0.0), PIXEL_A, (0.0, 60.0))
+    settings = replace(TINY, iterations=2, physics_prior=True, prior_exp_recon="none")
+    _, history = train(sims, exps, settings, tmp_path / "a", exp_range=(0.0, 60.0), pixel_size_A=PIXEL_A, progress=False, prior=prior)
+    assert len(history) == 2 and all(np.isfinite(list(h.values())).all() for h in history)
+    with pytest.raises(ValueError, match="prior_exp_recon"):
+        train(sims, exps, replace(settings, prior_exp_recon="x"), tmp_path / "b", exp_range=(0.0, 60.0), pixel_size_A=PIXEL_A, progress=False, prior=prior)

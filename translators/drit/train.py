@@ -25,7 +25,9 @@ clean crop (scan geometry applied) becomes x, and the exp generator outputs
 ``rendered + tanh(r)``, starting at r = 0, i.e. at the fitted baseline. The exp-domain
 reconstructions (self and cross-cycle) use the real image as their own base, so they ask
 for a zero residual: the residual departs from the parametric rendering only where the
-discriminators see a difference. The content-consistency term of v compares it with
+discriminators see a difference (``prior_exp_recon="self"``; ``"none"`` leaves the
+exp-domain reconstructions out under the prior, an experiment against the residual
+collapsing to zero, see the README). The content-consistency term of v compares it with
 ``prior_target``: ``"base"`` (the default) is the parametric rendering, whose atoms are
 already in place and whose blur is the fitted one; ``"clean"`` is the displaced clean
 crop, as without the prior (its structure term then also asks the residual to undo the
@@ -83,6 +85,7 @@ class TrainSettings:
     spectrum_discriminator: bool = False
     physics_prior: bool = False
     prior_target: str = "base"  # what v's content-consistency term compares with under the prior: base or clean
+    prior_exp_recon: str = "self"  # under the prior, exp reconstructions: "self" (the real image as its own base) or "none" (left out)
     mixed_precision: bool = True  # bfloat16 autocast on CPUs with native bf16, float16 on cuda; float32 otherwise
 
     def to_dict(self) -> dict[str, Any]:
@@ -233,6 +236,8 @@ def train(
         raise FactoryError("fit-style: the simulation pool is empty (after selection)")
     if settings.physics_prior and prior is None:
         raise ValueError("train: settings.physics_prior needs a prior renderer")
+    if settings.prior_exp_recon not in ("self", "none"):
+        raise ValueError(f"train: prior_exp_recon must be self or none, got '{settings.prior_exp_recon}'")
     if settings.prior_target not in ("base", "clean"):
         raise ValueError(f"train: prior_target must be base or clean, got '{settings.prior_target}'")
     torch.set_num_threads(max(1, settings.threads))
@@ -317,14 +322,17 @@ def train(
                 z = torch.randn_like(a_y)
                 v_z = model.generate(c_x, z, "exp", base_x)
                 x_rec = model.generate(model.content(v, "exp"), model.attribute(u, "sim")[0], "sim")
-                y_rec = model.generate(model.content(u, "sim"), model.attribute(v, "exp")[0], "exp", base_y)
-                x_self, y_self = model.generate(c_x, a_x, "sim"), model.generate(c_y, a_y, "exp", base_y)
+                x_self = model.generate(c_x, a_x, "sim")
+                exp_recon = not (settings.physics_prior and settings.prior_exp_recon == "none")
+                if exp_recon:
+                    y_rec = model.generate(model.content(u, "sim"), model.attribute(v, "exp")[0], "exp", base_y)
+                    y_self = model.generate(c_y, a_y, "exp", base_y)
                 z_rec = model.attribute(v_z, "exp")[0]
                 terms = {
                     "domain": gan_g_loss(discs.domain(v, "exp")) + gan_g_loss(discs.domain(u, "sim")) + gan_g_loss(discs.domain(v_z, "exp")),
                     "content_adv": 0.5 * (((discs.content(c_x) - 0.5) ** 2).mean() + ((discs.content(c_y) - 0.5) ** 2).mean()),
-                    "cross_cycle": l1(x_rec, x) + l1(y_rec, y),
-                    "self_recon": l1(x_self, x) + l1(y_self, y),
+                    "cross_cycle": l1(x_rec, x) + (l1(y_rec, y) if exp_recon else 0.0),
+                    "self_recon": l1(x_self, x) + (l1(y_self, y) if exp_recon else 0.0),
                     "kl": kl_loss(mu_x, lv_x) + kl_loss(mu_y, lv_y),
                     "latent": l1(z_rec, z),
                     "consistency": content_consistency(u, y, v, consistency_x, form=settings.content_form, sigma_px=sigma_px),
