@@ -248,12 +248,8 @@ def _fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, 
         if content_loss not in ("structure", "plain"):
             raise FactoryError(f"--content-loss: must be structure or plain (got '{content_loss}')")
         overrides["content_form"] = content_loss
-    if spectrum is not None:
-        overrides["spectrum_discriminator"] = spectrum
-    if physics_prior is not None:
-        overrides["physics_prior"] = physics_prior
-    if threads is not None:
-        overrides["threads"] = threads
+    given = {"spectrum_discriminator": spectrum, "physics_prior": physics_prior, "threads": threads}
+    overrides |= {name: value for name, value in given.items() if value is not None}
     settings = settings_for(preset, iterations, **overrides)
     device = resolve_device(device)
     target = micrographs[0].pixel_size_A
