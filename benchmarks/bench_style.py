@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=120)
     args = parser.parse_args()
 
+    import cv2
     import torch
 
     from datafactory.config import validate_config
@@ -116,7 +117,7 @@ def main() -> None:
     shifts, parametric_shifts, residual_shifts = [], [], []
     residual_rms = []
     for k, (clean, reference) in enumerate(zip(test_clean, test_twins)):
-        noise_sigma = float(np.std(reference - __import__("cv2").GaussianBlur(reference, (0, 0), 1.0)))
+        noise_sigma = float(np.std(reference - cv2.GaussianBlur(reference, (0, 0), 1.0)))
         lo, hi = np.percentile(reference, [1, 99.5])
         # every random model is drawn several times: one draw's hist_kl swings by several × (README)
         for j in range(args.draws):

@@ -216,14 +216,29 @@ def test_resume_with_the_physics_prior_is_exact(data, tmp_path):
     assert not torch.equal(a["gen.exp.out.weight"], torch.zeros_like(a["gen.exp.out.weight"]))  # the residual did train
 
 
-def test_prior_without_exp_reconstructions(data, tmp_path):
+def test_prior_without_exp_reconstructions(data, tmp_path, monkeypatch):
     """prior_exp_recon="none": the exp-domain reconstructions are left out; the run is finite and validated."""
+    from translators.drit.model import Drit
     from translators.drit.translator import prior_renderer
 
     sims, exps = data
     prior = prior_renderer(StyleParameters(gain=1.0, dose_counts=30.0, background=0.3, spread=0.0), PIXEL_A, (0.0, 60.0))
+    exp_calls = []
+    original = Drit.generate
+
+    def counting(self, c, a, domain, base=None, **kw):
+        if domain == "exp":
+            exp_calls.append(base is not None)
+        return original(self, c, a, domain, base, **kw)
+
+    monkeypatch.setattr(Drit, "generate", counting)
+    kwargs = dict(exp_range=(0.0, 60.0), pixel_size_A=PIXEL_A, progress=False, prior=prior)
+    train(sims, exps, replace(TINY, iterations=1, physics_prior=True), tmp_path / "self", **kwargs)
+    assert len(exp_calls) == 4  # v, v_z, and the exp cross-cycle and self reconstructions
+    exp_calls.clear()
     settings = replace(TINY, iterations=2, physics_prior=True, prior_exp_recon="none")
-    _, history = train(sims, exps, settings, tmp_path / "a", exp_range=(0.0, 60.0), pixel_size_A=PIXEL_A, progress=False, prior=prior)
+    _, history = train(sims, exps, settings, tmp_path / "a", **kwargs)
+    assert exp_calls == [True, True] * 2  # only v and v_z, both on the prior's rendering
     assert len(history) == 2 and all(np.isfinite(list(h.values())).all() for h in history)
     with pytest.raises(ValueError, match="prior_exp_recon"):
         train(sims, exps, replace(settings, prior_exp_recon="x"), tmp_path / "b", exp_range=(0.0, 60.0), pixel_size_A=PIXEL_A, progress=False, prior=prior)

@@ -173,18 +173,6 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def training_autocast_dtype(device: str):
-    """Mixed-precision dtype for training on ``device``: float16 on cuda (with a gradient
-    scaler), bfloat16 on CPUs with native bf16 (AVX512-BF16/AMX), else None (float32)."""
-    import torch
-
-    from .translator import cpu_bf16_supported
-
-    if str(device).startswith("cuda"):
-        return torch.float16
-    return torch.bfloat16 if cpu_bf16_supported() else None
-
-
 def lr_factor(iteration: int, total: int, constant_fraction: float) -> float:
     """1 for the first ``constant_fraction`` of the run, then linear decay to 0 at ``total``."""
     start = constant_fraction * total
@@ -230,6 +218,7 @@ def train(
 
     from .losses import content_consistency, gan_d_loss, gan_g_loss, kl_loss, l1
     from .model import Discriminators, Drit, DritConfig
+    from .translator import autocast_dtype
 
     check_experiments(exps, settings.crop_px)
     if not sims:
@@ -250,7 +239,7 @@ def train(
     opt_g = torch.optim.Adam(model.parameters(), lr=settings.lr, betas=(settings.beta1, settings.beta2))
     opt_d = torch.optim.Adam(discs.parameters(), lr=settings.lr, betas=(settings.beta1, settings.beta2))
     rng = np.random.default_rng(seed)
-    amp_dtype = training_autocast_dtype(device) if settings.mixed_precision else None
+    amp_dtype = autocast_dtype(device) if settings.mixed_precision else None
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     def autocast():
