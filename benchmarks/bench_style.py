@@ -76,6 +76,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 when two runs share the 2 cores)")
     parser.add_argument("--draws", type=int, default=4, help="draws of each random model per held-out twin")
+    parser.add_argument("--weight", action="append", default=[], metavar="TERM=W", help="override a loss weight, e.g. residual=3 (repeatable)")
     parser.add_argument("--pool", type=int, default=120)
     args = parser.parse_args()
 
@@ -106,6 +107,14 @@ def main() -> None:
     spectrum = PRESETS["quick"].spectrum_discriminator if args.spectrum_discriminator is None else args.spectrum_discriminator
     prior = PRESETS["quick"].physics_prior if args.physics_prior is None else args.physics_prior
     settings = replace(PRESETS["quick"], iterations=iterations, content_form=args.content_loss, spectrum_discriminator=spectrum, physics_prior=prior, prior_target=args.prior_target, prior_exp_recon=args.prior_exp_recon, threads=args.threads, mixed_precision=args.mixed_precision)
+    overrides = {}
+    for item in args.weight:
+        term, _, value = item.partition("=")
+        if term not in settings.weights or not value:
+            parser.error(f"--weight {item}: expected TERM=W with TERM one of {', '.join(settings.weights)}")
+        overrides[term] = float(value)
+    if overrides:
+        settings = replace(settings, weights={**settings.weights, **overrides})
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         drit = DritTranslator.fit(experiments, sims=pool, settings=settings, work_dir=Path(tmp), pixel_size_A=PIXEL_A, device="cpu", progress=True, seed=args.seed)
@@ -146,7 +155,7 @@ def main() -> None:
                 residual_shifts.append(column_shift(base, translated.images[0], PIXEL_A))
                 residual_rms.append(float(np.std(translated.images[0] - base) / np.std(base)))
 
-    label = f"DRIT {iterations} it, {args.content_loss} loss{', spectrum D' if spectrum else ', no spectrum D'}{f', physics prior (target {args.prior_target}, exp recon {args.prior_exp_recon})' if prior else ''}{', bf16' if args.mixed_precision else ', fp32'}, seed {args.seed}"
+    label = f"DRIT {iterations} it, {args.content_loss} loss{', spectrum D' if spectrum else ', no spectrum D'}{f', physics prior (target {args.prior_target}, exp recon {args.prior_exp_recon})' if prior else ''}{', bf16' if args.mixed_precision else ', fp32'}{''.join(f', {k}={v:g}' for k, v in overrides.items())}, seed {args.seed}"
     print(f"held-out twins: 3 × 512² at {PIXEL_A} Å/px, {args.draws} draws of each random model; {label}; training {minutes:.1f} min")
     print(f"{'model':16s} " + " ".join(f"{k:>13s}" for k in keys))
     for name, values in table.items():

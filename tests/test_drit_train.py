@@ -242,3 +242,18 @@ def test_prior_without_exp_reconstructions(data, tmp_path, monkeypatch):
     assert len(history) == 2 and all(np.isfinite(list(h.values())).all() for h in history)
     with pytest.raises(ValueError, match="prior_exp_recon"):
         train(sims, exps, replace(settings, prior_exp_recon="x"), tmp_path / "b", exp_range=(0.0, 60.0), pixel_size_A=PIXEL_A, progress=False, prior=prior)
+
+
+def test_residual_penalty_term(data, tmp_path):
+    """weights["residual"] > 0 adds E|v − rendering| + E|v_z − rendering|: zero at the start (identity), logged, absent at weight 0."""
+    from translators.drit.translator import prior_renderer
+
+    sims, exps = data
+    prior = prior_renderer(StyleParameters(gain=1.0, dose_counts=30.0, background=0.3, spread=0.0), PIXEL_A, (0.0, 60.0))
+    kwargs = dict(exp_range=(0.0, 60.0), pixel_size_A=PIXEL_A, progress=False, prior=prior)
+    settings = replace(TINY, iterations=4, physics_prior=True, prior_exp_recon="none", weights={**TINY.weights, "residual": 3.0})
+    _, history = train(sims, exps, settings, tmp_path / "a", **kwargs)
+    assert history[0]["residual"] == 0.0  # the exp generator's last conv starts at zero
+    assert history[-1]["residual"] > 0.0
+    _, history = train(sims, exps, replace(settings, weights=TINY.weights), tmp_path / "b", **kwargs)
+    assert "residual" not in history[0]

@@ -27,7 +27,9 @@ reconstructions (self and cross-cycle) use the real image as their own base, so 
 for a zero residual: the residual departs from the parametric rendering only where the
 discriminators see a difference (``prior_exp_recon="self"``; ``"none"`` leaves the
 exp-domain reconstructions out under the prior, an experiment against the residual
-collapsing to zero, see the README). The content-consistency term of v compares it with
+collapsing to zero, see the README). ``weights["residual"]`` (default 0) adds an L1
+penalty ``E|v − rendered| + E|v_z − rendered|`` on the residual itself: a direct, tunable
+anchor to the prior instead of the zero target of the exp reconstructions. The content-consistency term of v compares it with
 ``prior_target``: ``"base"`` (the default) is the parametric rendering, whose atoms are
 already in place and whose blur is the fitted one; ``"clean"`` is the displaced clean
 crop, as without the prior (its structure term then also asks the residual to undo the
@@ -76,7 +78,7 @@ class TrainSettings:
     weights: dict[str, float] = field(
         default_factory=lambda: {
             "domain": 1.0, "content_adv": 1.0, "cross_cycle": 10.0, "self_recon": 10.0,
-            "kl": 0.01, "latent": 10.0, "consistency": 10.0, "spectrum": 1.0,
+            "kl": 0.01, "latent": 10.0, "consistency": 10.0, "spectrum": 1.0, "residual": 0.0,
         }
     )
     checkpoint_every: int = 50
@@ -328,6 +330,8 @@ def train(
                 }
                 if cfg.spectrum_discriminator:
                     terms["spectrum"] = gan_g_loss(discs.spectrum(v))
+                if settings.physics_prior and w.get("residual", 0.0) > 0:
+                    terms["residual"] = l1(v, base_x) + l1(v_z, base_x)
             loss_g = sum(w[k] * t for k, t in terms.items())
             bad = [k for k, t in terms.items() if not torch.isfinite(t)]
             if bad:
