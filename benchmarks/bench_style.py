@@ -13,6 +13,8 @@ model, and the metrics are averaged:
 
 * baselines: the clean simulation; Gaussian noise matched to the twin's noise level;
 * the parametric model fitted on the training twins;
+* the floor: the twin's own corruption drawn again on the same clean image (what a perfect
+  model would score);
 * DRIT trained with the chosen settings (``--iterations``, ``--content-loss``,
   ``--spectrum-discriminator``, ``--physics-prior``) — the ablation switches.
 
@@ -72,11 +74,12 @@ def main() -> None:
     parser.add_argument("--physics-prior", action=argparse.BooleanOptionalAction, default=None, help="default: the quick preset's (on)")
     parser.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast where the CPU has it")
     parser.add_argument("--prior-target", default="base", choices=("base", "clean"), help="with the prior: v's content-consistency target")
-    parser.add_argument("--prior-exp-recon", default="self", choices=("self", "none"), help="with the prior: exp reconstructions against the real image as its own base, or none")
+    parser.add_argument("--prior-exp-recon", default=None, choices=("self", "none"), help="with the prior: exp reconstructions left out (none, the presets') or against the real image as its own base (self)")
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 when two runs share the 2 cores)")
     parser.add_argument("--draws", type=int, default=4, help="draws of each random model per held-out twin")
     parser.add_argument("--weight", action="append", default=[], metavar="TERM=W", help="override a loss weight, e.g. residual=3 (repeatable)")
+    parser.add_argument("--save", type=Path, default=None, metavar="DIR", help="keep the trained DRIT style bundle here")
     parser.add_argument("--pool", type=int, default=120)
     args = parser.parse_args()
 
@@ -106,7 +109,7 @@ def main() -> None:
     iterations = args.iterations or PRESETS["quick"].iterations
     spectrum = PRESETS["quick"].spectrum_discriminator if args.spectrum_discriminator is None else args.spectrum_discriminator
     prior = PRESETS["quick"].physics_prior if args.physics_prior is None else args.physics_prior
-    settings = replace(PRESETS["quick"], iterations=iterations, content_form=args.content_loss, spectrum_discriminator=spectrum, physics_prior=prior, prior_target=args.prior_target, prior_exp_recon=args.prior_exp_recon, threads=args.threads, mixed_precision=args.mixed_precision)
+    settings = replace(PRESETS["quick"], iterations=iterations, content_form=args.content_loss, spectrum_discriminator=spectrum, physics_prior=prior, prior_target=args.prior_target, prior_exp_recon=args.prior_exp_recon or PRESETS["quick"].prior_exp_recon, threads=args.threads, mixed_precision=args.mixed_precision)
     overrides = {}
     for item in args.weight:
         term, _, value = item.partition("=")
@@ -119,6 +122,11 @@ def main() -> None:
         t0 = time.perf_counter()
         drit = DritTranslator.fit(experiments, sims=pool, settings=settings, work_dir=Path(tmp), pixel_size_A=PIXEL_A, device="cpu", progress=True, seed=args.seed)
         minutes = (time.perf_counter() - t0) / 60
+    if args.save is not None:
+        from translators.base import save_bundle
+
+        save_bundle(drit, args.save, sources=[{"name": e.name} for e in experiments], options={"benchmark": "bench_style", "seed": args.seed})
+        print(f"style bundle: {args.save}")
     parametric = ParametricTranslator.fit(experiments, pixel_size_A=PIXEL_A)
 
     keys = ("hist_kl", "ra_delta", "psd_distance", "swd")
@@ -139,6 +147,7 @@ def main() -> None:
                 "gaussian noise": gaussian.astype(np.float32),
                 "parametric": rendered.images[0],
                 "DRIT": translated.images[0],
+                "twin redraw": twin(clean, np.random.default_rng(10_000 + seed)),  # the floor: the true corruption, drawn again
             }
             if j:  # the clean image is the same in every draw
                 candidates.pop("clean")
@@ -155,7 +164,7 @@ def main() -> None:
                 residual_shifts.append(column_shift(base, translated.images[0], PIXEL_A))
                 residual_rms.append(float(np.std(translated.images[0] - base) / np.std(base)))
 
-    label = f"DRIT {iterations} it, {args.content_loss} loss{', spectrum D' if spectrum else ', no spectrum D'}{f', physics prior (target {args.prior_target}, exp recon {args.prior_exp_recon})' if prior else ''}{', bf16' if args.mixed_precision else ', fp32'}{''.join(f', {k}={v:g}' for k, v in overrides.items())}, seed {args.seed}"
+    label = f"DRIT {iterations} it, {args.content_loss} loss{', spectrum D' if spectrum else ', no spectrum D'}{f', physics prior (target {args.prior_target}, exp recon {settings.prior_exp_recon}, residual weight {settings.weights['residual']:g})' if prior else ''}{', bf16' if args.mixed_precision else ', fp32'}{''.join(f', {k}={v:g}' for k, v in overrides.items() if k != 'residual')}, seed {args.seed}"
     print(f"held-out twins: 3 × 512² at {PIXEL_A} Å/px, {args.draws} draws of each random model; {label}; training {minutes:.1f} min")
     print(f"{'model':16s} " + " ".join(f"{k:>13s}" for k in keys))
     for name, values in table.items():

@@ -233,7 +233,7 @@ def test_prior_without_exp_reconstructions(data, tmp_path, monkeypatch):
 
     monkeypatch.setattr(Drit, "generate", counting)
     kwargs = dict(exp_range=(0.0, 60.0), pixel_size_A=PIXEL_A, progress=False, prior=prior)
-    train(sims, exps, replace(TINY, iterations=1, physics_prior=True), tmp_path / "self", **kwargs)
+    train(sims, exps, replace(TINY, iterations=1, physics_prior=True, prior_exp_recon="self"), tmp_path / "self", **kwargs)
     assert len(exp_calls) == 4  # v, v_z, and the exp cross-cycle and self reconstructions
     exp_calls.clear()
     settings = replace(TINY, iterations=2, physics_prior=True, prior_exp_recon="none")
@@ -245,7 +245,7 @@ def test_prior_without_exp_reconstructions(data, tmp_path, monkeypatch):
 
 
 def test_residual_penalty_term(data, tmp_path):
-    """weights["residual"] > 0 adds E|v − rendering| + E|v_z − rendering|: zero at the start (identity), logged, absent at weight 0."""
+    """weights["residual"] > 0 (3 in the presets) adds E|v − rendering| + E|v_z − rendering|: zero at the start (identity), logged, absent at weight 0."""
     from translators.drit.translator import prior_renderer
 
     sims, exps = data
@@ -255,5 +255,6 @@ def test_residual_penalty_term(data, tmp_path):
     _, history = train(sims, exps, settings, tmp_path / "a", **kwargs)
     assert history[0]["residual"] == 0.0  # the exp generator's last conv starts at zero
     assert history[-1]["residual"] > 0.0
-    _, history = train(sims, exps, replace(settings, weights=TINY.weights), tmp_path / "b", **kwargs)
+    assert TINY.weights["residual"] == 3.0 and TINY.prior_exp_recon == "none"  # the presets' anchor
+    _, history = train(sims, exps, replace(settings, weights={**TINY.weights, "residual": 0.0}), tmp_path / "b", **kwargs)
     assert "residual" not in history[0]

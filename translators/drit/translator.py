@@ -270,10 +270,17 @@ class DritTranslator(Translator):
             f"pixel size        {self.pixel_size_A:.5f} Å/px",
             f"model             DRIT width {s.get('width')}, {self._parameters.get('iterations')} iterations, crops {s.get('crop_px')} px",
             f"content loss      {s.get('content_form')} (weight {s.get('weights', {}).get('consistency')})",
-            f"physics prior     {'parametric model + learned residual' if self.prior is not None else 'off'}",
+            f"physics prior     {'parametric model + learned residual' + _anchor(s) if self.prior is not None else 'off'}",
             f"experimental codes {len(self.codes)} (attribute dim {self.codes.shape[1]})",
             "final losses      " + ", ".join(f"{k} {v:.3g}" for k, v in losses.items()),
         ])
+
+
+def _anchor(settings: dict[str, Any]) -> str:
+    """How the residual was held near the prior, from a bundle's training settings."""
+    weight = settings.get("weights", {}).get("residual", 0.0)
+    recon = settings.get("prior_exp_recon", "self")
+    return f" (L1 anchor weight {weight:g}, exp reconstructions {'on' if recon == 'self' else 'off'})"
 
 
 def prior_renderer(params, pixel_size_A: float, exp_range: tuple[float, float]):
