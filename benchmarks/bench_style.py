@@ -164,7 +164,10 @@ def main() -> None:
                 residual_shifts.append(column_shift(base, translated.images[0], PIXEL_A))
                 residual_rms.append(float(np.std(translated.images[0] - base) / np.std(base)))
 
-    label = f"DRIT {iterations} it, {args.content_loss} loss{', spectrum D' if spectrum else ', no spectrum D'}{f', physics prior (target {args.prior_target}, exp recon {settings.prior_exp_recon}, residual weight {settings.weights['residual']:g})' if prior else ''}{', bf16' if args.mixed_precision else ', fp32'}{''.join(f', {k}={v:g}' for k, v in overrides.items() if k != 'residual')}, seed {args.seed}"
+    anchor = f"exp recon {settings.prior_exp_recon}, residual weight {settings.weights['residual']:g}"
+    extra = "".join(f", {k}={v:g}" for k, v in overrides.items() if k != "residual")
+    label = (f"DRIT {iterations} it, {args.content_loss} loss{', spectrum D' if spectrum else ', no spectrum D'}"
+             f"{f', physics prior (target {args.prior_target}, {anchor})' if prior else ''}{', bf16' if args.mixed_precision else ', fp32'}{extra}, seed {args.seed}")
     print(f"held-out twins: 3 × 512² at {PIXEL_A} Å/px, {args.draws} draws of each random model; {label}; training {minutes:.1f} min")
     print(f"{'model':16s} " + " ".join(f"{k:>13s}" for k in keys))
     for name, values in table.items():
