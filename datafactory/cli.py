@@ -164,6 +164,7 @@ def fit_style(
     content_loss: Optional[str] = typer.Option(None, "--content-loss", help="drit: Trident content loss, structure (default) or plain (the reference's)."),
     spectrum: Optional[bool] = typer.Option(None, "--spectrum-discriminator/--no-spectrum-discriminator", help="drit: discriminator on the log power spectrum (on in both presets)."),
     physics_prior: Optional[bool] = typer.Option(None, "--physics-prior/--no-physics-prior", help="drit: start from the fitted parametric model and learn a residual on top (on in both presets)."),
+    residual_weight: Optional[float] = typer.Option(None, "--residual-weight", help="drit with the prior: weight of the L1 penalty holding the learned residual near the physics model (preset: 3; higher stays closer)."),
     device: str = typer.Option("auto", "--device", help="drit: auto, cpu or cuda."),
     threads: Optional[int] = typer.Option(None, "--threads", help="drit: CPU threads for training (default: the preset's, 2)."),
     resume: bool = typer.Option(False, "--resume", help="drit: continue from the checkpoint in OUT.training/."),
@@ -200,6 +201,8 @@ def fit_style(
         raise FactoryError(f"--crop: must be a multiple of 4 (got {crop})")
     _require_at_least("--seed", seed, 0)
     _require_at_least("--threads", threads, 1)
+    if residual_weight is not None and not (residual_weight >= 0 and np.isfinite(residual_weight)):
+        raise FactoryError(f"--residual-weight: must be a finite number ≥ 0 (got {residual_weight})")
     micrographs, affines = _read_experiments(exp, pixel_size, allow_rgb, material, structure, calibrate, want_affine=True)
     target = micrographs[0].pixel_size_A
     differ = sorted({round(m.pixel_size_A, 5) for m in micrographs if not same_pixel_size(m.pixel_size_A, target)})
@@ -212,7 +215,7 @@ def fit_style(
     if method == "drit":
         translator = _fit_drit(
             micrographs, out, sim=sim, config=config, preset=preset, iterations=iterations, crop=crop, content_loss=content_loss,
-            spectrum=spectrum, physics_prior=physics_prior, threads=threads, device=device, resume=resume,
+            spectrum=spectrum, physics_prior=physics_prior, residual_weight=residual_weight, threads=threads, device=device, resume=resume,
             select=select, pool=pool, seed=seed, quiet=quiet, affine=affine,
         )
     else:
@@ -231,7 +234,7 @@ def fit_style(
     typer.echo(str(Path(path).resolve()))
 
 
-def _fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, content_loss, spectrum, physics_prior, threads, device, resume, select, pool, seed, quiet, affine):
+def _fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, content_loss, spectrum, physics_prior, residual_weight, threads, device, resume, select, pool, seed, quiet, affine):
     """Pool, selection and training of ``fit-style --method drit``."""
     import dataclasses
 
@@ -251,6 +254,8 @@ def _fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, 
     given = {"spectrum_discriminator": spectrum, "physics_prior": physics_prior, "threads": threads}
     overrides |= {name: value for name, value in given.items() if value is not None}
     settings = settings_for(preset, iterations, **overrides)
+    if residual_weight is not None:
+        settings = dataclasses.replace(settings, weights={**settings.weights, "residual": float(residual_weight)})
     device = resolve_device(device)
     target = micrographs[0].pixel_size_A
     micrographs = [

@@ -106,6 +106,8 @@ def test_drit_cli_bad_input(run_cli, tmp_path):
     assert code == 2 and "smaller than the 96 px training crop" in err
     code, _, err = run_cli("fit-style", small, "--config", "mos2_monolayer", "--threads", 0, "--out", tmp_path / "s", "-q")
     assert code == 2 and "--threads" in err and err.count("\n") == 1
+    code, _, err = run_cli("fit-style", small, "--config", "mos2_monolayer", "--residual-weight", -1, "--out", tmp_path / "s", "-q")
+    assert code == 2 and "--residual-weight" in err and err.count("\n") == 1
     other = tmp_path / "other.tif"
     tifffile.imwrite(other, np.random.default_rng(1).random((128, 128)).astype(np.float32), imagej=True, resolution=(1 / 0.2, 1 / 0.2), metadata={"unit": "A"})
     code, _, err = run_cli("fit-style", small, other, "--config", "mos2_monolayer", "--out", tmp_path / "s", "-q")
@@ -162,17 +164,18 @@ def test_fit_style_drit_with_physics_prior_end_to_end(data, run_cli, tmp_path):
     style = tmp_path / "style"
     code, out, err = run_cli(
         "fit-style", experiment, "--config", "mos2_monolayer", "--iterations", 3, "--crop", 32, "--pool", 6,
-        "--physics-prior", "--threads", 1, "--device", "cpu", "--out", style, "-q",
+        "--physics-prior", "--residual-weight", 7, "--threads", 1, "--device", "cpu", "--out", style, "-q",
     )
     assert code == 0, err
     record = json.loads((style / "style.json").read_text())
     assert record["method"] == "drit" and record["parameters"]["prior"]["dose_counts"] > 0
     assert record["parameters"]["settings"]["physics_prior"] and record["parameters"]["settings"]["threads"] == 1
+    assert record["parameters"]["settings"]["weights"]["residual"] == 7.0
     report = json.loads((style / "report.json").read_text())
     assert [row["name"] for row in report["metrics"]] == ["experiment", "clean simulation", "parametric", "DRIT"]
     assert 0 <= report["column_shift_clean_vs_drit"]["fraction_matched"] <= 1
     assert (style / "report.png").stat().st_size > 10_000
-    assert "physics prior     parametric model + learned residual" in out
+    assert "physics prior     parametric model + learned residual (L1 anchor weight 7, exp reconstructions off)" in out
 
 
 @pytest.mark.parametrize("target", ["base", "clean"])
