@@ -164,7 +164,7 @@ def fit_style(
     content_loss: Optional[str] = typer.Option(None, "--content-loss", help="drit: Trident content loss, structure (default) or plain (the reference's)."),
     spectrum: Optional[bool] = typer.Option(None, "--spectrum-discriminator/--no-spectrum-discriminator", help="drit: discriminator on the log power spectrum (on in both presets)."),
     physics_prior: Optional[bool] = typer.Option(None, "--physics-prior/--no-physics-prior", help="drit: start from the fitted parametric model and learn a residual on top (on in both presets)."),
-    residual_weight: Optional[float] = typer.Option(None, "--residual-weight", help="drit with the prior: weight of the L1 penalty holding the learned residual near the physics model (preset: 3; higher stays closer)."),
+    residual_weight: Optional[float] = typer.Option(None, "--residual-weight", help="drit with the prior: weight of the L1 penalty holding the learned residual near the physics model (preset: 10; lower lets it depart further, and at 3 it ran away in long runs)."),
     device: str = typer.Option("auto", "--device", help="drit: auto, cpu or cuda."),
     threads: Optional[int] = typer.Option(None, "--threads", help="drit: CPU threads for training (default: the preset's, 2)."),
     resume: bool = typer.Option(False, "--resume", help="drit: continue from the checkpoint in OUT.training/."),

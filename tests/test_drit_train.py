@@ -248,7 +248,7 @@ def test_prior_without_exp_reconstructions(data, tmp_path, monkeypatch):
 
 
 def test_residual_penalty_term(data, tmp_path):
-    """weights["residual"] > 0 (3 in the presets) adds E|v − rendering| + E|v_z − rendering|: zero at the start (identity), logged, absent at weight 0."""
+    """weights["residual"] > 0 (10 in the presets) adds E|v − rendering| + E|v_z − rendering|: zero at the start (identity), logged, absent at weight 0."""
     from translators.drit.translator import prior_renderer
 
     sims, exps = data
@@ -258,6 +258,6 @@ def test_residual_penalty_term(data, tmp_path):
     _, history = train(sims, exps, settings, tmp_path / "a", **kwargs)
     assert history[0]["residual"] == 0.0  # the exp generator's last conv starts at zero
     assert history[-1]["residual"] > 0.0
-    assert TINY.weights["residual"] == 3.0 and TINY.prior_exp_recon == "none"  # the presets' anchor
+    assert TINY.weights["residual"] == 10.0 and TINY.prior_exp_recon == "none"  # the presets' anchor
     _, history = train(sims, exps, replace(settings, weights={**TINY.weights, "residual": 0.0}), tmp_path / "b", **kwargs)
     assert "residual" not in history[0]
