@@ -7,7 +7,9 @@ parametric style on both crops with the lattice calibration (``--calibrate``), s
 translates them, and averages every metric against crop a over the 16 samples.
 
 ``--style NAME=DIR`` (repeatable) adds the rows of already fitted STYLE bundles (e.g. DRIT
-from ``fit-style --method drit``), translated from the same simulations and draws.
+from ``fit-style --method drit``), translated from the same simulations; a DRIT style
+with the physics prior also gets the row "NAME: its prior", the very parametric draws it
+started from, so the two rows differ only by the learned residual.
 
 Last line: ``style vs mos2_60kv_a: hist_kl clean <x> -> parametric <y> (crop b <z>); ...``.
 """
@@ -66,12 +68,18 @@ def main() -> None:
     reference = read_micrographs(crops[0])[0].image
     other = read_micrographs(crops[1])[0].image
     keys = ("hist_kl", "ra", "psd_distance", "swd")
-    sums = {name: {k: [] for k in keys} for name in ("clean", "parametric", *others, "crop b")}
+    priors = [name for name, style in others.items() if getattr(style, "prior", None) is not None]
+    rows_named = ("clean", "parametric", *[n for name in others for n in ((name, f"{name}: its prior") if name in priors else (name,))], "crop b")
+    sums = {name: {k: [] for k in keys} for name in rows_named}
     with threadpool_limits(1):
         for i in range(N):
             clean = simulate_sample(plan, 0, i).image
             translated = translator.translate(clean[None], [np.random.default_rng(i)]).images[0]
-            styled = [(name, style.translate(clean[None], [np.random.default_rng(i)]).images[0], px) for name, style in others.items()]
+            styled = []
+            for name, style in others.items():
+                styled.append((name, style.translate(clean[None], [np.random.default_rng(i)]).images[0], px))
+                if name in priors:  # the same draw without the learned residual: the paired baseline
+                    styled.append((f"{name}: its prior", style.prior_draw(clean, np.random.default_rng(i)), px))
             rows = compare_images(reference, px, [("clean", clean, px), ("parametric", translated, px), *styled, ("crop b", other, px)])
             for row in rows[1:]:
                 for k in keys:

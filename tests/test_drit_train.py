@@ -130,6 +130,7 @@ def test_physics_prior_starts_at_the_parametric_model_and_round_trips(data, tmp_
     untrained._codes_for([g])
     image, displaced, field_, _ = render(clean, prior, PIXEL_A, g)
     np.testing.assert_allclose(out.images[0], image, rtol=1e-5, atol=1e-3)
+    np.testing.assert_array_equal(untrained.prior_draw(clean, np.random.default_rng(5)), image)  # the paired baseline of the benchmarks
     np.testing.assert_allclose(out.clean[0], displaced, atol=1e-6)
     np.testing.assert_allclose(out.displacement[0], field_, atol=1e-6)
     assert "prior_jitter_A" in untrained.recorded_parameters and "prior_jitter_A" in out.params[0]

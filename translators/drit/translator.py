@@ -189,6 +189,16 @@ class DritTranslator(Translator):
                 params.append({"attr_index": float(i), "attr_mix_index": float(i), "attr_mix": 0.0})
         return out, params
 
+    def prior_draw(self, clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The parametric rendering that ``translate(clean[None], [rng])`` starts from (same draw), in
+        the experiment's units: DRIT's output minus this is what the learned residual changed."""
+        if self.prior is None:
+            raise ValueError("this DRIT style has no physics prior")
+        from ..parametric import render
+
+        self._codes_for([rng])  # translate draws the attribute code first
+        return render(np.asarray(clean, dtype=np.float32), self.prior, self.pixel_size_A, rng)[0]
+
     def translate(self, clean_batch: np.ndarray, rng) -> Translation:
         import torch
 
