@@ -262,3 +262,26 @@ def test_residual_penalty_term(data, tmp_path):
     assert TINY.weights["residual"] == 10.0 and TINY.prior_exp_recon == "none"  # the presets' anchor
     _, history = train(sims, exps, replace(settings, weights={**TINY.weights, "residual": 0.0}), tmp_path / "b", **kwargs)
     assert "residual" not in history[0]
+
+
+def test_translation_sees_a_reflected_margin_not_the_zero_border(data, monkeypatch):
+    """The networks translate the image with BORDER_PX of reflected margin on every side, cut off afterwards."""
+    from translators.drit.model import Drit, DritConfig
+    from translators.drit.translator import BORDER_PX
+
+    sims, _ = data
+    model = Drit(DritConfig(width=8, content_blocks=2, gen_blocks=1)).eval()
+    translator = DritTranslator(model, np.zeros((2, 8), np.float32), {"exp_range": [0.0, 100.0]}, PIXEL_A)
+    shapes = []
+    original = Drit.content
+
+    def spy(self, x, domain):
+        shapes.append(tuple(x.shape[2:]))
+        return original(self, x, domain)
+
+    monkeypatch.setattr(Drit, "content", spy)
+    clean = sims[0][:45, :50]
+    out = translator.translate(clean[None], [np.random.default_rng(0)])
+    assert out.images.shape == (1, 45, 50)
+    rows, cols = shapes[0]
+    assert rows >= 45 + 2 * BORDER_PX and cols >= 50 + 2 * BORDER_PX and rows % 4 == 0 and cols % 4 == 0
