@@ -43,7 +43,8 @@ CODES_FILE = "exp_codes.npy"
 #: Reflected margin (px) around every image the networks translate, cut off afterwards. The
 #: networks zero-pad their convolutions, so without it the outermost rows and columns see
 #: the zero border: a long run on the real crops learned a dark band along the image's
-#: bottom edge there (hist_kl 9.2 with the band, 0.09 without; README).
+#: bottom edge there (hist_kl 9.2 of 256² translations against a real crop; 0.16 with this
+#: margin; README). The networks' receptive field is wider, so a trace of the band remains.
 BORDER_PX = 16
 
 
