@@ -264,8 +264,8 @@ def test_residual_penalty_term(data, tmp_path):
     assert "residual" not in history[0]
 
 
-def test_translation_sees_a_reflected_margin_not_the_zero_border(data, monkeypatch):
-    """The networks translate the image with BORDER_PX of reflected margin on every side, cut off afterwards."""
+def test_translation_sees_a_reflected_margin_at_the_bottom_and_right(data, monkeypatch):
+    """The networks translate the image with BORDER_PX of reflected margin below and to the right, cut off afterwards."""
     from translators.drit.model import Drit, DritConfig
     from translators.drit.translator import BORDER_PX
 
@@ -284,4 +284,4 @@ def test_translation_sees_a_reflected_margin_not_the_zero_border(data, monkeypat
     out = translator.translate(clean[None], [np.random.default_rng(0)])
     assert out.images.shape == (1, 45, 50)
     rows, cols = shapes[0]
-    assert rows >= 45 + 2 * BORDER_PX and cols >= 50 + 2 * BORDER_PX and rows % 4 == 0 and cols % 4 == 0
+    assert rows >= 45 + BORDER_PX and cols >= 50 + BORDER_PX and rows % 4 == 0 and cols % 4 == 0

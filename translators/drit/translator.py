@@ -40,11 +40,11 @@ from ..base import Translation, Translator, as_batch
 WEIGHTS_FILE = "weights.pt"
 CODES_FILE = "exp_codes.npy"
 
-#: Reflected margin (px) around every image the networks translate, cut off afterwards. The
-#: networks zero-pad their convolutions, so without it the outermost rows and columns see
-#: the zero border: a long run on the real crops learned a dark band along the image's
-#: bottom edge there (hist_kl 9.2 of 256² translations against a real crop; 0.16 with this
-#: margin; README). The networks' receptive field is wider, so a trace of the band remains.
+#: Reflected margin (px) added below and to the right of every image the networks translate,
+#: cut off afterwards. The stride-2 convolutions sample on a grid anchored at the top-left
+#: pixel, so the bottom and right edges see the image differently from the rest: a long run
+#: on the real crops learned a dark band along the bottom edge (hist_kl 9.2 of 256²
+#: translations against a real crop; README). The top and left edges need no margin.
 BORDER_PX = 16
 
 
@@ -232,7 +232,7 @@ class DritTranslator(Translator):
         stride = self.model.cfg.size_multiple
         rows, cols = x.shape[2:]
         m = min(BORDER_PX, rows - 1, cols - 1)  # reflect needs the margin below the image size
-        pad = ((0, 0), (0, 0), (m, m + (-(rows + 2 * m)) % stride), (m, m + (-(cols + 2 * m)) % stride))
+        pad = ((0, 0), (0, 0), (0, m + (-(rows + m)) % stride), (0, m + (-(cols + m)) % stride))
         x = np.pad(x, pad, mode="reflect")
         base = None if base is None else np.pad(base, pad, mode="reflect")
         amp = contextlib.nullcontext() if self.amp_dtype is None else torch.autocast(torch.device(self.device).type, dtype=self.amp_dtype)
@@ -240,7 +240,7 @@ class DritTranslator(Translator):
             xt = torch.from_numpy(np.ascontiguousarray(x)).to(self.device, memory_format=self.memory_format)
             at = torch.from_numpy(codes).to(self.device)
             bt = None if base is None else torch.from_numpy(np.ascontiguousarray(base)).to(self.device, memory_format=self.memory_format)
-            out = self.model.generate(self.model.content(xt, "sim"), at, "exp", bt).float().cpu().numpy()[:, 0, m:m + rows, m:m + cols]
+            out = self.model.generate(self.model.content(xt, "sim"), at, "exp", bt).float().cpu().numpy()[:, 0, :rows, :cols]
         lo, hi = self.exp_range
         images = (lo + (hi - lo) * out).astype(np.float32)
         return Translation(images=images, clean=clean, displacement=displacement, params=drawn)
