@@ -157,12 +157,14 @@ def main() -> None:
             gaussian = lo + (hi - lo) * (clean - clean.min()) / np.ptp(clean) + noise_sigma * np.random.default_rng(seed).standard_normal(clean.shape)
             translated = drit.translate(clean[None], [np.random.default_rng(seed)])
             rendered = parametric.translate(clean[None], [np.random.default_rng(seed)])
+            # the very rendering DRIT started from: same draw, same noise
+            base = drit.prior_draw(clean, np.random.default_rng(seed)) if drit.prior is not None else None
             candidates = {
                 "clean": clean,
                 "gaussian noise": gaussian.astype(np.float32),
                 "parametric": rendered.images[0],
                 "DRIT": translated.images[0],
-                **({"DRIT's prior": drit.prior_draw(clean, np.random.default_rng(seed))} if drit.prior is not None else {}),
+                **({"DRIT's prior": base} if base is not None else {}),
                 "twin redraw": twin(clean, np.random.default_rng(10_000 + seed)),  # the floor: the true corruption, drawn again
             }
             if j:  # the clean image is the same in every draw
@@ -173,8 +175,7 @@ def main() -> None:
                     table.setdefault(row["name"], {}).setdefault(key, []).append(row[key])
             shifts.append(column_shift(translated.clean[0], candidates["DRIT"], PIXEL_A))
             parametric_shifts.append(column_shift(rendered.clean[0], rendered.images[0], PIXEL_A))
-            if drit.prior is not None:  # the very rendering DRIT started from: same draw, same noise
-                base = drit.prior_draw(clean, np.random.default_rng(seed))
+            if base is not None:
                 residual_shifts.append(column_shift(base, translated.images[0], PIXEL_A))
                 residual_rms.append(float(np.std(translated.images[0] - base) / np.std(base)))
 
