@@ -231,7 +231,7 @@ class DritTranslator(Translator):
         x = np.stack([self._normalise(im) for im in clean])[:, None]
         stride = self.model.cfg.size_multiple
         rows, cols = x.shape[2:]
-        m = min(BORDER_PX, rows - 1, cols - 1)  # reflect needs the margin below the image size
+        m = min(BORDER_PX, rows - 1, cols - 1)  # on tiny images, at most one reflection of the content
         pad = ((0, 0), (0, 0), (0, m + (-(rows + m)) % stride), (0, m + (-(cols + m)) % stride))
         x = np.pad(x, pad, mode="reflect")
         base = None if base is None else np.pad(base, pad, mode="reflect")
