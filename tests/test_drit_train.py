@@ -80,7 +80,9 @@ def test_translator_bundle_round_trip_and_any_size(data, tmp_path):
     translator = DritTranslator.fit([M(e) for e in exps], sims=sims, settings=TINY, work_dir=tmp_path / "train", device="cpu", progress=False)
     assert translator.codes.shape[1] == 8 and len(translator.codes) >= 2
     path = translator.save(tmp_path / "style")
-    loaded = load_style(path)
+    import translators
+
+    loaded = translators.load(path)  # the package-level loader: the same interface for every method
     assert loaded.method == "drit" and loaded.pixel_size_A == pytest.approx(PIXEL_A)
     odd = sims[0][:50, :62]  # not a multiple of the model's stride: padded and cropped back
     a = translator.translate(odd[None], [np.random.default_rng(3)])

@@ -14,3 +14,13 @@ def registry() -> dict[str, type]:
     from .parametric import ParametricTranslator
 
     return {cls.method: cls for cls in (DritTranslator, ParametricTranslator)}
+
+
+def load(directory):
+    """The Translator of the STYLE bundle at ``directory`` (parametric or DRIT): ``translate``,
+    ``pixel_size_A`` and ``recorded_parameters``, whichever method fitted it."""
+    from pathlib import Path
+
+    from .base import load_style
+
+    return load_style(Path(directory))

@@ -206,6 +206,12 @@ class DritTranslator(Translator):
         self._codes_for([rng])  # translate draws the attribute code first
         return render(np.asarray(clean, dtype=np.float32), self.prior, self.pixel_size_A, rng)[0]
 
+    def _pass_size(self, torch) -> int:
+        """Images per forward pass. On the CPU, one per intra-op thread: larger passes allocate
+        fresh activation buffers and fault their pages in, so 16 images of 256² in one pass ran
+        at 6.9 images/s on one thread against 9.8 one at a time. On CUDA, the whole batch."""
+        return 1 << 30 if str(self.device).startswith("cuda") else max(1, torch.get_num_threads())
+
     def translate(self, clean_batch: np.ndarray, rng) -> Translation:
         import torch
 
@@ -237,10 +243,13 @@ class DritTranslator(Translator):
         base = None if base is None else np.pad(base, pad, mode="reflect")
         amp = contextlib.nullcontext() if self.amp_dtype is None else torch.autocast(torch.device(self.device).type, dtype=self.amp_dtype)
         with torch.inference_mode(), amp:
-            xt = torch.from_numpy(np.ascontiguousarray(x)).to(self.device, memory_format=self.memory_format)
-            at = torch.from_numpy(codes).to(self.device)
-            bt = None if base is None else torch.from_numpy(np.ascontiguousarray(base)).to(self.device, memory_format=self.memory_format)
-            out = self.model.generate(self.model.content(xt, "sim"), at, "exp", bt).float().cpu().numpy()[:, 0, :rows, :cols]
+            out = np.empty((len(x), rows, cols), np.float32)
+            for lo in range(0, len(x), self._pass_size(torch)):
+                part = slice(lo, lo + self._pass_size(torch))
+                xt = torch.from_numpy(np.ascontiguousarray(x[part])).to(self.device, memory_format=self.memory_format)
+                at = torch.from_numpy(codes[part]).to(self.device)
+                bt = None if base is None else torch.from_numpy(np.ascontiguousarray(base[part])).to(self.device, memory_format=self.memory_format)
+                out[part] = self.model.generate(self.model.content(xt, "sim"), at, "exp", bt).float().cpu().numpy()[:, 0, :rows, :cols]
         lo, hi = self.exp_range
         images = (lo + (hi - lo) * out).astype(np.float32)
         return Translation(images=images, clean=clean, displacement=displacement, params=drawn)
