@@ -246,6 +246,12 @@ class ShardDataset(Dataset):
         self._fieldset = frozenset(self.fields)
         self._reset()
 
+    @property
+    def mask_max_value(self) -> int:
+        """The value of a full mask pixel (255 for disk and Gaussian masks, 1 for binary disks)."""
+        with h5py.File(self._paths[0], "r") as f:
+            return int(f["masks"].attrs.get("max_value", 255))
+
     # ----------------------------------------------------------------- per-process file handles
 
     def _reset(self) -> None:

@@ -1,0 +1,189 @@
+"""Stacking regression: a ResNet reads interlayer slip or twist from one image.
+
+The network is a torchvision ResNet (18 or 50, untrained: weights are never downloaded)
+whose first convolution takes one channel, with the reference work's fully connected head
+[1000 → 512 → n] (papers/001, Methods). Every image is standardised (zero mean, unit
+standard deviation) inside the model, so brightness and contrast carry no label. The
+outputs are the circle codes of :mod:`inference.targets` (n = 4 for a bilayer slip, 2 for
+a twist, 8 for a trilayer's two slips).
+
+Augmentation keeps every label true: random crops (a translation of the window), Gaussian
+noise, a smooth contamination field, blanked rectangles (holes and masks) and dark point
+defects. Flips and rotations are left out: mirroring or turning an MX2 image gives the image
+of a different crystal orientation, whose slip label is a symmetry image of the original
+only for particular orientations, and the slip datasets keep the orientation within a few
+degrees on purpose.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from datafactory.errors import FactoryError
+
+from .augment import Augmentation, Standardise, augment_batch
+from .targets import TARGETS, Target, rotational_order
+
+ARCHS = ("resnet18", "resnet34", "resnet50")
+
+
+def build_regressor(arch: str, n_outputs: int) -> nn.Module:
+    """Standardise → ResNet (1 input channel) → [1000 → 512 → n_outputs]."""
+    import torchvision
+
+    if arch not in ARCHS:
+        raise FactoryError(f"--arch: must be one of {', '.join(ARCHS)} (got '{arch}')")
+    net = getattr(torchvision.models, arch)(weights=None)
+    net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    features = net.fc.in_features
+    net.fc = nn.Sequential(nn.Linear(features, 1000), nn.ReLU(inplace=True), nn.Linear(1000, 512), nn.ReLU(inplace=True), nn.Linear(512, n_outputs))
+    return nn.Sequential(Standardise(), net)
+
+
+# ---------------------------------------------------------------------- targets from a dataset
+
+
+def target_for(kind: str, manifest: dict, base_dir: Path | None = None) -> Target:
+    """The :class:`Target` of regressing ``kind`` on the dataset with ``manifest``."""
+    import yaml
+
+    from datafactory.config import validate_config
+    from datafactory.pipeline import Plan
+
+    if kind not in TARGETS:
+        raise FactoryError(f"--target: must be one of {', '.join(TARGETS)} (got '{kind}')")
+    n_interfaces = int(manifest.get("n_interfaces") or 0)
+    need = 2 if kind == "slip2" else 1
+    if n_interfaces < need:
+        layers = n_interfaces + 1
+        raise FactoryError(f"--target {kind}: needs {need + 1} or more layers, the dataset has {layers}")
+    plan = Plan.from_config(validate_config(yaml.safe_load(manifest["config"]), "dataset config"), base_dir)
+    cell = plan.cell
+    contents = {}
+    species = np.array([contents.setdefault(tuple(sorted(cell.numbers[cell.column_of_site == t])), len(contents)) for t in range(len(cell.column_anchor_frac))])
+    order = rotational_order(cell.column_anchor_frac @ cell.basis.T, species, cell.basis)
+    return Target(kind if kind != "slip2" else "slip", need, 360.0 / order, tuple(tuple(float(v) for v in row) for row in cell.basis))
+
+
+def label_field(target: Target) -> str:
+    return "twist_deg" if target.kind == "twist" else "slip_frac"
+
+
+# ---------------------------------------------------------------------- prediction
+
+
+class Regressor:
+    """A trained regression MODEL: ``predict(images)`` → (B, n_values) in label units."""
+
+    def __init__(self, model: nn.Module, target: Target, record: dict[str, Any], device: str = "cpu"):
+        self.model, self.target, self.record, self.device = model.to(device).eval(), target, record, device
+        self.pixel_size_A = float(record["pixel_size_A"])
+
+    @property
+    def value_names(self) -> list[str]:
+        return self.target.value_names
+
+    def outputs(self, images: np.ndarray, batch: int = 64) -> np.ndarray:
+        """Raw network outputs (circle codes) for (B, H, W) images, float32 on the CPU."""
+        images = np.asarray(images, dtype=np.float32)
+        out = []
+        with torch.inference_mode():
+            for lo in range(0, len(images), batch):
+                x = torch.from_numpy(np.ascontiguousarray(images[lo : lo + batch, None])).to(self.device)
+                out.append(self.model(x).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.target.n_outputs), np.float32)
+
+    def predict(self, images: np.ndarray, batch: int = 64) -> np.ndarray:
+        return self.target.decode(self.outputs(images, batch))
+
+
+def load_regressor(path: Path, record: dict[str, Any], device: str = "cpu") -> Regressor:
+    from .checkpoint import load_weights
+
+    target = Target.from_dict(record["target"])
+    model = build_regressor(record["arch"], target.n_outputs)
+    return Regressor(load_weights(path, model), target, record, device)
+
+
+# ---------------------------------------------------------------------- training
+
+
+def train_regression(
+    data: Path,
+    target_kind: str,
+    out: Path,
+    *,
+    arch: str = "resnet18",
+    settings=None,
+    augmentation: Augmentation | None = None,
+    val_samples: int = 512,
+    progress: bool = True,
+) -> tuple[Path, dict, torch.nn.Module]:
+    """Train a regressor on dataset ``data`` and save MODEL ``out``; returns (out, record, model)."""
+    from torch.utils.data import DataLoader
+
+    from .checkpoint import check_output, dataset_hash, save_model
+    from .data import ShardDataset
+    from .training import TrainSettings, fit, resolve_device, seeded_loader_generator
+
+    settings = settings or TrainSettings()
+    augmentation = augmentation or Augmentation()
+    check_output(out)
+    train_set = ShardDataset(data, split="train", fields=("image", "slip_frac", "twist_deg"))
+    if len(train_set) == 0:
+        raise FactoryError(f"--data: '{data}' has no training samples")
+    pixel_size_A = train_set.pixel_size_A
+    if not math.isfinite(pixel_size_A):
+        raise FactoryError(f"--data: '{data}' mixes pixel sizes; regression needs one (generate it with --resample)")
+    target = target_for(target_kind, train_set.manifest, Path(data))
+    field = label_field(target)
+    val_set = ShardDataset(data, split="val", fields=("image", field))
+    val_items = [val_set[k] for k in np.linspace(0, len(val_set) - 1, min(val_samples, len(val_set))).astype(int)] if len(val_set) else []
+    if val_items:
+        val_images = np.stack([item["image"][0].numpy() for item in val_items])
+        val_labels = np.stack([target.periods(item[field][None])[0].numpy() for item in val_items])
+        val_labels = val_labels * target.period_deg if target.kind == "twist" else val_labels
+
+    model = build_regressor(arch, target.n_outputs)
+    device = resolve_device(settings.device)
+    g = seeded_loader_generator(settings.seed)
+    loader = DataLoader(train_set, batch_size=settings.batch, shuffle=True, drop_last=len(train_set) >= settings.batch, generator=g, num_workers=0)
+
+    def batches(epoch):
+        for batch in loader:
+            yield batch
+
+    def loss_fn(net, batch, dev):
+        x = augment_batch(batch["image"], augmentation, pixel_size_A, g).to(dev, memory_format=torch.channels_last)
+        return target.loss(net(x), batch[field].to(dev))
+
+    def validate(net):
+        if not val_items:
+            return {}
+        errors = target.errors(Regressor(net, target, {"pixel_size_A": pixel_size_A}, device).predict(val_images), val_labels)
+        return {"val_mean_error": float(errors.mean()), "val_p95_error": float(np.percentile(errors, 95))}
+
+    history = fit(model, batches, loss_fn, settings, len(loader), validate=validate, progress=progress, desc=f"train {target_kind}")
+    record = {
+        "task": "regress",
+        "arch": arch,
+        "target": target.to_dict(),
+        "target_name": target_kind,
+        "value_names": target.value_names,
+        "error_units": "deg" if target.kind == "twist" else "A",
+        "pixel_size_A": pixel_size_A,
+        "image_shape": list(train_set.image_shape),
+        "dataset": {"path": str(Path(data).resolve()), "sha256": dataset_hash(train_set.manifest), "n_train": len(train_set), "style": train_set.manifest.get("style")},
+        "settings": settings.to_dict(),
+        "augmentation": augmentation.to_dict(),
+        "loss": {"mse_weight": 1.0, "l1_weight": 0.5, "representation": "circle codes, min over layer reversal"},
+        "history": history,
+    }
+    model.to("cpu").to(memory_format=torch.contiguous_format)
+    return save_model(out, model, record), record, model

@@ -1,0 +1,214 @@
+"""Layer-resolved atom segmentation: train a U-Net or a Gomb-Net on a dataset's masks.
+
+The networks, losses and post-processing live in :mod:`inference.segmentation`; this
+module reads datasets, trains, and wraps a trained MODEL as a :class:`Segmenter`.
+
+Mask channels are named ``L<n>:<content>`` (layer n, column content). A U-Net predicts every
+channel as stored. A Gomb-Net has one decoder branch per layer, each predicting the same
+contents, and is trained with the groupwise combinatorial loss, which takes the better
+assignment of branches to layers: which layer is on top cannot be seen in a projection.
+The targets are the masks scaled to [0, 1] (anti-aliased disks stay soft at their rims).
+Atoms are read off the probability maps as sub-pixel blob centroids per channel.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from datafactory.errors import FactoryError
+
+from .augment import Augmentation, Standardise, corrupt, random_crops
+
+ARCHS = ("unet", "gombnet")
+_LAYER = re.compile(r"^L(\d+):(.+)$")
+
+
+def layer_groups(channel_names: list[str]) -> tuple[list[int], list[str], list[int]]:
+    """(layers, contents, order): the layer numbers, the contents every layer shares, and the
+    channel order that blocks the channels by layer (``order[b*K + k]`` is the stored channel of
+    layer ``layers[b]`` and content ``contents[k]``). Raises when the layers' contents differ."""
+    parsed = []
+    for name in channel_names:
+        m = _LAYER.match(name)
+        if not m:
+            raise FactoryError(f"mask channel '{name}' is not named L<layer>:<content>")
+        parsed.append((int(m.group(1)), m.group(2)))
+    layers = sorted({layer for layer, _ in parsed})
+    contents = [c for layer, c in parsed if layer == layers[0]]
+    index = {(layer, c): i for i, (layer, c) in enumerate(parsed)}
+    order = []
+    for layer in layers:
+        mine = [c for l2, c in parsed if l2 == layer]
+        if sorted(mine) != sorted(contents):
+            raise FactoryError(f"--arch gombnet: layer {layer} has columns {mine}, layer {layers[0]} has {contents}; a Gomb-Net needs the same per layer")
+        order += [index[(layer, c)] for c in contents]
+    return layers, contents, order
+
+
+def build_segmenter(arch: str, n_channels: int, n_layers: int, width: int, depth: int) -> torch.nn.Module:
+    from .segmentation import GombNet, UNet
+
+    if arch == "unet":
+        net = UNet(in_channels=1, out_channels=n_channels, base_width=width, depth=depth)
+    elif arch == "gombnet":
+        net = GombNet(in_channels=1, classes_per_layer=n_channels // n_layers, n_layers=n_layers, base_width=width, depth=depth)
+    else:
+        raise FactoryError(f"--arch: must be one of {', '.join(ARCHS)} (got '{arch}')")
+    model = torch.nn.Sequential(Standardise(), net)
+    model.size_multiple = net.size_multiple
+    return model
+
+
+def batch_pooled(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) → (1, C, B·H, W): a Dice over the whole batch per channel. A rare column
+    class (a vacancy, a dopant) is absent from many single images, where a per-image Dice
+    stays near 1 whatever the network does; pooled, it measures how well the class is found."""
+    b, c, h, w = x.shape
+    return x.transpose(0, 1).reshape(1, c, b * h, w)
+
+
+class Segmenter:
+    """A trained segmentation MODEL: probability maps and atom positions for any image size."""
+
+    def __init__(self, model: torch.nn.Module, record: dict[str, Any], device: str = "cpu"):
+        self.model, self.record, self.device = model.to(device).eval(), record, device
+        self.pixel_size_A = float(record["pixel_size_A"])
+        self.channel_names: list[str] = list(record["output_channels"])
+        self.size_multiple = int(record["size_multiple"])
+
+    def probabilities(self, images: np.ndarray, batch: int = 8) -> np.ndarray:
+        """(B, H, W) images → (B, C, H, W) float32 probabilities (reflect-padded to the
+        network's size multiple and cropped back)."""
+        images = np.asarray(images, dtype=np.float32)
+        _, h, w = images.shape
+        m = self.size_multiple
+        pad = ((0, 0), (0, (-h) % m), (0, (-w) % m))
+        padded = np.pad(images, pad, mode="reflect") if any(p[1] for p in pad) else images
+        out = []
+        with torch.inference_mode():
+            for lo in range(0, len(padded), batch):
+                x = torch.from_numpy(np.ascontiguousarray(padded[lo : lo + batch, None])).to(self.device)
+                out.append(torch.sigmoid(self.model(x).float()).cpu().numpy()[:, :, :h, :w])
+        return np.concatenate(out) if out else np.zeros((0, len(self.channel_names), h, w), np.float32)
+
+    def atoms(self, probabilities: np.ndarray, threshold: float = 0.5) -> dict[str, np.ndarray]:
+        """One (C, H, W) probability stack → channel name → (N, 2) sub-pixel (row, col) centroids."""
+        from .segmentation import blob_centroids
+
+        min_area = max(2, int(0.25 * math.pi * (0.3 / self.pixel_size_A) ** 2))
+        return {name: blob_centroids(p, threshold=threshold, min_area_px=min_area) for name, p in zip(self.channel_names, probabilities)}
+
+
+def load_segmenter(path: Path, record: dict[str, Any], device: str = "cpu") -> Segmenter:
+    from .checkpoint import load_weights
+
+    model = build_segmenter(record["arch"], len(record["output_channels"]), int(record["n_layers"]), int(record["width"]), int(record["depth"]))
+    return Segmenter(load_weights(path, model), record, device)
+
+
+def train_segmentation(
+    data: Path,
+    out: Path,
+    *,
+    arch: str = "unet",
+    width: int = 16,
+    depth: int = 3,
+    settings=None,
+    augmentation: Augmentation | None = None,
+    fp_weight: float = 1.0,
+    val_samples: int = 64,
+    progress: bool = True,
+) -> tuple[Path, dict, torch.nn.Module]:
+    """Train a U-Net or Gomb-Net on the masks of dataset ``data``; saves MODEL ``out``; returns (out, record, model)."""
+    from torch.utils.data import DataLoader
+
+    from .checkpoint import check_output, dataset_hash, save_model
+    from .data import ShardDataset
+    from .segmentation import dice_loss, gomb_loss
+    from .training import TrainSettings, fit, seeded_loader_generator
+
+    settings = settings or TrainSettings(epochs=10, batch=16)
+    augmentation = augmentation or Augmentation()
+    if arch not in ARCHS:
+        raise FactoryError(f"--arch: must be one of {', '.join(ARCHS)} (got '{arch}')")
+    check_output(out)
+    train_set = ShardDataset(data, split="train", fields=("image", "masks"))
+    if len(train_set) == 0:
+        raise FactoryError(f"--data: '{data}' has no training samples")
+    pixel_size_A = train_set.pixel_size_A
+    if not math.isfinite(pixel_size_A):
+        raise FactoryError(f"--data: '{data}' mixes pixel sizes; segmentation needs one (generate it with --resample)")
+    names = train_set.channel_names
+    max_value = float(train_set.mask_max_value)
+    if arch == "gombnet":
+        layers, contents, order = layer_groups(names)
+        if len(layers) < 2:
+            raise FactoryError("--arch gombnet: the dataset has one layer; use --arch unet")
+    else:
+        layers, order = sorted({int(_LAYER.match(n).group(1)) for n in names if _LAYER.match(n)}) or [1], list(range(len(names)))
+    output_channels = [names[i] for i in order]
+    n_layers = len(layers) if arch == "gombnet" else 1
+    model = build_segmenter(arch, len(names), n_layers, width, depth)
+    multiple = model.size_multiple
+    h, w = train_set.image_shape
+    crop = (max(multiple, int(h * augmentation.crop_fraction) // multiple * multiple), max(multiple, int(w * augmentation.crop_fraction) // multiple * multiple))
+    order_t = torch.tensor(order)
+    g = seeded_loader_generator(settings.seed)
+    loader = DataLoader(train_set, batch_size=settings.batch, shuffle=True, drop_last=len(train_set) >= settings.batch, generator=g, num_workers=0)
+
+    def batches(epoch):
+        yield from loader
+
+    def loss_fn(net, batch, dev):
+        x, masks = random_crops([batch["image"], batch["masks"]], crop, g)
+        x = corrupt(x, augmentation, pixel_size_A, g, hide_atoms=False).to(dev, memory_format=torch.channels_last)
+        target = (masks[:, order_t].float() / max_value).to(dev)
+        logits = net(x).float()
+        if arch == "gombnet":
+            return gomb_loss(logits, target, n_layers, fp_weight=fp_weight)
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+        return bce + dice_loss(batch_pooled(logits), batch_pooled(target), fp_weight=fp_weight)
+
+    val_set = ShardDataset(data, split="val", fields=("image", "masks"))
+    picks = np.linspace(0, len(val_set) - 1, min(val_samples, len(val_set))).astype(int) if len(val_set) else []
+    val_items = [val_set[int(k)] for k in picks]
+
+    def validate(net):
+        if not val_items:
+            return {}
+        from .segmentation import pixel_scores
+
+        seg = Segmenter(net, {"pixel_size_A": pixel_size_A, "output_channels": output_channels, "size_multiple": multiple}, next(net.parameters()).device.type)
+        probs = seg.probabilities(np.stack([it["image"][0].numpy() for it in val_items]))
+        truth = np.stack([it["masks"].numpy()[order] for it in val_items]) >= max_value / 2
+        iou = [pixel_scores(p >= 0.5, t)["mean_iou"] for p, t in zip(probs, truth)]
+        return {"val_iou": float(np.mean(iou))}
+
+    history = fit(model, batches, loss_fn, settings, len(loader), validate=validate, progress=progress, desc=f"train {arch}")
+    record = {
+        "task": "segment",
+        "arch": arch,
+        "width": width,
+        "depth": depth,
+        "size_multiple": multiple,
+        "n_layers": n_layers,
+        "layers": layers,
+        "channel_names": names,
+        "output_channels": output_channels,
+        "mask_max_value": max_value,
+        "pixel_size_A": pixel_size_A,
+        "image_shape": list(train_set.image_shape),
+        "dataset": {"path": str(Path(data).resolve()), "sha256": dataset_hash(train_set.manifest), "n_train": len(train_set), "style": train_set.manifest.get("style")},
+        "settings": settings.to_dict(),
+        "augmentation": {**augmentation.to_dict(), "hide_atoms": False},
+        "loss": {"fp_weight": fp_weight, "form": "groupwise combinatorial Dice" if arch == "gombnet" else "BCE + batch-pooled Dice"},
+        "history": history,
+    }
+    model.to("cpu").to(memory_format=torch.contiguous_format)
+    return save_model(out, model, record), record, model
