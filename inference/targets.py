@@ -13,10 +13,11 @@ decoder is ``atan2``.
 
 **Layer order.** A projection cannot tell which layer is on top. Swapping the layers of a
 bilayer slipped by ``D`` gives the layers ``(L + D, L)``, which is the bilayer slipped by
-``−D`` moved by ``D``: the same image up to a translation, which a window cannot see (the
-simulator reproduces this: the images of ``D`` and ``−D`` correlate as well as those of
-``D`` and ``D`` ± 0.03 cell). Likewise ``θ`` and ``−θ`` differ by a rotation of the whole
-picture, which the twist datasets draw at random. For a trilayer ``(D1, D2)`` the reversal
+``−D`` moved by ``D``: the same image up to a translation, which a window cannot see. In
+the simulator, after the best shift, the images of ``D`` and ``−D`` correlate with r = 0.987,
+against 0.993 for ``D`` and ``D`` + 0.03 cell and 0.95 for ``D`` + 0.1 cell (thermal
+displacements and vacancies are drawn anew in each). Likewise ``θ`` and ``−θ`` differ by a
+rotation of the whole picture, which the twist datasets draw at random. For a trilayer ``(D1, D2)`` the reversal
 gives ``(−D2, −D1)``. So each label has an orbit of equivalent values, and the loss and the
 errors take the nearest member: ``loss = min over g of ℓ(prediction, code(g·label))``.
 The network may answer any member; :meth:`Target.canonical` folds answers into one
