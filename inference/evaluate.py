@@ -212,7 +212,12 @@ def _regression_plot(path: Path, arrays: dict, record: dict) -> None:
         ax.plot(lim, lim, "k--", lw=0.8)
         ax.set(xlabel=f"true {name}", ylabel=f"predicted {name}", title=f"{name} (canonical form)")
     ax = axes[-1]
-    ax.hist(arrays["errors"], bins=50)
+    errors = arrays["errors"]
+    top = max(float(np.percentile(errors, 99)) * 1.3, 1e-9)
+    beyond = int((errors > top).sum())
+    ax.hist(np.minimum(errors, top), bins=50, range=(0, top))
+    if beyond:
+        ax.text(0.98, 0.6, f"{beyond} beyond {top:.3g} {unit}\n(max {errors.max():.3g}), in the last bin", transform=ax.transAxes, ha="right", fontsize=8)
     ax.axvline(arrays["errors"].mean(), color="r", label=f"mean {arrays['errors'].mean():.3g} {unit}")
     ax.axvline(np.percentile(arrays["errors"], 95), color="k", ls="--", label=f"95 % {np.percentile(arrays['errors'], 95):.3g} {unit}")
     ax.set(xlabel=f"error ({unit})", ylabel="samples", title="error to the nearest equivalent label")
