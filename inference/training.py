@@ -6,7 +6,7 @@ step fraction and, under a time budget, the elapsed fraction of the budget, so a
 short by ``max_minutes`` still ends at a learning rate of 0 instead of mid-schedule.
 
 On the CPU the networks run in channels_last under bfloat16 autocast where the CPU has
-native bf16 (1.9x faster for a ResNet-18 here: 108 against 57 samples/s of 128²); on CUDA
+native bf16 (1.9x faster for a ResNet-18 here: 108 against 57 samples/s of 128² in a separate check); on CUDA
 in channels_last under float16 autocast with a gradient scaler.
 """
 
