@@ -30,12 +30,14 @@ Layout::
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -85,6 +87,28 @@ def write_json_atomic(path: Path, record: dict[str, Any]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def replacing_directory(directory: Path) -> Iterator[Path]:
+    """Yield a fresh temporary sibling of ``directory`` to fill. When the block ends normally it
+    takes the place of ``directory`` (an earlier one is removed only after the swap); when it
+    raises, the temporary directory is deleted and ``directory`` is left as it was."""
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        old = directory.with_name(directory.name + ".old")
+        if directory.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            directory.rename(old)
+        tmp.rename(directory)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def load_manifest(root: Path) -> dict[str, Any]:

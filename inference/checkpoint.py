@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from datafactory import __version__
+from datafactory.dataset import replacing_directory
 from datafactory.errors import FactoryError
 
 WEIGHTS_FILE = "weights.pt"
@@ -48,23 +47,11 @@ def save_model(out: Path, model: torch.nn.Module, record: dict[str, Any]) -> Pat
     """Write ``out`` (weights and record) atomically; returns ``out``."""
     out = Path(out)
     check_output(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with replacing_directory(out) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         torch.save(state, tmp / WEIGHTS_FILE)
         full = {"format": FORMAT, "package_version": __version__, **record}
         (tmp / RECORD_FILE).write_text(json.dumps(full, indent=1, default=float))
-        old = out.with_name(f".{out.name}.{os.getpid()}.old")
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,22 +151,12 @@ def save_bundle(translator: Translator, directory: Path, *, sources: Sequence[di
     directory = Path(directory)
     if directory.exists() and not (directory / STYLE_FILE).is_file():
         raise FactoryError(f"--out: '{directory}' exists and is not a STYLE bundle; choose a new directory")
-    tmp = directory.with_name(directory.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    from datafactory.dataset import replacing_directory
+
+    with replacing_directory(directory) as tmp:
         (tmp / STYLE_FILE).write_text(json.dumps(record, indent=2) + "\n")
         for name, content in files.items():
             (tmp / name).write_bytes(content)
-        old = directory.with_name(directory.name + ".old")
-        if directory.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            directory.rename(old)
-        tmp.rename(directory)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 
