@@ -257,3 +257,21 @@ def test_bad_input_is_one_line_exit_2(slip_model, mono_data, slip_data, tmp_path
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
         assert words in err, (words, err)
     assert (tmp_path / "full" / "keep.txt").read_text() == "precious" and not (tmp_path / "a").exists()
+
+
+def test_trilayer_slip2_trains_and_scores_two_interfaces(tmp_path, run_cli):
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "configs" / "mos2_bilayer_slip.yaml").read_text())
+    config["structure"]["layers"] = 3
+    (tmp_path / "tri.yaml").write_text(yaml.safe_dump(config))
+    code, out, err = run_cli("generate", "--config", tmp_path / "tri.yaml", "--n", "24", "--size", "64", "--out", tmp_path / "ds", "--workers", "1", "-q")
+    assert code == 0, err
+    code, out, err = run_cli("train", "regress", "--data", tmp_path / "ds", "--target", "slip2", "--out", tmp_path / "m", "--epochs", "1", "--batch", "8", "--threads", "1", "-q")
+    assert code == 0, err
+    record = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert record["value_names"] == ["D1a", "D1b", "D2a", "D2b"] and record["target"]["n_interfaces"] == 2
+    assert "structure" in record["dataset"]["config"]
+    code, out, err = run_cli("evaluate", tmp_path / "m", "--data", tmp_path / "ds", "--out", tmp_path / "e.json", "-q")
+    assert code == 0, err
+    assert json.loads((tmp_path / "e.json").read_text())["target"] == "slip2"
