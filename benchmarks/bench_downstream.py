@@ -5,7 +5,7 @@ Every stage runs the real commands (``factory generate``, ``train``, ``evaluate`
 in subprocesses and prints one figure line. Datasets and models are kept in ``--work``
 (default ``runs/bench_downstream``) and reused when present, so stages can be re-run alone:
 
-    .venv/bin/python benchmarks/bench_downstream.py                    # every stage (~85 min here)
+    .venv/bin/python benchmarks/bench_downstream.py                    # every stage (~110 min here)
     .venv/bin/python benchmarks/bench_downstream.py --only slip,map    # some stages
 
 Datasets (128×128, styled with the parametric style fitted on the shared real MoS2 crops
@@ -16,9 +16,12 @@ pixel size is then the style's):
 - ``twist``: ``mos2_bilayer_twist``, 4,000 samples (twist 0–60°); ResNet-18.
 - ``unet``: ``mos2_monolayer`` (vacancies and Se dopants), 1,500 samples; U-Net.
 - ``gomb``: the twist dataset's per-layer masks; Gomb-Net, and a plain U-Net on the same data.
+- ``gomb120``: the same with twists drawn over 0–120°, where nothing visible says which layer
+  is "layer 1" (over 0–60° layer 2 is always the lattice turned counter-clockwise by less than
+  60° from layer 1); 4,000 samples; Gomb-Net and plain U-Net.
 - ``map``: the slip model over a 512×512 image whose right half carries another slip.
 
-Last line: ``downstream: slip <x> A, twist <y> deg, unet F1 <z>, gomb layer F1 <w> (unet <v>), map <r> windows/s``.
+Last line: ``downstream: slip <x> A, twist <y> deg, unet F1 <z>, gomb layer F1 <w> (unet <v>), ..., map <r> windows/s``.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "experimental"
 FACTORY = str(Path(sys.executable).parent / "factory")
-STAGES = ("slip", "twist", "unet", "gomb", "map")
+STAGES = ("slip", "twist", "unet", "gomb", "gomb120", "map")
 
 
 def factory(*args: str) -> str:
@@ -176,6 +179,20 @@ def main() -> None:
             print(f"{name} on twisted bilayers ({m['train_minutes']:.1f} min): F1 per layer {layers}; pixel accuracy {m['pixel_accuracy']:.3f}, "
                   f"IoU {m['mean_iou']:.3f} (target per-layer F1 >= 0.90)", flush=True)
         figures["gomb"] = f"gomb layer F1 {g['layer_f1_min']:.3f} (unet {u['layer_f1_min']:.3f})"
+    if "gomb120" in stages:
+        import yaml
+
+        config = yaml.safe_load((ROOT / "configs" / "mos2_bilayer_twist.yaml").read_text())
+        config["name"], config["structure"]["twist_deg"] = "mos2_bilayer_twist_0_120", [0.0, 120.0]
+        (work / "twist120.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        data = dataset(work, "twist120", str(work / "twist120.yaml"), 4000)
+        g = train_and_evaluate(work, "gomb120", ["segment", "--arch", "gombnet", *seg_minutes], data)
+        u = train_and_evaluate(work, "gomb120_unet", ["segment", "--arch", "unet", *seg_minutes], data)
+        for name, m in (("gombnet", g), ("plain unet", u)):
+            layers = ", ".join(f"{k} {v['f1']:.3f}" for k, v in m.get("per_layer", {}).items())
+            print(f"{name} on twisted bilayers, twist 0-120 deg ({m['train_minutes']:.1f} min): F1 per layer {layers}; pixel accuracy {m['pixel_accuracy']:.3f}, "
+                  f"IoU {m['mean_iou']:.3f}", flush=True)
+        figures["gomb120"] = f"twist 0-120: gomb layer F1 {g['layer_f1_min']:.3f} (unet {u['layer_f1_min']:.3f})"
     if "map" in stages:
         model = work / "model_slip"
         if not (model / "model.json").is_file():

@@ -629,6 +629,8 @@ def train_regress(
     epochs: int = typer.Option(30, "--epochs", help="Passes over the training split."),
     batch: int = typer.Option(32, "--batch", help="Batch size."),
     lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (linear warm-up, then linear decay to 0)."),
+    mse_weight: float = typer.Option(1.0, "--mse-weight", help="Weight of the MSE term of the loss."),
+    l1_weight: float = typer.Option(0.5, "--l1-weight", help="Weight of the L1 term of the loss."),
     minutes: Optional[float] = typer.Option(None, "--minutes", help="Stop after this many minutes (the schedule then runs on the clock)."),
     seed: int = typer.Option(0, "--seed", help="Seed of initialisation, shuffling and augmentation."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
@@ -639,7 +641,7 @@ def train_regress(
     from inference.regression import train_regression
 
     settings = _train_settings(epochs, batch, lr, minutes, seed, device, threads)
-    path, record, _ = train_regression(data, target, out, arch=arch, settings=settings, progress=not quiet)
+    path, record, _ = train_regression(data, target, out, arch=arch, settings=settings, mse_weight=mse_weight, l1_weight=l1_weight, progress=not quiet)
     last = record["history"][-1] if record["history"] else {}
     val = last.get("val", {})
     if val:

@@ -122,6 +122,8 @@ def train_regression(
     arch: str = "resnet18",
     settings=None,
     augmentation: Augmentation | None = None,
+    mse_weight: float = 1.0,
+    l1_weight: float = 0.5,
     val_samples: int = 512,
     progress: bool = True,
 ) -> tuple[Path, dict, torch.nn.Module]:
@@ -134,6 +136,8 @@ def train_regression(
 
     settings = settings or TrainSettings()
     augmentation = augmentation or Augmentation()
+    if min(mse_weight, l1_weight) < 0 or mse_weight + l1_weight <= 0:
+        raise FactoryError(f"loss weights must be >= 0 and not both 0 (got MSE {mse_weight}, L1 {l1_weight})")
     check_output(out)
     train_set = ShardDataset(data, split="train", fields=("image", "slip_frac", "twist_deg"))
     if len(train_set) == 0:
@@ -161,7 +165,7 @@ def train_regression(
 
     def loss_fn(net, batch, dev):
         x = augment_batch(batch["image"], augmentation, pixel_size_A, g).to(dev, memory_format=torch.channels_last)
-        return target.loss(net(x), batch[field].to(dev))
+        return target.loss(net(x), batch[field].to(dev), mse_weight, l1_weight)
 
     def validate(net):
         if not val_items:
@@ -183,7 +187,7 @@ def train_regression(
                     "config": train_set.manifest.get("config"), "channel_names": train_set.channel_names},
         "settings": settings.to_dict(),
         "augmentation": augmentation.to_dict(),
-        "loss": {"mse_weight": 1.0, "l1_weight": 0.5, "representation": "circle codes, min over layer reversal"},
+        "loss": {"mse_weight": mse_weight, "l1_weight": l1_weight, "representation": "circle codes, min over layer reversal"},
         "history": history,
     }
     model.to("cpu").to(memory_format=torch.contiguous_format)

@@ -245,6 +245,7 @@ def test_bad_input_is_one_line_exit_2(slip_model, mono_data, slip_data, tmp_path
         (["train", "regress", "--data", slip_data, "--out", tmp_path / "file"], "is a file"),
         (["train", "regress", "--data", slip_data, "--out", tmp_path / "full"], "not a MODEL"),
         (["train", "regress", "--data", slip_data, "--out", tmp_path / "a", "--lr", "-1"], "--lr"),
+        (["train", "regress", "--data", slip_data, "--out", tmp_path / "a", "--l1-weight", "-1"], "loss weights"),
         (["train", "regress", "--data", tmp_path, "--out", tmp_path / "a"], ""),
         (["evaluate", tmp_path / "full", "--data", slip_data], "not a model directory"),
         (["evaluate", slip_model[0], "--data", mono_data, "--out", tmp_path / "m.json"], ""),
