@@ -137,6 +137,17 @@ def located_boundary(model: Path, map_file: Path) -> float:
     return float(cuts[int(np.argmin(wrong))])
 
 
+def gomb_against_unet(work: Path, name: str, data: Path, budget: list[str], what: str, target: str) -> str:
+    """Train and score a Gomb-Net and a plain U-Net on ``data``; prints a line each, returns the figure."""
+    g = train_and_evaluate(work, name, ["segment", "--arch", "gombnet", *budget], data)
+    u = train_and_evaluate(work, f"{name}_unet", ["segment", "--arch", "unet", *budget], data)
+    for label, m in (("gombnet", g), ("plain unet", u)):
+        layers = ", ".join(f"{k} {v['f1']:.3f}" for k, v in m.get("per_layer", {}).items())
+        print(f"{label} on {what} ({m['train_minutes']:.1f} min): F1 per layer {layers}; pixel accuracy {m['pixel_accuracy']:.3f}, "
+              f"IoU {m['mean_iou']:.3f}{target}", flush=True)
+    return f"layer F1 {g['layer_f1_min']:.3f} (unet {u['layer_f1_min']:.3f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_downstream")
@@ -172,13 +183,7 @@ def main() -> None:
               f"recall {m['atom_recall']:.4f}), pixel accuracy {m['pixel_accuracy']:.4f}, IoU {m['mean_iou']:.3f} (target F1 >= 0.97)", flush=True)
         figures["unet"] = f"unet F1 {m['atom_f1']:.3f}"
     if "gomb" in stages:
-        g = train_and_evaluate(work, "gomb", ["segment", "--arch", "gombnet", *seg_minutes], twist_data)
-        u = train_and_evaluate(work, "gomb_unet", ["segment", "--arch", "unet", *seg_minutes], twist_data)
-        for name, m in (("gombnet", g), ("plain unet", u)):
-            layers = ", ".join(f"{k} {v['f1']:.3f}" for k, v in m.get("per_layer", {}).items())
-            print(f"{name} on twisted bilayers ({m['train_minutes']:.1f} min): F1 per layer {layers}; pixel accuracy {m['pixel_accuracy']:.3f}, "
-                  f"IoU {m['mean_iou']:.3f} (target per-layer F1 >= 0.90)", flush=True)
-        figures["gomb"] = f"gomb layer F1 {g['layer_f1_min']:.3f} (unet {u['layer_f1_min']:.3f})"
+        figures["gomb"] = "gomb " + gomb_against_unet(work, "gomb", twist_data, seg_minutes, "twisted bilayers", " (target per-layer F1 >= 0.90)")
     if "gomb120" in stages:
         import yaml
 
@@ -186,13 +191,7 @@ def main() -> None:
         config["name"], config["structure"]["twist_deg"] = "mos2_bilayer_twist_0_120", [0.0, 120.0]
         (work / "twist120.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         data = dataset(work, "twist120", str(work / "twist120.yaml"), 4000)
-        g = train_and_evaluate(work, "gomb120", ["segment", "--arch", "gombnet", *seg_minutes], data)
-        u = train_and_evaluate(work, "gomb120_unet", ["segment", "--arch", "unet", *seg_minutes], data)
-        for name, m in (("gombnet", g), ("plain unet", u)):
-            layers = ", ".join(f"{k} {v['f1']:.3f}" for k, v in m.get("per_layer", {}).items())
-            print(f"{name} on twisted bilayers, twist 0-120 deg ({m['train_minutes']:.1f} min): F1 per layer {layers}; pixel accuracy {m['pixel_accuracy']:.3f}, "
-                  f"IoU {m['mean_iou']:.3f}", flush=True)
-        figures["gomb120"] = f"twist 0-120: gomb layer F1 {g['layer_f1_min']:.3f} (unet {u['layer_f1_min']:.3f})"
+        figures["gomb120"] = "twist 0-120: gomb " + gomb_against_unet(work, "gomb120", data, seg_minutes, "twisted bilayers, twist 0-120 deg", "")
     if "map" in stages:
         model = work / "model_slip"
         if not (model / "model.json").is_file():
