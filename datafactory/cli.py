@@ -732,7 +732,9 @@ def map_command(
     if refine_stride is not None and refine_stride < 0:
         raise FactoryError(f"--refine-stride: must be >= 0 (got {refine_stride})")
     record = read_record(model)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
+    if out.exists() and not out.is_dir():
+        raise FactoryError(f"--out: '{out}' is a file; give a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise FactoryError(f"--out: '{out}' exists and is not empty; pass --overwrite or choose another directory")
     micrographs, _ = _read_experiments([image], pixel_size, allow_rgb, material, None, calibrate)
     micrograph = micrographs[0]

@@ -251,6 +251,8 @@ def test_bad_input_is_one_line_exit_2(slip_model, mono_data, slip_data, tmp_path
         (["evaluate", slip_model[0], "--data", mono_data, "--out", tmp_path / "m.json"], ""),
         (["evaluate", slip_model[0], "--data", slip_data, "--split", "dev"], "--split"),
         (["map", slip_model[0], tmp_path / "file", "--out", tmp_path / "o"], ""),
+        (["map", slip_model[0], tmp_path / "file", "--out", tmp_path / "file"], "is a file"),
+        (["map", slip_model[0], tmp_path / "file", "--out", tmp_path / "full"], "--overwrite"),
     ]
     for args, words in cases:
         code, out, err = run_cli(*args)
