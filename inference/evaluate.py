@@ -227,7 +227,7 @@ def _regression_plot(path: Path, arrays: dict, record: dict) -> None:
     plt.close(fig)
 
 
-def _segmentation_plot(path: Path, out: dict, pixel_size_A: float) -> None:
+def _segmentation_plot(path: Path, out: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -272,5 +272,5 @@ def evaluate(model_path: Path, data: Path, split: str, out: Path, device: str = 
     if record["task"] == "regress":
         _regression_plot(plot, arrays, record)
     else:
-        _segmentation_plot(plot, arrays, record["pixel_size_A"])
+        _segmentation_plot(plot, arrays)
     return metrics

@@ -1033,16 +1033,14 @@ def map_micrograph(
             "n_fine_windows": int((result.level == 1).sum()),
         }
     else:
-        import time as _time
-
-        start = _time.monotonic()
+        start = time.monotonic()
         m = model.size_multiple
         tile_px = max(m, min(256, max(image.shape) + (-max(image.shape)) % m) // m * m)
         probabilities = tiled_probabilities(image, lambda tiles: model.probabilities(np.asarray(tiles)[:, 0]), tile_px=tile_px,
                                             overlap_px=min(32, tile_px // 4), size_multiple=m, progress=progress)
         points = model.atoms(probabilities)
         files = write_atom_table(out_dir, points, image=image, pixel_size_A=pixel_size_A, meta=meta)
-        seconds = _time.monotonic() - start
+        seconds = time.monotonic() - start
         summary = {"task": "segment", "seconds": seconds, "megapixels_per_s": image.size / 1e6 / max(seconds, 1e-9),
                    "atoms": {name: int(len(p)) for name, p in points.items()}}
     summary.update({"pixel_size_A": pixel_size_A, "image_shape_px": list(image.shape), "files": sorted(str(p.name) for p in files.values()), **meta})

@@ -160,8 +160,7 @@ def train_regression(
     loader = DataLoader(train_set, batch_size=settings.batch, shuffle=True, drop_last=len(train_set) >= settings.batch, generator=g, num_workers=0)
 
     def batches(epoch):
-        for batch in loader:
-            yield batch
+        yield from loader
 
     def loss_fn(net, batch, dev):
         x = augment_batch(batch["image"], augmentation, pixel_size_A, g).to(dev, memory_format=torch.channels_last)

@@ -23,7 +23,7 @@ import torch
 
 from datafactory.errors import FactoryError
 
-from .augment import Augmentation, Standardise, corrupt, random_crops
+from .augment import Augmentation, Standardise, corrupt, crop_size, random_crops
 
 ARCHS = ("unet", "gombnet")
 _LAYER = re.compile(r"^L(\d+):(.+)$")
@@ -157,7 +157,7 @@ def train_segmentation(
     model = build_segmenter(arch, len(names), n_layers, width, depth)
     multiple = model.size_multiple
     h, w = train_set.image_shape
-    crop = (max(multiple, int(h * augmentation.crop_fraction) // multiple * multiple), max(multiple, int(w * augmentation.crop_fraction) // multiple * multiple))
+    crop = (crop_size(h, augmentation.crop_fraction, multiple), crop_size(w, augmentation.crop_fraction, multiple))
     order_t = torch.tensor(order)
     g = seeded_loader_generator(settings.seed)
     loader = DataLoader(train_set, batch_size=settings.batch, shuffle=True, drop_last=len(train_set) >= settings.batch, generator=g, num_workers=0)
