@@ -888,13 +888,18 @@ def write_atom_table(
     image: np.ndarray,
     pixel_size_A: float,
     meta: Mapping[str, Any] | None = None,
+    probabilities: Mapping[str, np.ndarray] | None = None,
+    probability_names: Sequence[str] | None = None,
 ) -> dict[str, Path]:
     """Write found atom columns as ``atoms.csv``, ``atoms.png`` and ``atoms.json``.
 
     ``atoms.csv`` has the header ``channel,row_px,col_px,x_A,y_A`` and one row per point
     (``x_A = col_px * pixel_size_A``, ``y_A = row_px * pixel_size_A``), channels in the
-    order given. ``atoms.png`` shows the micrograph with one marker colour per channel, a
-    legend with the counts and a scale bar. ``atoms.json`` holds ``meta``, the pixel size,
+    order given; with ``probabilities`` it adds ``probability`` (of the column's own class)
+    and one ``p_<name>`` column per name of ``probability_names``. ``atoms.png`` shows the
+    whole micrograph at one screen pixel per image pixel (up to 2,048) with one marker colour
+    per channel, a legend with the counts and a scale bar, beside a 4x zoom of a central
+    field where every column is drawn large. ``atoms.json`` holds ``meta``, the pixel size,
     the image shape and the count per channel.
 
     Parameters
@@ -909,6 +914,11 @@ def write_atom_table(
         Pixel size in Å.
     meta : mapping, optional
         JSON-serialisable provenance.
+    probabilities : mapping, optional
+        Channel name -> ``(N, K)`` class probabilities of its points, in the order of
+        ``probability_names`` (K names).
+    probability_names : sequence of str, optional
+        The K class names of the probability columns.
 
     Returns
     -------
@@ -925,6 +935,14 @@ def write_atom_table(
         if not np.isfinite(rc).all():
             raise MappingInputError(f"points[{name!r}]: contains NaN or infinite positions")
         table[str(name)] = rc
+    prob_names = [str(n) for n in probability_names] if probabilities is not None else []
+    probs: dict[str, np.ndarray] = {}
+    if probabilities is not None:
+        for name, rc in table.items():
+            pr = np.asarray(probabilities.get(name, np.zeros((0, len(prob_names)))), dtype=np.float64).reshape(-1, len(prob_names))
+            if len(pr) != len(rc):
+                raise MappingInputError(f"probabilities[{name!r}]: {len(pr)} rows for {len(rc)} points")
+            probs[name] = pr
     record = {
         "pixel_size_A": pixel_size_A,
         "image_shape_px": list(image.shape),
@@ -936,38 +954,60 @@ def write_atom_table(
     except (TypeError, ValueError) as exc:
         raise MappingInputError(f"meta: cannot be written as JSON ({exc})") from None
 
-    import matplotlib
-
     with _AtomicFiles(Path(out_dir)) as files:
         with open(files.temp("atoms.csv"), "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["channel", "row_px", "col_px", "x_A", "y_A"])
+            writer.writerow(["channel", "row_px", "col_px", "x_A", "y_A"] + (["probability"] + [f"p_{n}" for n in prob_names] if probs else []))
             for name, rc in table.items():
-                for row, col in rc:
-                    writer.writerow(
-                        [name, f"{row:.3f}", f"{col:.3f}", f"{col * pixel_size_A:.4f}", f"{row * pixel_size_A:.4f}"]
-                    )
+                own = prob_names.index(name) if name in prob_names else None
+                for k, (row, col) in enumerate(rc):
+                    cells = [name, f"{row:.3f}", f"{col:.3f}", f"{col * pixel_size_A:.4f}", f"{row * pixel_size_A:.4f}"]
+                    if probs:
+                        pr = probs[name][k]
+                        cells += [f"{pr[own]:.4f}" if own is not None else ""] + [f"{v:.4f}" for v in pr]
+                    writer.writerow(cells)
         with open(files.temp("atoms.json"), "w") as f:
             f.write(record_text)
-
-        height, width = image.shape
-        fig, ax = _new_figure(6.4, 6.4 * height / width + 0.4)
-        _show_micrograph(ax, image, pixel_size_A)
-        colours = matplotlib.colormaps["tab10" if len(table) <= 10 else "tab20"]
-        marker_size = float(np.clip(3000 / max(1, sum(len(rc) for rc in table.values())) ** 0.5, 2, 25))
-        for k, (name, rc) in enumerate(table.items()):
-            ax.scatter(
-                rc[:, 1], rc[:, 0], s=marker_size, facecolors="none", edgecolors=[colours(k % colours.N)],
-                linewidths=0.8, label=f"{name} ({len(rc)})",
-            )
-        ax.set_xlim(-0.5, width - 0.5)
-        ax.set_ylim(height - 0.5, -0.5)
-        if table:
-            ax.legend(loc="upper right", fontsize=7, framealpha=0.7, markerscale=1.5)
-        ax.set_title(f"{sum(len(rc) for rc in table.values())} columns · {pixel_size_A:.4g} Å/px", fontsize=8, loc="left")
-        fig.tight_layout()
-        _save_png(fig, files.temp("atoms.png"))
+        _plot_atoms(files.temp("atoms.png"), image, table, pixel_size_A)
     return {name: files.out_dir / name for name in ("atoms.csv", "atoms.png", "atoms.json")}
+
+
+def _plot_atoms(path: Path, image: np.ndarray, table: Mapping[str, np.ndarray], pixel_size_A: float) -> None:
+    """The whole field at one screen pixel per image pixel (up to 2,048 px), beside a 4x zoom of
+    its centre: there every column is drawn large enough to read its class."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    height, width = image.shape
+    dpi = 120  # as _save_png writes it
+    side_in = max(3.0, min(max(height, width), 2048) / dpi)
+    zoom_px = max(16, min(height, width) // 4)
+    r0, c0 = (height - zoom_px) // 2, (width - zoom_px) // 2
+    fig = Figure(figsize=(2 * side_in + 0.6, side_in * height / max(height, width) + 0.7))
+    FigureCanvasAgg(fig)
+    whole, zoom = fig.subplots(1, 2)
+    colours = matplotlib.colormaps["tab10" if len(table) <= 10 else "tab20"]
+    n_total = sum(len(rc) for rc in table.values())
+    # marker: a ring of 1.2 Å diameter around each column, in points at this scale
+    screen_px_per_px = side_in * dpi / max(height, width)
+    column_pt = max(2.0, 1.2 / pixel_size_A * screen_px_per_px * 72 / dpi)
+    for ax, scale, (rlo, clo, rhi, chi) in ((whole, 1.0, (0, 0, height, width)), (zoom, max(height, width) / zoom_px, (r0, c0, r0 + zoom_px, c0 + zoom_px))):
+        _show_micrograph(ax, image[rlo:rhi, clo:chi], pixel_size_A)
+        for k, (name, rc) in enumerate(table.items()):
+            inside = (rc[:, 0] >= rlo - 0.5) & (rc[:, 0] < rhi - 0.5) & (rc[:, 1] >= clo - 0.5) & (rc[:, 1] < chi - 0.5)
+            ax.scatter(rc[inside, 1] - clo, rc[inside, 0] - rlo, s=(column_pt * scale) ** 2, facecolors="none",
+                       edgecolors=[colours(k % colours.N)], linewidths=0.9 if scale == 1 else 1.6, label=f"{name} ({len(rc)})")
+        ax.set_xlim(-0.5, chi - clo - 0.5)
+        ax.set_ylim(rhi - rlo - 0.5, -0.5)
+    whole.add_patch(Rectangle((c0 - 0.5, r0 - 0.5), zoom_px, zoom_px, fill=False, edgecolor="yellow", linewidth=1.2))
+    if table:
+        zoom.legend(loc="upper right", fontsize=9, framealpha=0.75, markerscale=0.5)
+    whole.set_title(f"{n_total} columns · {pixel_size_A:.4g} Å/px", fontsize=10, loc="left")
+    zoom.set_title(f"centre, {zoom_px * pixel_size_A:.0f} Å square (yellow), ×{max(height, width) / zoom_px:.0f}", fontsize=10, loc="left")
+    fig.tight_layout()
+    _save_png(fig, path)
 
 
 # ---------------------------------------------------------------------------- a MODEL over a micrograph
@@ -1038,8 +1078,12 @@ def map_micrograph(
         tile_px = max(m, min(256, max(image.shape) + (-max(image.shape)) % m) // m * m)
         probabilities = tiled_probabilities(image, lambda tiles: model.probabilities(np.asarray(tiles)[:, 0]), tile_px=tile_px,
                                             overlap_px=min(32, tile_px // 4), size_multiple=m, progress=progress)
-        points = model.atoms(probabilities)
-        files = write_atom_table(out_dir, points, image=image, pixel_size_A=pixel_size_A, meta=meta)
+        columns = model.columns(probabilities)
+        points = columns.points()
+        rows = {name: columns.probabilities[columns.class_index == c] for c, name in enumerate(columns.channel_names)}
+        meta["decoding"] = "one column per site and layer; class = the most probable (inference.columns)"
+        files = write_atom_table(out_dir, points, image=image, pixel_size_A=pixel_size_A, meta=meta, probabilities=rows,
+                                 probability_names=columns.channel_names)
         seconds = time.monotonic() - start
         summary = {"task": "segment", "seconds": seconds, "megapixels_per_s": image.size / 1e6 / max(seconds, 1e-9),
                    "atoms": {name: int(len(p)) for name, p in points.items()}}
