@@ -13,7 +13,11 @@ Segmentation
     left out on both sides, since a clipped disk moves its centroid. In a multilayer sample
     the network's layer blocks are matched to the true layers in whichever order scores more
     true positives (the order of the layers cannot be seen in a projection), for the U-Net
-    and the Gomb-Net alike, and per-layer scores use that order.
+    and the Gomb-Net alike, and per-layer scores use that order. Columns are decoded one per
+    site and layer, with the most probable class (:mod:`inference.columns`). Per class: F1 and
+    the class's share of the true columns; ``class_f1_min`` is the lowest F1 of the classes
+    with at least 1 % of the columns, so a class that is never found cannot hide behind the
+    pooled score.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ from datafactory.dataset import write_json_atomic
 from datafactory.errors import FactoryError
 
 from .checkpoint import read_record
+
+#: Classes holding at least this share of the true columns count in ``class_f1_min``.
+COMMON_CLASS_FRACTION = 0.01
 
 
 def load_model(path: Path, device: str = "cpu"):
@@ -190,6 +197,12 @@ def evaluate_segmentation(segmenter, data: Path, split: str, match_radius_A: flo
         "atom_f1": overall["f1"],
         "per_channel": {n: atom_scores(*channel_counts[c]) for c, n in enumerate(names)},
     }
+    n_true = channel_counts[:, 0] + channel_counts[:, 2]
+    for c, n in enumerate(names):
+        metrics["per_channel"][n]["fraction"] = float(n_true[c] / max(1, n_true.sum()))
+    common = [n for c, n in enumerate(names) if n_true[c] >= COMMON_CLASS_FRACTION * n_true.sum()]
+    metrics["class_f1_min"] = min((metrics["per_channel"][n]["f1"] for n in common), default=float("nan"))
+    metrics["class_f1_min_of"] = common
     if n_layers > 1:
         metrics["per_layer"] = {f"layer{b + 1}": atom_scores(*counts[b]) for b in range(n_layers)}
         metrics["layer_f1_min"] = min(v["f1"] for v in metrics["per_layer"].values())

@@ -65,6 +65,30 @@ def build_segmenter(arch: str, n_channels: int, n_layers: int, width: int, depth
     return model
 
 
+#: Largest foreground weight a rare channel gets (see :func:`balanced_pos_weight`).
+MAX_POS_WEIGHT = 10.0
+
+
+def channel_fractions(dataset, order: list[int], max_value: float, n_samples: int = 64) -> np.ndarray:
+    """Foreground share of every channel (in ``order``), from up to ``n_samples`` samples spread over ``dataset``."""
+    if len(dataset) == 0:
+        return np.zeros(len(order))
+    picks = np.unique(np.linspace(0, len(dataset) - 1, min(n_samples, len(dataset))).astype(int))
+    total = np.zeros(len(order))
+    for k in picks:
+        total += (dataset[int(k)]["masks"].numpy()[order] >= max_value / 2).mean(axis=(1, 2))
+    return total / len(picks)
+
+
+def balanced_pos_weight(fractions: np.ndarray) -> torch.Tensor:
+    """Per-channel foreground weight ``sqrt(f_max / f_c)``, clipped to [1, MAX_POS_WEIGHT]: the
+    largest channel keeps weight 1; a channel absent from the sample gets the maximum."""
+    f = np.asarray(fractions, dtype=np.float64)
+    top = f.max() if f.size and f.max() > 0 else 1.0
+    w = np.sqrt(top / np.maximum(f, top / MAX_POS_WEIGHT**2))
+    return torch.tensor(np.clip(w, 1.0, MAX_POS_WEIGHT), dtype=torch.float32)
+
+
 def batch_pooled(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) → (1, C, B·H, W): a Dice over the whole batch per channel. A rare column
     class (a vacancy, a dopant) is absent from many single images, where a per-image Dice
@@ -81,6 +105,10 @@ class Segmenter:
         self.pixel_size_A = float(record["pixel_size_A"])
         self.channel_names: list[str] = list(record["output_channels"])
         self.size_multiple = int(record["size_multiple"])
+        # a class-balanced loss shifts each channel's logit by ln(pos_weight): undo it, so the
+        # probabilities are calibrated again and the most probable class wins on its merits
+        offset = record.get("loss", {}).get("logit_offset")
+        self.logit_offset = None if offset is None else torch.tensor(offset, dtype=torch.float32).to(device)[None, :, None, None]
 
     def probabilities(self, images: np.ndarray, batch: int = 8) -> np.ndarray:
         """(B, H, W) images → (B, C, H, W) float32 probabilities (reflect-padded to the
@@ -94,15 +122,24 @@ class Segmenter:
         with torch.inference_mode():
             for lo in range(0, len(padded), batch):
                 x = torch.from_numpy(np.ascontiguousarray(padded[lo : lo + batch, None])).to(self.device)
-                out.append(torch.sigmoid(self.model(x).float()).cpu().numpy()[:, :, :h, :w])
+                logits = self.model(x).float()
+                if self.logit_offset is not None:
+                    logits = logits + self.logit_offset
+                out.append(torch.sigmoid(logits).cpu().numpy()[:, :, :h, :w])
         return np.concatenate(out) if out else np.zeros((0, len(self.channel_names), h, w), np.float32)
 
-    def atoms(self, probabilities: np.ndarray, threshold: float = 0.5) -> dict[str, np.ndarray]:
-        """One (C, H, W) probability stack → channel name → (N, 2) sub-pixel (row, col) centroids."""
-        from .segmentation import blob_centroids
+    def columns(self, probabilities: np.ndarray, threshold: float = 0.5):
+        """One (C, H, W) probability stack → :class:`inference.columns.ColumnTable`: every column
+        found once per layer, with its most probable class and the per-class probabilities."""
+        from .columns import decode_columns
 
         min_area = max(2, int(0.25 * math.pi * (0.3 / self.pixel_size_A) ** 2))
-        return {name: blob_centroids(p, threshold=threshold, min_area_px=min_area) for name, p in zip(self.channel_names, probabilities)}
+        return decode_columns(probabilities, self.channel_names, threshold=threshold, min_area_px=min_area)
+
+    def atoms(self, probabilities: np.ndarray, threshold: float = 0.5) -> dict[str, np.ndarray]:
+        """One (C, H, W) probability stack → channel name → (N, 2) sub-pixel (row, col) centres
+        of the columns decoded as that class (:meth:`columns`)."""
+        return self.columns(probabilities, threshold).points()
 
 
 def load_segmenter(path: Path, record: dict[str, Any], device: str = "cpu") -> Segmenter:
@@ -123,9 +160,17 @@ def train_segmentation(
     augmentation: Augmentation | None = None,
     fp_weight: float = 1.0,
     val_samples: int = 64,
+    class_balance: bool = True,
     progress: bool = True,
 ) -> tuple[Path, dict, torch.nn.Module]:
-    """Train a U-Net or Gomb-Net on the masks of dataset ``data``; saves MODEL ``out``; returns (out, record, model)."""
+    """Train a U-Net or Gomb-Net on the masks of dataset ``data``; saves MODEL ``out``; returns (out, record, model).
+
+    With ``class_balance`` (U-Net) the cross-entropy weighs each channel's foreground pixels by
+    :func:`balanced_pos_weight` of the channel's share of the masks, so a rare class (a vacancy,
+    a dopant) pulls on the network as hard as a common one from the first step on. That weight
+    shifts the channel's optimal logit by ``ln(weight)``; the MODEL records the opposite shift
+    (``loss.logit_offset``) and :class:`Segmenter` applies it, so probabilities stay calibrated.
+    """
     from torch.utils.data import DataLoader
 
     from .checkpoint import check_output, dataset_hash, save_model
@@ -165,6 +210,10 @@ def train_segmentation(
     def batches(epoch):
         yield from loader
 
+    fractions = channel_fractions(train_set, order, max_value)
+    pos_weight = balanced_pos_weight(fractions) if class_balance and arch != "gombnet" else torch.ones(len(order))
+    logit_offset = (-torch.log(pos_weight)).tolist() if class_balance and arch != "gombnet" else None
+
     def loss_fn(net, batch, dev):
         x, masks = random_crops([batch["image"], batch["masks"]], crop, g)
         x = corrupt(x, augmentation, pixel_size_A, g, hide_atoms=False).to(dev, memory_format=torch.channels_last)
@@ -172,7 +221,7 @@ def train_segmentation(
         logits = net(x).float()
         if arch == "gombnet":
             return gomb_loss(logits, target, n_layers, fp_weight=fp_weight)
-        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight.to(dev)[:, None, None])
         return bce + dice_loss(batch_pooled(logits), batch_pooled(target), fp_weight=fp_weight)
 
     val_set = ShardDataset(data, split="val", fields=("image", "masks"))
@@ -184,7 +233,8 @@ def train_segmentation(
             return {}
         from .segmentation import pixel_scores
 
-        seg = Segmenter(net, {"pixel_size_A": pixel_size_A, "output_channels": output_channels, "size_multiple": multiple}, next(net.parameters()).device.type)
+        seg = Segmenter(net, {"pixel_size_A": pixel_size_A, "output_channels": output_channels, "size_multiple": multiple, "loss": {"logit_offset": logit_offset}},
+                        next(net.parameters()).device.type)
         probs = seg.probabilities(np.stack([it["image"][0].numpy() for it in val_items]))
         truth = np.stack([it["masks"].numpy()[order] for it in val_items]) >= max_value / 2
         iou = [pixel_scores(p >= 0.5, t)["mean_iou"] for p, t in zip(probs, truth)]
@@ -208,7 +258,11 @@ def train_segmentation(
                     "config": train_set.manifest.get("config"), "channel_names": train_set.channel_names},
         "settings": settings.to_dict(),
         "augmentation": {**augmentation.to_dict(), "hide_atoms": False},
-        "loss": {"fp_weight": fp_weight, "form": "groupwise combinatorial Dice" if arch == "gombnet" else "BCE + batch-pooled Dice"},
+        "loss": {"fp_weight": fp_weight, "form": "groupwise combinatorial Dice" if arch == "gombnet" else "BCE + batch-pooled Dice",
+                 "class_balance": bool(class_balance) and arch != "gombnet",
+                 "channel_fractions": {output_channels[k]: float(f) for k, f in enumerate(fractions)},
+                 "pos_weight": {output_channels[k]: float(w) for k, w in enumerate(pos_weight)} if arch != "gombnet" else None,
+                 "logit_offset": logit_offset},
         "history": history,
     }
     model.to("cpu").to(memory_format=torch.contiguous_format)

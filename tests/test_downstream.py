@@ -191,8 +191,33 @@ def test_evaluate_cli_writes_metrics_and_plot(unet_model, mono_data, tmp_path, r
     code, out, err = run_cli("evaluate", unet_model[0], "--data", mono_data, "--split", "val", "--out", tmp_path / "m.json", "-q")
     assert code == 0, err
     metrics = json.loads((tmp_path / "m.json").read_text())
-    assert {"atom_f1", "atom_precision", "atom_recall", "pixel_accuracy", "mean_iou", "per_channel"} <= set(metrics)
+    assert {"atom_f1", "atom_precision", "atom_recall", "pixel_accuracy", "mean_iou", "per_channel", "class_f1_min"} <= set(metrics)
     assert metrics["split"] == "val" and (tmp_path / "m.png").is_file()
+    # every class is printed beside the pooled score, with its share of the columns
+    per_class = [line for line in out.splitlines() if line.strip().startswith("L1:")]
+    assert len(per_class) == len(metrics["per_channel"]) and all(" F1 " in line and "true columns" in line for line in per_class)
+    common = [n for n, s in metrics["per_channel"].items() if s["fraction"] >= 0.01]
+    assert set(metrics["class_f1_min_of"]) == set(common) and "L1:Mo" in common
+    assert metrics["class_f1_min"] == pytest.approx(min(metrics["per_channel"][n]["f1"] for n in common))
+
+
+def test_class_balance_weighs_rare_channels_and_keeps_probabilities_calibrated(unet_model, mono_data):
+    from inference.segmenter import MAX_POS_WEIGHT, Segmenter, balanced_pos_weight
+
+    weights = balanced_pos_weight(np.array([0.1, 0.025, 0.001, 0.0]))
+    np.testing.assert_allclose(weights.numpy(), [1.0, 2.0, 10.0, MAX_POS_WEIGHT])
+    path, record, model = unet_model
+    loss = record["loss"]
+    assert loss["class_balance"] and set(loss["pos_weight"]) == set(record["output_channels"])
+    fractions = loss["channel_fractions"]
+    assert fractions["L1:Mo"] > fractions["L1:S1"] > 0 and loss["pos_weight"]["L1:S1"] > loss["pos_weight"]["L1:Mo"]
+    np.testing.assert_allclose(loss["logit_offset"], [-np.log(loss["pos_weight"][n]) for n in record["output_channels"]], rtol=1e-6)
+    images = images_of(mono_data)[:2]
+    shifted = Segmenter(model, record).probabilities(images)
+    raw = Segmenter(model, {**record, "loss": {}}).probabilities(images)
+    logit = lambda p: np.log(p) - np.log1p(-p)  # noqa: E731
+    k = record["output_channels"].index("L1:S1")
+    np.testing.assert_allclose(logit(shifted[:, k])[raw[:, k] < 0.99], (logit(raw[:, k]) + loss["logit_offset"][k])[raw[:, k] < 0.99], atol=2e-3)
 
 
 # ---------------------------------------------------------------------- map
