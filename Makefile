@@ -27,7 +27,7 @@ demo: $(STAMP)
 		$(BIN)/factory example --out $(DEMO_DIR)/experiment; \
 		exp=$(DEMO_DIR)/experiment/example_mos2_haadf.tif; \
 	fi; \
-	$(BIN)/factory fit-style $$exp --method parametric --material $(MATERIAL) --calibrate --out $(DEMO_DIR)/style -q; \
+	$(BIN)/factory fit-style $$exp --method parametric --material $(MATERIAL) --calibrate --config $(DEMO_CONFIG) --out $(DEMO_DIR)/style -q; \
 	$(BIN)/factory generate --config $(DEMO_CONFIG) --style $(DEMO_DIR)/style --n $(DEMO_N) --size 256 \
 		--shard-size 64 --keep-clean --out $(DEMO_DIR)/dataset --overwrite -q; \
 	$(BIN)/factory validate $(DEMO_DIR)/dataset; \
@@ -36,7 +36,7 @@ demo: $(STAMP)
 		$(DEMO_DIR)/dataset/shards/shard-00000.h5 --material $(MATERIAL) --calibrate --out $(DEMO_DIR)/compare.png
 	@echo ""
 	@echo "Demo outputs:"
-	@echo "  style bundle     $(abspath $(DEMO_DIR))/style"
+	@echo "  style bundle     $(abspath $(DEMO_DIR))/style  (contrast.png: the column contrast it calibrated)"
 	@echo "  dataset          $(abspath $(DEMO_DIR))/dataset  (manifest.json, README.md dataset card, shards/)"
 	@echo "  preview          $(abspath $(DEMO_DIR))/preview.png"
 	@echo "  comparison       $(abspath $(DEMO_DIR))/compare.png"

@@ -51,6 +51,13 @@ def card_text(root: Path, manifest: dict[str, Any]) -> str:
         if style
         else "left clean (no style translation)"
     )
+    calibrated = (style or {}).get("simulation")
+    if calibrated:
+        how += (
+            f"; the simulation's column contrast was calibrated to that experiment with it: detector exponent γ drawn in "
+            f"{calibrated['gamma_range'][0]:.3f}–{calibrated['gamma_range'][1]:.3f} (fitted {calibrated['gamma']:.3f}) and source size "
+            f"{calibrated['source_size_range_A'][0]:.2f}–{calibrated['source_size_range_A'][1]:.2f} Å (fitted {calibrated['source_size_A']:.2f} Å)"
+        )
     lines = [
         f"# Dataset card: {root.name}",
         "",

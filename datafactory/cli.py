@@ -157,7 +157,7 @@ def fit_style(
     out: Path = typer.Option(..., "--out", "-o", help="STYLE bundle directory to write."),
     method: str = typer.Option("drit", "--method", help="drit (learned translator, the default) or parametric (fitted physics model)."),
     sim: Optional[Path] = typer.Option(None, "--sim", help="drit: schema-v1 file of clean simulations at the experiments' pixel size."),
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="drit: config (file or preset) to simulate the pool from, instead of --sim."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="Config (file or preset) of the simulations the style is for: its microscope calibrates the column contrast (with --material); drit: the pool is simulated from it, instead of --sim."),
     preset: str = typer.Option("quick", "--preset", help="drit: quick (≤ 20 min on 2 CPU cores) or paper (the reference's settings, for a GPU)."),
     iterations: Optional[int] = typer.Option(None, "--iterations", help="drit: training iterations (overrides the preset)."),
     crop: Optional[int] = typer.Option(None, "--crop", help="drit: training crop size in pixels (overrides the preset; a multiple of 4)."),
@@ -177,6 +177,8 @@ def fit_style(
     structure: Optional[Path] = typer.Option(None, "--structure", help="Unit-cell file of the sample (CIF, POSCAR...), instead of --material."),
     calibrate: bool = typer.Option(False, "--calibrate", help="Use the lattice-derived pixel size instead of the file's."),
     spread: float = typer.Option(0.15, "--spread", help="parametric: relative spread of every parameter around its fitted value."),
+    contrast: bool = typer.Option(True, "--contrast/--no-contrast", help="With --material/--structure and --config: fit the detector's Z exponent γ and the source size to the experiments' column contrast (generate then simulates with them, drawn around the fitted values as --spread says)."),
+    adsorbates: bool = typer.Option(True, "--adsorbates/--no-adsorbates", help="With the contrast calibration: fit the surface adsorbates that make real columns scatter in brightness."),
     allow_rgb: bool = typer.Option(False, "--allow-rgb", help="Convert colour images to grey instead of refusing them."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -212,14 +214,22 @@ def fit_style(
         _notice(f"images at {differ} Å/px are resampled to {target:.5g} Å/px, the first image's pixel size")
     found = [a for a in affines if a is not None]
     affine = np.median(np.stack(found), axis=0) if found else None
+    if method == "drit" and sim is None and config is None:
+        raise FactoryError("--method drit needs a simulation pool: give --sim SIM.h5 or --config CONFIG")
+    calibration, not_calibrated = _calibrate_contrast(micrographs, target, material, structure, config, seed, spread) if contrast else (None, None)
+    if calibration is not None and not adsorbates:
+        calibration.fit_adsorbates = False
+    spreads = None
     if method == "drit":
-        translator = _fit_drit(
+        translator, spreads = _fit_drit(
             micrographs, out, sim=sim, config=config, preset=preset, iterations=iterations, crop=crop, content_loss=content_loss,
             spectrum=spectrum, physics_prior=physics_prior, residual_weight=residual_weight, threads=threads, device=device, resume=resume,
-            select=select, pool=pool, seed=seed, quiet=quiet, affine=affine,
+            select=select, pool=pool, seed=seed, quiet=quiet, affine=affine, calibration=calibration,
         )
     else:
         translator = methods[method].fit(micrographs, affine=affine, spread=spread, progress=not quiet)
+        if calibration is not None:
+            translator.params, spreads = _fit_adsorbates(translator.params, calibration, target, seed)
     digests = {path: hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in {m.source for m in micrographs}}
     sources = [
         {"name": m.name, "sha256": digests[m.source], "pixel_size_A": m.pixel_size_A, "calibration": m.calibration}
@@ -227,15 +237,94 @@ def fit_style(
     ]
     options = {"method": method, "material": material, "structure": str(structure) if structure else None, "calibrate": calibrate}
     options |= {"spread": spread} if method == "parametric" else {"preset": preset, "select": select, "sim": str(sim) if sim else None, "config": config, "seed": seed}
-    path = translator.save(out, sources=sources, options=options)
+    options["contrast"] = calibration is not None
+    path = translator.save(out, sources=sources, options=options, simulation=None if calibration is None else calibration.record.simulation_block())
     if method == "drit":
-        _drit_report(translator, micrographs, path, config=config, sim=sim, seed=seed)
+        _drit_report(translator, micrographs, path, config=config, sim=sim, seed=seed,
+                     overrides=None if calibration is None else calibration.overrides)
+    if calibration is not None:
+        _contrast_report(Path(path), calibration, spreads)
+    if not_calibrated:
+        _notice(not_calibrated)
     typer.echo(translator.summary())
     typer.echo(str(Path(path).resolve()))
 
 
-def _fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, content_loss, spectrum, physics_prior, residual_weight, threads, device, resume, select, pool, seed, quiet, affine):
-    """Pool, selection and training of ``fit-style --method drit``."""
+class _Calibration:
+    """A fitted contrast calibration with the config it was fitted for."""
+
+    def __init__(self, record, config, base_dir, lattice):
+        from translators.contrast_calibration import simulation_overrides
+
+        self.record, self.config, self.base_dir, self.lattice = record, config, base_dir, lattice
+        self.overrides = simulation_overrides(record.simulation_block())
+        self.fit_adsorbates = True
+
+
+def _calibrate_contrast(micrographs, pixel_size_A, material, structure, config, seed, spread):
+    """The contrast calibration of ``fit-style``: (calibration, None), or (None, why not) where it cannot run."""
+    from translators.contrast_calibration import calibrate_contrast
+
+    from .config import load_config
+    from .grid import resample, same_pixel_size
+
+    name, lattice = _lattice(material, structure)
+    if lattice is None or config is None:
+        missing = " and ".join(x for x, absent in (("--material (or --structure)", lattice is None), ("--config", config is None)) if absent)
+        return None, f"column contrast not calibrated (give {missing}, or --no-contrast to silence this)"
+    cfg, path = load_config(config)
+    images = [m.image if same_pixel_size(m.pixel_size_A, pixel_size_A) else resample(m.image, m.pixel_size_A, pixel_size_A) for m in micrographs]
+    try:
+        record = calibrate_contrast(images, pixel_size_A, lattice, cfg, base_dir=path.parent, config_name=str(config), seed=seed, spread=spread)
+    except FactoryError as exc:
+        return None, f"column contrast not calibrated: {exc} (are the experiments monolayers of {name}?)"
+    fit = record.fit
+    typer.echo(
+        f"contrast: S2/Mo {fit.measured['chalcogen_to_metal']:.3f} and column σ {fit.measured['column_sigma_A']:.3f} Å in the experiments; "
+        f"the config (γ {fit.config_gamma}, source {fit.config_source_size_A} Å) gives {fit.before['chalcogen_to_metal']:.3f} and "
+        f"{fit.before['column_sigma_A']:.3f} Å; fitted γ {record.gamma:.3f} (drawn in {record.gamma_range[0]:.3f}-{record.gamma_range[1]:.3f}), "
+        f"source {record.source_size_A:.2f} Å ({record.source_size_range_A[0]:.2f}-{record.source_size_range_A[1]:.2f}) give "
+        f"{fit.simulated['chalcogen_to_metal']:.3f} and {fit.simulated['column_sigma_A']:.3f} Å"
+    )
+    return _Calibration(record, cfg, path.parent, lattice), None
+
+
+def _fit_adsorbates(params, calibration, pixel_size_A, seed):
+    from translators.contrast_calibration import fit_style_adsorbates
+
+    if not calibration.fit_adsorbates:
+        return params, None
+    params, spreads = fit_style_adsorbates(params, calibration.record, calibration.config, pixel_size_A, calibration.lattice,
+                                           base_dir=calibration.base_dir, seed=seed)
+    e, before, after = spreads["experiment"], spreads["style"], spreads["style + adsorbates"]
+    typer.echo(
+        f"adsorbates: {params.adsorbate_density_per_A2:.3g} per Å², peak {params.adsorbate_weight:.3g} of the column contrast; "
+        f"hollow scatter (sd, skew) {e['hollow_sd']:.3f}, {e['hollow_skew']:.2f} in the experiments, {before['hollow_sd']:.3f}, "
+        f"{before['hollow_skew']:.2f} without, {after['hollow_sd']:.3f}, {after['hollow_skew']:.2f} with them"
+    )
+    return params, spreads
+
+
+def _contrast_report(directory: Path, calibration, spreads) -> None:
+    """``contrast.png`` and the ``contrast`` entry of ``report.json`` in a STYLE bundle."""
+    import json
+
+    from translators.contrast_calibration import draw_contrast_report
+
+    from .dataset import write_json_atomic
+
+    partial = directory / "contrast.png.partial"
+    draw_contrast_report(partial, calibration.record, spreads, format="png")
+    os.replace(partial, directory / "contrast.png")
+    report_path = directory / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    report["contrast"] = {**calibration.record.simulation_block(), "spreads": spreads}
+    write_json_atomic(report_path, report)
+    typer.echo(f"contrast report: {directory / 'contrast.png'}")
+
+
+def _fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, content_loss, spectrum, physics_prior, residual_weight, threads, device, resume, select, pool, seed, quiet, affine, calibration=None):
+    """Pool, selection and training of ``fit-style --method drit``: (translator, adsorbate report or None)."""
     import dataclasses
 
     from translators.drit.fit import select_pool, simulation_pool
@@ -266,16 +355,26 @@ def _fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, 
     check_experiments(exps, settings.crop_px)
     crops = sum((e.shape[0] // settings.crop_px) * (e.shape[1] // settings.crop_px) for e in exps)
     n_pool = pool or max(8, 10 * crops)
-    images = simulation_pool(sim_path=sim, config=config, pixel_size_A=target, n=n_pool, size_px=2 * settings.crop_px, seed=seed, workers=os.cpu_count() or 1, progress=not quiet)
+    images = simulation_pool(sim_path=sim, config=config, pixel_size_A=target, n=n_pool, size_px=2 * settings.crop_px, seed=seed, workers=os.cpu_count() or 1,
+                             progress=not quiet, overrides=None if calibration is None else calibration.overrides)
     if select:
         images, notices = select_pool(images, exps, target, seed)
         for message in notices:
             _notice(message)
+    prior, spreads = None, None
+    if settings.physics_prior:
+        from translators.parametric import ParametricTranslator
+
+        prior = ParametricTranslator.fit(micrographs, pixel_size_A=target, affine=affine).params
+        if calibration is not None:
+            prior, spreads = _fit_adsorbates(prior, calibration, target, seed)
     work_dir = out.with_name(out.name + ".training")
-    return DritTranslator.fit(micrographs, sims=images, settings=settings, work_dir=work_dir, pixel_size_A=target, device=device, resume=resume, seed=seed, progress=not quiet, affine=affine)
+    translator = DritTranslator.fit(micrographs, sims=images, settings=settings, work_dir=work_dir, pixel_size_A=target, device=device, resume=resume,
+                                    seed=seed, progress=not quiet, affine=affine, prior=prior)
+    return translator, spreads
 
 
-def _drit_report(translator, micrographs, path: Path, *, config, sim, seed) -> None:
+def _drit_report(translator, micrographs, path: Path, *, config, sim, seed, overrides=None) -> None:
     """report.png / report.json: experiment vs clean vs parametric vs DRIT on a held-out simulation."""
     import numpy as np
 
@@ -288,7 +387,8 @@ def _drit_report(translator, micrographs, path: Path, *, config, sim, seed) -> N
     if sim is not None:  # the last image of the user's pool
         held_out = simulation_pool(sim_path=sim, config=None, pixel_size_A=translator.pixel_size_A, n=0, size_px=0, seed=0, workers=1, progress=False)[-1]
     else:  # a fresh simulation, not in the training pool
-        held_out = simulation_pool(sim_path=None, config=config, pixel_size_A=translator.pixel_size_A, n=1, size_px=size, seed=seed + 10_000, workers=1, progress=False)[0]
+        held_out = simulation_pool(sim_path=None, config=config, pixel_size_A=translator.pixel_size_A, n=1, size_px=size, seed=seed + 10_000, workers=1,
+                                   progress=False, overrides=overrides)[0]
     if translator.prior is not None:  # the very model DRIT starts from (scan affine included)
         parametric = ParametricTranslator(translator.prior, translator.pixel_size_A)
     else:
@@ -543,6 +643,7 @@ def generate(
 ) -> None:
     """Simulate, translate and write N labelled samples as verified, resumable HDF5 shards with a manifest and a dataset card."""
     from translators.base import load_style, read_style_record
+    from translators.contrast_calibration import simulation_overrides
     from .grid import same_pixel_size
 
     from .config import load_config
@@ -569,6 +670,16 @@ def generate(
             "method": translator.method, "parameters": record["parameters"], "pixel_size_A": style_px,
             "hash": record["content_hash"], "path": str(Path(style).resolve()),
         }
+        calibrated = simulation_overrides(record.get("simulation"))
+        if calibrated:
+            configured, _ = load_config(config, overrides)
+            style_info["simulation"] = {k: record["simulation"][k] for k in ("gamma", "gamma_range", "source_size_A", "source_size_range_A")}
+            _notice(
+                f"images are simulated with the style's calibrated column contrast: γ {_as_range(calibrated['simulation.gamma'])} "
+                f"(the config says {configured.simulation.gamma.to_yaml()}), source size {_as_range(calibrated['microscope.source_size_A'])} Å "
+                f"(the config says {configured.microscope.source_size_A.to_yaml()})"
+            )
+            overrides |= calibrated
         if pixel_size is not None and not same_pixel_size(pixel_size, style_px):
             if not resample:
                 raise FactoryError(
@@ -602,6 +713,10 @@ def generate(
     counts = manifest["split"]["counts"]
     typer.echo(f"{manifest['n']} samples in {len(manifest['shards'])} shards; " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     typer.echo(str(out.resolve()))
+
+
+def _as_range(value) -> str:
+    return f"{value[0]:.3g}-{value[1]:.3g}" if isinstance(value, (list, tuple)) else f"{value:.3g}"
 
 
 train_app = typer.Typer(no_args_is_help=True, help="Train the downstream models on a generated dataset.")
@@ -664,6 +779,7 @@ def train_segment(
     seed: int = typer.Option(0, "--seed", help="Seed of initialisation, shuffling and augmentation."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
+    class_balance: bool = typer.Option(True, "--class-balance/--no-class-balance", help="unet: weigh each class's pixels by how rare it is, so vacancies and dopants are learned too."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train a U-Net or a Gomb-Net to find the atom columns of every layer."""
@@ -672,7 +788,7 @@ def train_segment(
     _require_at_least("--width", width, 1)
     _require_at_least("--depth", depth, 1)
     settings = _train_settings(epochs, batch, lr, minutes, seed, device, threads)
-    path, record, _ = train_segmentation(data, out, arch=arch, width=width, depth=depth, settings=settings, progress=not quiet)
+    path, record, _ = train_segmentation(data, out, arch=arch, width=width, depth=depth, settings=settings, class_balance=class_balance, progress=not quiet)
     last = record["history"][-1] if record["history"] else {}
     if last.get("val"):
         typer.echo(f"{last['epoch']} epochs, {last['steps']} steps in {last['seconds'] / 60:.1f} min; validation IoU {last['val']['val_iou']:.3f}")
@@ -697,6 +813,9 @@ def evaluate(
     metrics = run_evaluation(model, data, split, out, device=resolve_device(_device(device)), progress=not quiet)
     shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     typer.echo(json.dumps(shown, indent=None, default=float))
+    for name, s in metrics.get("per_channel", {}).items():
+        typer.echo(f"  {name:<10} F1 {s['f1']:.3f}  precision {s['precision']:.3f}  recall {s['recall']:.3f}  "
+                   f"({s['tp'] + s['fn']} true columns, {100 * s['fraction']:.1f} %)")
     typer.echo(str(Path(out).resolve()))
 
 

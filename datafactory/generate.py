@@ -258,6 +258,8 @@ def _new_manifest(req: GenerateRequest) -> dict[str, Any]:
     style = None
     if req.style:
         style = {k: req.style[k] for k in ("method", "hash", "pixel_size_A")} | {"path": req.style.get("path")}
+        if req.style.get("simulation"):  # the column contrast the style calibrated (already in the effective config)
+            style["simulation"] = req.style["simulation"]
     return {
         "format": FORMAT,
         "schema_version": SCHEMA_VERSION,

@@ -213,3 +213,50 @@ def test_fitted_scan_distortion_is_reproduced_by_translation(run_cli, tmp_path):
     assert abs(expected) > 0.03
     assert calibrate_lattice(restyled, lattice).shear == pytest.approx(expected, abs=0.01)
     assert abs(calibrate_lattice(other, lattice).shear) < 0.005
+
+
+def test_fit_style_calibrates_contrast_and_generate_simulates_with_it(run_cli, experiment, tmp_path):
+    """The experiment was simulated at γ 1.6 with a 0.6 Å source; the config says γ 1.4 and a 0.1-0.2 Å source."""
+    import yaml
+
+    from conftest import IDEAL_MICROSCOPE
+
+    config = tmp_path / "mono.yaml"
+    config.write_text(yaml.safe_dump({"structure": {"cell": "MoS2", "layers": 1, "vacancies": {"chalcogen_single": 0.02}},
+                                      "microscope": {**IDEAL_MICROSCOPE, "source_size_A": [0.1, 0.2]}, "simulation": {"gamma": 1.4}}))
+    style = tmp_path / "style"
+    code, out, err = run_cli("fit-style", experiment, "--method", "parametric", "--material", "MoS2", "--config", config, "--out", style, "-q")
+    assert code == 0, err
+    assert "contrast: S2/Mo" in out and "adsorbates:" in out
+    record = json.loads((style / "style.json").read_text())
+    sim = record["simulation"]
+    assert sim["gamma"] == pytest.approx(1.6, abs=0.05) and sim["gamma_range"][0] < sim["gamma"] < sim["gamma_range"][1]
+    assert sim["source_size_A"] == pytest.approx(0.6, abs=0.15)
+    assert sim["before"]["chalcogen_to_metal"] > sim["measured"]["chalcogen_to_metal"] + 0.02  # γ 1.4 is too bright for S
+    assert abs(sim["simulated"]["chalcogen_to_metal"] - sim["measured"]["chalcogen_to_metal"]) < 0.01
+    assert (style / "contrast.png").stat().st_size > 0 and "contrast" in json.loads((style / "report.json").read_text())
+
+    data = tmp_path / "data"
+    code, out, err = run_cli("generate", "--config", config, "--style", style, "--n", 6, "--size", 64, "--out", data, "--workers", 1, "-q")
+    assert code == 0, err
+    assert "calibrated column contrast" in err
+    manifest = json.loads((data / "manifest.json").read_text())
+    assert manifest["style"]["simulation"]["gamma"] == sim["gamma"]
+    with h5py.File(next((data / "shards").glob("*.h5"))) as f:
+        gamma, source = f["params/gamma"][:], f["params/source_size_A"][:]
+    assert np.all((gamma >= sim["gamma_range"][0]) & (gamma <= sim["gamma_range"][1])) and np.ptp(gamma) > 0
+    assert np.all((source >= sim["source_size_range_A"][0]) & (source <= sim["source_size_range_A"][1]))
+
+    # a hand-edited calibration no longer matches the bundle's hash
+    record["simulation"]["gamma"] = 2.5
+    (style / "style.json").write_text(json.dumps(record))
+    code, out, err = run_cli("generate", "--config", config, "--style", style, "--n", 2, "--size", 64, "--out", tmp_path / "d2", "-q")
+    one_line_error(code, err)
+
+
+def test_fit_style_without_a_lattice_or_config_says_contrast_is_not_calibrated(run_cli, experiment, tmp_path):
+    code, out, err = run_cli("fit-style", experiment, "--method", "parametric", "--out", tmp_path / "s", "-q")
+    assert code == 0, err
+    assert "column contrast not calibrated" in err and "simulation" not in json.loads((tmp_path / "s" / "style.json").read_text())
+    code, out, err = run_cli("fit-style", experiment, "--method", "parametric", "--no-contrast", "--out", tmp_path / "s2", "-q")
+    assert code == 0 and "contrast" not in err

@@ -287,3 +287,24 @@ def test_translation_sees_a_reflected_margin_at_the_bottom_and_right(data, monke
     assert out.images.shape == (1, 45, 50)
     rows, cols = shapes[0]
     assert rows >= 45 + BORDER_PX and cols >= 50 + BORDER_PX and rows % 4 == 0 and cols % 4 == 0
+
+
+def test_fit_style_drit_calibrates_contrast_into_pool_and_prior(run_cli, tmp_path):
+    """With --material and --config the DRIT prior gets the fitted adsorbates and the bundle the calibrated simulation."""
+    import json
+
+    import tifffile
+
+    plan = make_plan({"microscope": {"image_size_px": 192, "pixel_size_A": PIXEL_A, "source_size_A": 0.6}, "structure": {"rotation_deg": 20.0}})
+    style = StyleParameters(gain=2.0, dose_counts=40.0, background=0.2, spread=0.0)
+    image = render(simulate_sample(plan, 3, 0).image, style, PIXEL_A, np.random.default_rng(0))[0]
+    experiment = tmp_path / "exp.tif"
+    tifffile.imwrite(experiment, image, imagej=True, resolution=(1 / PIXEL_A, 1 / PIXEL_A), metadata={"unit": "A"})
+    out = tmp_path / "style"
+    code, stdout, err = run_cli("fit-style", experiment, "--material", "MoS2", "--config", "mos2_monolayer", "--iterations", 2, "--crop", 32,
+                                "--pool", 4, "--no-select", "--threads", 1, "--device", "cpu", "--out", out, "-q")
+    assert code == 0, err
+    record = json.loads((out / "style.json").read_text())
+    assert record["simulation"]["gamma"] == pytest.approx(1.6, abs=0.08)
+    assert record["parameters"]["prior"]["adsorbate_sigma_A"] > 0
+    assert (out / "contrast.png").is_file() and "contrast" in json.loads((out / "report.json").read_text())

@@ -119,21 +119,26 @@ class Translator(ABC):
         """Load any STYLE bundle (same as :func:`load_style`)."""
         return load_style(directory)
 
-    def save(self, directory: Path, *, sources: Sequence[dict[str, Any]] = (), options: dict[str, Any] | None = None) -> Path:
-        """Write the STYLE bundle to ``directory`` (replaced atomically if it exists)."""
-        return save_bundle(self, Path(directory), sources=sources, options=options or {})
+    def save(self, directory: Path, *, sources: Sequence[dict[str, Any]] = (), options: dict[str, Any] | None = None,
+             simulation: dict[str, Any] | None = None) -> Path:
+        """Write the STYLE bundle to ``directory`` (replaced atomically if it exists); ``simulation``
+        holds the simulation values calibrated to the experiment (see :mod:`translators.contrast_calibration`)."""
+        return save_bundle(self, Path(directory), sources=sources, options=options or {}, simulation=simulation)
 
 
 def _content_hash(record: dict[str, Any], files: dict[str, bytes]) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({k: record[k] for k in ("method", "pixel_size_A", "parameters")}, sort_keys=True).encode())
+    if record.get("simulation") is not None:  # the calibrated simulation values change every image made with the style
+        h.update(json.dumps(record["simulation"], sort_keys=True).encode())
     for name in sorted(files):
         h.update(name.encode())
         h.update(hashlib.sha256(files[name]).digest())
     return h.hexdigest()
 
 
-def save_bundle(translator: Translator, directory: Path, *, sources: Sequence[dict[str, Any]], options: dict[str, Any]) -> Path:
+def save_bundle(translator: Translator, directory: Path, *, sources: Sequence[dict[str, Any]], options: dict[str, Any],
+                simulation: dict[str, Any] | None = None) -> Path:
     """Write ``style.json`` and weight files into a temporary directory, then rename it to ``directory``."""
     import datetime as dt
 
@@ -143,6 +148,7 @@ def save_bundle(translator: Translator, directory: Path, *, sources: Sequence[di
         "pixel_size_A": float(translator.pixel_size_A),
         "parameters": translator.parameters(),
         "options": options,
+        **({"simulation": simulation} if simulation is not None else {}),
         "sources": list(sources),
         "package_version": __version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -23,9 +23,11 @@ from datafactory.errors import FactoryError
 
 
 def simulation_pool(
-    *, sim_path: Path | None, config: str | None, pixel_size_A: float, n: int, size_px: int, seed: int, workers: int, progress: bool
+    *, sim_path: Path | None, config: str | None, pixel_size_A: float, n: int, size_px: int, seed: int, workers: int, progress: bool,
+    overrides: dict[str, Any] | None = None,
 ) -> list[np.ndarray]:
-    """Clean images at ``pixel_size_A``: read from ``sim_path`` or simulated from ``config``."""
+    """Clean images at ``pixel_size_A``: read from ``sim_path`` or simulated from ``config`` (with
+    ``overrides``, dotted key -> value, e.g. the calibrated column contrast)."""
     from datafactory.grid import same_pixel_size
 
     if sim_path is not None:
@@ -52,7 +54,7 @@ def simulation_pool(
     from datafactory.config import load_config
     from datafactory.pipeline import Plan, simulate_samples
 
-    cfg, path = load_config(config, {"microscope.pixel_size_A": pixel_size_A, "microscope.image_size_px": size_px})
+    cfg, path = load_config(config, {**(overrides or {}), "microscope.pixel_size_A": pixel_size_A, "microscope.image_size_px": size_px})
     plan = Plan.from_config(cfg, base_dir=path.parent)
     images = []
     with tqdm(total=n, desc="simulate pool", unit="img", disable=not progress, dynamic_ncols=True) as bar:

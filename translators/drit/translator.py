@@ -136,12 +136,14 @@ class DritTranslator(Translator):
         seed: int = 0,
         progress: bool = True,
         affine: np.ndarray | None = None,
+        prior: Any = None,
         **_: Any,
     ) -> "DritTranslator":
         """Train on experimental ``micrographs`` and clean ``sims`` (both at ``pixel_size_A``).
 
         With ``settings.physics_prior`` the parametric model is fitted first (``affine``: the
-        lattice-derived scan distortion, as for ``--method parametric``) and used as the base.
+        lattice-derived scan distortion, as for ``--method parametric``) and used as the base;
+        ``prior`` (StyleParameters) gives one fitted already (e.g. with adsorbates).
         """
         from .train import PRESETS, percentile_range, train
 
@@ -150,8 +152,9 @@ class DritTranslator(Translator):
         pixel_size_A = float(pixel_size_A or micrographs[0].pixel_size_A)
         exp_range = percentile_range(exps)
         device = resolve_device(device)
-        prior = None
-        if settings.physics_prior:
+        if not settings.physics_prior:
+            prior = None
+        elif prior is None:
             from ..parametric import ParametricTranslator
 
             prior = ParametricTranslator.fit(micrographs, pixel_size_A=pixel_size_A, affine=affine).params
