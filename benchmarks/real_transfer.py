@@ -1,0 +1,415 @@
+#!/usr/bin/env python
+"""Real-data transfer: models trained only on factory data, scored on a real micrograph.
+
+Protocol (every step is a ``factory`` command, run in a subprocess):
+
+1. Fit each style on ``mos2_60kv_a.tif`` only (``--material MoS2 --calibrate``).
+2. ``generate --config mos2_monolayer`` (1,500 samples of 256², at the lattice-calibrated
+   pixel size of crop a), styled by it.
+3. ``train segment --arch unet`` for a fixed number of epochs (``--epochs``, default 8:
+   about 9 minutes on 2 quiet CPU cores) with training seeds 0, 1, 2.
+4. ``evaluate`` on the synthetic test split (per-class F1).
+5. ``map`` ``mos2_60kv_b.tif`` (held out) and ``mos2_60kv_a.tif`` (in-sample: a user who
+   fits the style on the very images they analyse), ``--material MoS2 --calibrate --resample``.
+6. Score ``atoms.csv`` against the classical (atomap) reference tables in
+   ``../shared/data/experimental/reference/`` (see :func:`score`): one-to-one matching
+   within 0.6 Å inside the reference's ``valid_mask``.
+
+Rows are training-data recipes (:data:`ROWS`); ``--rows`` picks some, ``--seeds`` the
+training seeds. Everything is cached in ``--work`` (default ``runs/real_transfer``), so a
+row or a seed can be added later and the table re-printed without retraining.
+
+    .venv/bin/python benchmarks/real_transfer.py --rows clean,parametric --seeds 0,1,2
+
+Needs ``../shared/data/experimental`` (skips otherwise). Last line:
+``real_transfer (crop b): parametric S-site F1 <mean> (worst <w>) ...; best <row> ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data" / "experimental"
+REFERENCE = SHARED / "reference"
+FACTORY = str(Path(sys.executable).parent / "factory")
+CROPS = ("b", "a")  # held out first
+MATCH_RADIUS_A = 0.6
+DUPLICATE_RADIUS_A = 0.8
+EDGE_PX = 3.0  # found columns this close to the edge of valid_mask count only if they match
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def _base(name: str) -> str:
+    """'L1:S2' -> 'S2'."""
+    return name.split(":", 1)[1] if ":" in name else name
+
+
+def is_metal(name: str) -> bool:
+    return _base(name) in ("Mo", "W")
+
+
+def has_selenium(name: str) -> bool:
+    return "Se" in _base(name)
+
+
+def _match(found: np.ndarray, ref: np.ndarray, radius_px: float) -> list[tuple[int, int, float]]:
+    """One-to-one pairs (found index, reference index, distance) within ``radius_px``, as many as
+    possible and then the closest (Hungarian assignment over the candidate pairs)."""
+    from scipy.optimize import linear_sum_assignment
+    from scipy.spatial import cKDTree
+
+    if len(found) == 0 or len(ref) == 0:
+        return []
+    pairs = cKDTree(found).sparse_distance_matrix(cKDTree(ref), radius_px, output_type="coo_matrix")
+    if pairs.nnz == 0:
+        return []
+    rows, row_of = np.unique(pairs.row, return_inverse=True)
+    cols, col_of = np.unique(pairs.col, return_inverse=True)
+    big = radius_px * (len(rows) + len(cols)) + 1.0
+    cost = np.full((len(rows), len(cols)), big)
+    cost[row_of, col_of] = pairs.data
+    r, c = linear_sum_assignment(cost)
+    return [(int(rows[i]), int(cols[j]), float(cost[i, j])) for i, j in zip(r, c) if cost[i, j] < big]
+
+
+def _prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
+    p = tp / (tp + fp) if tp + fp else 1.0
+    r = tp / (tp + fn) if tp + fn else 1.0
+    f = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+    return p, r, f
+
+
+def score(found_rc: np.ndarray, found_class: list[str], reference: dict, pixel_size_A: float,
+          radius_A: float = MATCH_RADIUS_A) -> dict:
+    """Score found columns against a classical reference table of the same image.
+
+    ``found_rc`` (N, 2) [row, col] in the image's pixels, ``found_class`` their class names
+    (``L1:Mo``, ``S2``, ...). ``reference`` holds the fields of a reference ``.npz``.
+
+    - Reference columns: every site whose class is not ``vac``, inside ``valid_mask``.
+      Mo sites at ``position_px``; S sites at ``position_centroid_px`` (the centroid of the
+      three Mo, more precise for faint columns than the refined value).
+    - Metal columns are matched to Mo sites and every other class to S sites ("any
+      chalcogen class counts as found"), one to one within ``radius_A``.
+    - A found column that matches nothing is a false positive when it lies inside
+      ``valid_mask`` farther than ``EDGE_PX`` from its edge; elsewhere it is not counted.
+    - SSe: reference ``SSe`` sites found with a Se-containing class (SSe, Se2, Se1); precision
+      over every counted Se-containing column. S1: reference ``S1`` sites found as ``S1``.
+    - Position error: mean distance of matched pairs (pm). Duplicates: pairs of counted
+      columns closer than 0.8 Å.
+    """
+    from scipy import ndimage
+    from scipy.spatial import cKDTree
+
+    found_rc = np.asarray(found_rc, dtype=np.float64).reshape(-1, 2)
+    found_class = [str(c) for c in found_class]
+    valid = np.asarray(reference["valid_mask"], dtype=bool)
+    h, w = valid.shape
+    inner = ndimage.binary_erosion(valid, iterations=int(round(EDGE_PX)))
+    outer = ndimage.binary_dilation(valid, iterations=int(round(EDGE_PX)))
+
+    def at(mask, rc):
+        r = np.clip(np.round(rc[:, 0]).astype(int), 0, h - 1)
+        c = np.clip(np.round(rc[:, 1]).astype(int), 0, w - 1)
+        inside = (rc[:, 0] > -0.5) & (rc[:, 1] > -0.5) & (rc[:, 0] < h - 0.5) & (rc[:, 1] < w - 0.5)
+        return mask[r, c] & inside
+
+    sub = np.asarray(reference["sublattice"]).astype(str)
+    cls = np.asarray(reference["s_class"]).astype(str)
+    pos = np.where((sub == "Mo")[:, None], reference["position_px"], reference["position_centroid_px"]).astype(np.float64)
+    keep = (cls != "vac") & at(valid, pos)
+    sub, cls, pos = sub[keep], cls[keep], pos[keep]
+    counted = at(outer, found_rc) if len(found_rc) else np.zeros(0, bool)
+    radius_px = radius_A / pixel_size_A
+    metal = np.array([is_metal(c) for c in found_class], dtype=bool)
+    out: dict = {}
+    matched_class: dict[int, str] = {}  # reference index -> class of the found column matched to it
+    matched_found: set[int] = set()
+    inside_inner = at(inner, found_rc) if len(found_rc) else np.zeros(0, bool)
+    errors = {}
+    for name, f_sel, r_sel in (("Mo", metal & counted, sub == "Mo"), ("S", ~metal & counted, sub == "S")):
+        f_idx, r_idx = np.flatnonzero(f_sel), np.flatnonzero(r_sel)
+        pairs = _match(found_rc[f_idx], pos[r_idx], radius_px)
+        for i, j, _ in pairs:
+            matched_class[int(r_idx[j])] = found_class[f_idx[i]]
+            matched_found.add(int(f_idx[i]))
+        tp = len(pairs)
+        fp = int(sum(1 for i in f_idx if i not in matched_found and inside_inner[i]))
+        fn = len(r_idx) - tp
+        p, r, f = _prf(tp, fp, fn)
+        out[name] = {"precision": p, "recall": r, "f1": f, "tp": tp, "fp": fp, "fn": fn}
+        errors[name] = [d * pixel_size_A * 100 for _, _, d in pairs]
+    # counted columns: matched ones, and unmatched ones well inside the valid region
+    scored = [i for i in range(len(found_rc)) if i in matched_found or inside_inner[i]]
+    ref_sse = np.flatnonzero(cls == "SSe")
+    tp_sse = sum(1 for j in ref_sse if has_selenium(matched_class.get(int(j), "")))
+    n_se = sum(1 for i in scored if has_selenium(found_class[i]))
+    out["SSe"] = {"recall": tp_sse / len(ref_sse) if len(ref_sse) else 1.0, "precision": tp_sse / n_se if n_se else 1.0,
+                  "n_ref": int(len(ref_sse)), "n_found": int(n_se)}
+    ref_s1 = np.flatnonzero(cls == "S1")
+    out["S1"] = {"recall": sum(1 for j in ref_s1 if _base(matched_class.get(int(j), "")) == "S1") / len(ref_s1) if len(ref_s1) else 1.0,
+                 "n_ref": int(len(ref_s1)), "n_found": int(sum(1 for i in scored if _base(found_class[i]) == "S1")),
+                 "s2_called_s1": int(sum(1 for j, c in matched_class.items() if cls[j] == "S2" and _base(c) == "S1"))}
+    all_errors = errors["Mo"] + errors["S"]
+    out["position_error_pm"] = {"Mo": float(np.mean(errors["Mo"])) if errors["Mo"] else float("nan"),
+                                "S": float(np.mean(errors["S"])) if errors["S"] else float("nan"),
+                                "all": float(np.mean(all_errors)) if all_errors else float("nan")}
+    pts = found_rc[scored]
+    out["duplicates"] = int(len(cKDTree(pts).query_pairs(DUPLICATE_RADIUS_A / pixel_size_A))) if len(pts) > 1 else 0
+    return out
+
+
+def load_reference(crop: str) -> dict:
+    with np.load(REFERENCE / f"mos2_60kv_{crop}.npz", allow_pickle=True) as z:
+        return {k: z[k] for k in z.files}
+
+
+def read_atoms_csv(path: Path) -> tuple[np.ndarray, list[str]]:
+    rc, names = [], []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            rc.append((float(row["row_px"]), float(row["col_px"])))
+            names.append(row["channel"])
+    return np.asarray(rc, dtype=np.float64).reshape(-1, 2), names
+
+
+# ----------------------------------------------------------------------------- recipes
+
+
+@dataclass(frozen=True)
+class Row:
+    """One training-data recipe."""
+
+    style: tuple[str, ...] | None  # fit-style arguments after the image (None: no style)
+    config: dict = field(default_factory=dict)  # updates to configs/mos2_monolayer.yaml
+    generate: tuple[str, ...] = ()
+    train: tuple[str, ...] = ()
+    note: str = ""
+
+
+PARAMETRIC = ("--method", "parametric", "--material", "MoS2", "--calibrate")
+DRIT = ("--method", "drit", "--material", "MoS2", "--calibrate", "--config", "mos2_monolayer", "--threads", "2")
+CALIBRATED = (*PARAMETRIC, "--config", "mos2_monolayer")
+OLD_TRAINING = ("--no-class-balance",)
+ROWS: dict[str, Row] = {
+    # the recipes of the issue's table (columns now decoded one per site)
+    "clean": Row(None, train=OLD_TRAINING, note="clean simulations"),
+    "gaussian": Row(None, config={"augment": {"gaussian_noise": 0.1}}, train=OLD_TRAINING, note="Gaussian noise (augment 0.1)"),
+    "parametric": Row(PARAMETRIC, train=OLD_TRAINING, note="parametric style"),
+    "drit": Row((*DRIT, "--no-contrast"), train=OLD_TRAINING, note="DRIT style (quick preset)"),
+    # the levers, added one at a time
+    "balance": Row(PARAMETRIC, note="parametric + class-balanced loss"),
+    "contrast": Row((*CALIBRATED, "--no-adsorbates"), note="+ contrast calibrated (γ, source size)"),
+    "adsorbates": Row(CALIBRATED, note="+ adsorbates fitted (the full calibration)"),
+    "fixed": Row((*CALIBRATED, "--spread", "0"), note="full calibration, no draws around the fitted values"),
+    "drit_calibrated": Row(DRIT, note="DRIT on the full calibration"),
+}
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def factory(*args: str) -> str:
+    t = time.monotonic()
+    result = subprocess.run([FACTORY, *args], cwd=ROOT, capture_output=True, text=True)
+    if result.returncode:
+        sys.exit(f"factory {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    print(f"  ({time.monotonic() - t:.0f} s) factory {' '.join(args[:4])} ...", file=sys.stderr, flush=True)
+    return result.stdout
+
+
+def crop_path(crop: str) -> Path:
+    return SHARED / f"mos2_60kv_{crop}.tif"
+
+
+def lattice_pixel_size(work: Path) -> float:
+    cache = work / "pixel_size_A.json"
+    if not cache.is_file():
+        out = factory("calibrate", str(crop_path("a")), "--material", "MoS2", "--json")
+        cache.write_text(json.dumps({"pixel_size_A": json.loads(out)["pixel_size_A"]}))
+    return float(json.loads(cache.read_text())["pixel_size_A"])
+
+
+def style_dir(work: Path, name: str, row: Row) -> Path | None:
+    if row.style is None:
+        return None
+    out = work / f"style_{name}"
+    if not (out / "style.json").is_file():
+        factory("fit-style", str(crop_path("a")), *row.style, "--out", str(out), "-q")
+    return out
+
+
+def config_file(work: Path, name: str, row: Row) -> str:
+    if not row.config:
+        return "mos2_monolayer"
+    import yaml
+
+    def merge(base: dict, update: dict) -> dict:
+        out = dict(base)
+        for k, v in update.items():
+            out[k] = merge(out.get(k, {}), v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        return out
+
+    raw = yaml.safe_load((ROOT / "configs" / "mos2_monolayer.yaml").read_text())
+    path = work / f"config_{name}.yaml"
+    path.write_text(yaml.safe_dump(merge(raw, row.config), sort_keys=False))
+    return str(path)
+
+
+def dataset(work: Path, name: str, row: Row, n: int) -> Path:
+    out = work / f"data_{name}"
+    manifest = out / "manifest.json"
+    if manifest.is_file() and json.loads(manifest.read_text()).get("completed"):
+        return out
+    style = style_dir(work, name, row)
+    where = ["--style", str(style)] if style else ["--pixel-size", f"{lattice_pixel_size(work):.6f}"]
+    factory("generate", "--config", config_file(work, name, row), *where, "--n", str(n), "--size", "256", "--seed", "0",
+            "--out", str(out), "--overwrite", *row.generate, "-q")
+    return out
+
+
+def run_seed(work: Path, name: str, row: Row, seed: int, epochs: int, n: int, threads: int = 2) -> dict:
+    result_file = work / f"result_{name}_s{seed}.json"
+    if result_file.is_file():
+        return json.loads(result_file.read_text())
+    data = dataset(work, name, row, n)
+    model = work / f"model_{name}_s{seed}"
+    if not (model / "model.json").is_file():
+        factory("train", "segment", "--arch", "unet", "--data", str(data), "--out", str(model), "--epochs", str(epochs),
+                "--seed", str(seed), "--threads", str(threads), *row.train, "-q")
+    record = json.loads((model / "model.json").read_text())
+    metrics_file = work / f"eval_{name}_s{seed}.json"
+    factory("evaluate", str(model), "--data", str(data), "--split", "test", "--out", str(metrics_file), "-q")
+    metrics = json.loads(metrics_file.read_text())
+    result = {"row": name, "seed": seed, "train_minutes": record["history"][-1]["seconds"] / 60, "epochs": record["history"][-1]["epoch"],
+              "synthetic": {"atom_f1": metrics["atom_f1"], "per_channel_f1": {k: v["f1"] for k, v in metrics["per_channel"].items()},
+                            "class_fraction": metrics.get("class_fraction", {})}}
+    for crop in CROPS:
+        out = work / f"map_{name}_s{seed}_{crop}"
+        factory("map", str(model), str(crop_path(crop)), "--material", "MoS2", "--calibrate", "--resample", "--out", str(out), "--overwrite", "-q")
+        summary = json.loads((out / "summary.json").read_text())
+        rc, names = read_atoms_csv(out / "atoms.csv")
+        result[crop] = score(rc, names, load_reference(crop), summary["pixel_size_A"])
+    result_file.write_text(json.dumps(result, indent=1))
+    return result
+
+
+# ----------------------------------------------------------------------------- reporting
+
+COLUMNS = (
+    ("Mo F1", lambda s: s["Mo"]["f1"], "{:.3f}"),
+    ("S P", lambda s: s["S"]["precision"], "{:.3f}"),
+    ("S R", lambda s: s["S"]["recall"], "{:.3f}"),
+    ("S F1", lambda s: s["S"]["f1"], "{:.3f}"),
+    ("SSe R", lambda s: s["SSe"]["recall"], "{:.2f}"),
+    ("SSe P", lambda s: s["SSe"]["precision"], "{:.2f}"),
+    ("S1 R", lambda s: s["S1"]["recall"], "{:.2f}"),
+    ("err pm", lambda s: s["position_error_pm"]["all"], "{:.1f}"),
+    ("dup", lambda s: s["duplicates"], "{:d}"),
+)
+
+
+def summarise(results: list[dict], crop: str) -> dict:
+    """mean, worst (min for scores, max for error/duplicates) and spread (max - min) of every column."""
+    out = {}
+    for label, get, _ in COLUMNS:
+        values = np.array([get(r[crop]) for r in results], dtype=float)
+        worst = values.max() if label in ("err pm", "dup") else values.min()
+        out[label] = (float(values.mean()), float(worst), float(values.max() - values.min()))
+    return out
+
+
+def print_table(all_results: dict[str, list[dict]], crop: str) -> dict[str, dict]:
+    print(f"\ncrop {crop} ({'held out' if crop == 'b' else 'in-sample: the style was fitted on it'}); mean / worst / spread over seeds")
+    print("| training data | seeds | " + " | ".join(label for label, _, _ in COLUMNS) + " |")
+    print("| --- | --- | " + " | ".join("---" for _ in COLUMNS) + " |")
+    summaries = {}
+    for name, results in all_results.items():
+        s = summarise(results, crop)
+        summaries[name] = s
+        cells = []
+        for label, _, fmt in COLUMNS:
+            mean, worst, spread = s[label]
+            f = (lambda v: fmt.format(int(round(v)))) if fmt == "{:d}" else fmt.format
+            cells.append(f"{f(mean)} / {f(worst)} / {f(spread)}")
+        print(f"| {ROWS[name].note or name} | {len(results)} | " + " | ".join(cells) + " |")
+    return summaries
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "real_transfer")
+    parser.add_argument("--rows", default="clean,gaussian,parametric,drit", help="comma-separated rows: " + ", ".join(ROWS))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--epochs", type=int, default=8, help="training epochs per model (fixed, so a busy machine changes the time, not the model)")
+    parser.add_argument("--n", type=int, default=1500, help="samples per dataset")
+    parser.add_argument("--jobs", type=int, default=1, help="trainings at once (2: one CPU thread each; the models do not depend on it)")
+    parser.add_argument("--table-only", action="store_true", help="print what is cached; train nothing")
+    args = parser.parse_args()
+    if not REFERENCE.is_dir():
+        print(f"skipped: {REFERENCE} not found")
+        return
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = set(rows) - set(ROWS)
+    if unknown:
+        parser.error(f"unknown row(s) {sorted(unknown)}; choose from {', '.join(ROWS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    args.work.mkdir(parents=True, exist_ok=True)
+    todo = [(name, seed) for name in rows for seed in seeds if not (args.work / f"result_{name}_s{seed}.json").is_file()]
+    if not args.table_only and todo:
+        from concurrent.futures import ThreadPoolExecutor
+
+        for name in dict.fromkeys(name for name, _ in todo):  # styles and datasets first, one at a time
+            dataset(args.work, name, ROWS[name], args.n)
+        threads = max(1, 2 // args.jobs)
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(lambda job: run_seed(args.work, job[0], ROWS[job[0]], job[1], args.epochs, args.n, threads), todo))
+    results: dict[str, list[dict]] = {}
+    for name in rows:
+        for seed in seeds:
+            cached = args.work / f"result_{name}_s{seed}.json"
+            if not cached.is_file():
+                continue
+            r = json.loads(cached.read_text())
+            b = r["b"]
+            syn = ", ".join(f"{_base(k)} {v:.3f}" for k, v in r["synthetic"]["per_channel_f1"].items())
+            print(f"{name} seed {seed} ({r['train_minutes']:.1f} min): crop b Mo F1 {b['Mo']['f1']:.3f}, S P/R/F1 {b['S']['precision']:.3f}/"
+                  f"{b['S']['recall']:.3f}/{b['S']['f1']:.3f}, SSe R/P {b['SSe']['recall']:.2f}/{b['SSe']['precision']:.2f}, "
+                  f"S1 {b['S1']['recall']:.2f} ({b['S1']['n_found']} found, {b['S1']['s2_called_s1']} S2 called S1), "
+                  f"err {b['position_error_pm']['all']:.1f} pm, dup {b['duplicates']}; synthetic F1 {r['synthetic']['atom_f1']:.3f} ({syn})", flush=True)
+            results.setdefault(name, []).append(r)
+    if not results:
+        print("nothing to report")
+        return
+    summaries = {crop: print_table(results, crop) for crop in CROPS}
+    # synthetic per-class F1, worst over seeds
+    print("\nsynthetic test split: per-class F1, worst over seeds")
+    for name, rs in results.items():
+        classes = sorted({k for r in rs for k in r["synthetic"]["per_channel_f1"]})
+        print(f"  {name}: " + ", ".join(f"{_base(c)} {min(r['synthetic']['per_channel_f1'].get(c, float('nan')) for r in rs):.3f}" for c in classes))
+    b = summaries["b"]
+    best = max(b, key=lambda k: (b[k]["S F1"][1], b[k]["S F1"][0]))
+
+    def line(name: str) -> str:
+        s = b[name]
+        return (f"{name} S-site F1 {s['S F1'][0]:.3f} (worst {s['S F1'][1]:.3f}, spread {s['S F1'][2]:.3f}), Mo F1 worst {s['Mo F1'][1]:.3f}, "
+                f"SSe R/P worst {s['SSe R'][1]:.2f}/{s['SSe P'][1]:.2f}, dup {s['dup'][1]:.0f}")
+
+    head = "parametric" if "parametric" in b else next(iter(b))
+    print(f"real_transfer (crop b): {line(head)}; best {line(best)}")
+
+
+if __name__ == "__main__":
+    main()
