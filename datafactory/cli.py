@@ -298,9 +298,11 @@ def _fit_adsorbates(params, calibration, pixel_size_A, seed):
                                            base_dir=calibration.base_dir, seed=seed)
     e, before, after = spreads["experiment"], spreads["style"], spreads["style + adsorbates"]
     typer.echo(
-        f"adsorbates: {params.adsorbate_density_per_A2:.3g} per Å², peak {params.adsorbate_weight:.3g} of the column contrast; "
-        f"hollow scatter (sd, skew) {e['hollow_sd']:.3f}, {e['hollow_skew']:.2f} in the experiments, {before['hollow_sd']:.3f}, "
-        f"{before['hollow_skew']:.2f} without, {after['hollow_sd']:.3f}, {after['hollow_skew']:.2f} with them"
+        f"adsorbates: a layer of peak {params.adsorbate_layer_weight:.3g} and {params.adsorbate_density_per_A2:.3g} clusters per Å² of peak "
+        f"{params.adsorbate_weight:.3g} (of the column contrast); hollow scatter (robust sd, sd, skew) "
+        f"{e['hollow_mad']:.3f}, {e['hollow_sd']:.3f}, {e['hollow_skew']:.2f} in the experiments, "
+        f"{before['hollow_mad']:.3f}, {before['hollow_sd']:.3f}, {before['hollow_skew']:.2f} without, "
+        f"{after['hollow_mad']:.3f}, {after['hollow_sd']:.3f}, {after['hollow_skew']:.2f} with them"
     )
     return params, spreads
 

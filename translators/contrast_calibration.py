@@ -141,7 +141,7 @@ def fit_style_adsorbates(params, calibration: ContrastCalibration, config, pixel
     of the site spreads before and after (experiment, style without and with adsorbates)."""
     from datafactory.contrast import find_sites, measure_at_sites, summarise
 
-    from .adsorbates import fit_adsorbates, tail_statistics
+    from .adsorbates import Adsorbates, fit_adsorbates, tail_statistics
     from .parametric import render
 
     a_A = lattice_constant_A(lattice)
@@ -151,8 +151,9 @@ def fit_style_adsorbates(params, calibration: ContrastCalibration, config, pixel
     base = replace(params, spread=0.0, adsorbate_sigma_A=float(measured["column_sigma_A"]))
     sites_cache: dict[int, Any] = {}
 
-    def values(density: float, weight: float) -> dict[str, np.ndarray]:
-        p = replace(base, adsorbate_density_per_A2=density, adsorbate_weight=weight)
+    def values(adsorbates: Adsorbates) -> dict[str, np.ndarray]:
+        p = replace(base, adsorbate_layer_weight=adsorbates.layer_weight, adsorbate_density_per_A2=adsorbates.density_per_A2,
+                    adsorbate_weight=adsorbates.weight)
         out = {"metal": [], "chalcogen": [], "hollow": []}
         for i, image in enumerate(clean):
             rendered, displaced, _, _ = render(image, p, pixel_size_A, np.random.default_rng([seed, i]))
@@ -165,17 +166,18 @@ def fit_style_adsorbates(params, calibration: ContrastCalibration, config, pixel
         return {k: np.concatenate(v) for k, v in out.items()}
 
     target = np.asarray(calibration.fit.measured_hollows)
-    density, weight, table = fit_adsorbates(target, lambda d, w: values(d, w)["hollow"])
-    fitted = replace(params, adsorbate_density_per_A2=density, adsorbate_weight=weight, adsorbate_sigma_A=base.adsorbate_sigma_A)
+    fitted_ads, table = fit_adsorbates(target, lambda a: values(a)["hollow"])
+    fitted = replace(params, adsorbate_layer_weight=fitted_ads.layer_weight, adsorbate_density_per_A2=fitted_ads.density_per_A2,
+                     adsorbate_weight=fitted_ads.weight, adsorbate_sigma_A=base.adsorbate_sigma_A)
     report = {"table": table}
-    for name, (d, w) in (("style", (0.0, 0.0)), ("style + adsorbates", (density, weight))):
-        v = values(d, w)
+    for name, ads in (("style", Adsorbates()), ("style + adsorbates", fitted_ads)):
+        v = values(ads)
         summary = summarise(v["metal"], v["chalcogen"], v["hollow"], math.nan).to_dict()
         summary.pop("column_sigma_A", None)
-        summary["hollow_sd"], summary["hollow_skew"] = tail_statistics(v["hollow"])
+        summary["hollow_mad"], summary["hollow_sd"], summary["hollow_skew"] = tail_statistics(v["hollow"])
         report[name] = summary
     experiment = {k: measured[k] for k in ("chalcogen_to_metal", "chalcogen_spread", "metal_spread", "hollow_spread")}
-    experiment["hollow_sd"], experiment["hollow_skew"] = tail_statistics(target)
+    experiment["hollow_mad"], experiment["hollow_sd"], experiment["hollow_skew"] = tail_statistics(target)
     report["experiment"] = experiment
     return fitted, report
 
@@ -196,7 +198,7 @@ def draw_contrast_report(path: Path, calibration: ContrastCalibration, spreads: 
                                  (f"config ({fit.config_gamma}, source {fit.config_source_size_A} Å)", fit.before["chalcogen_to_metal"], "tab:red"),
                                  (f"calibrated (γ {calibration.gamma:.3f}, source {calibration.source_size_A:.2f} Å)", fit.simulated["chalcogen_to_metal"], "tab:green")):
         ax_hist.axvline(level, color=colour, lw=1.5, ls="--" if colour != "k" else "-", label=f"{label}: {level:.3f}")
-    ax_hist.set(xlabel="site intensity / local metal level", ylabel="sites", title="chalcogen sites (S2 mode, dopants above, S1 below)")
+    ax_hist.set(xlabel="site intensity / local metal level", ylabel="sites", title="chalcogen sites: S2 mode, Se above, S1 below")
     ax_hist.legend(fontsize=7)
     grid = fit.grid
     ax_fit.plot(grid["source_size_A"], grid["column_sigma_A"], "o-", ms=3, label="simulated column σ (Å)")
@@ -205,6 +207,8 @@ def draw_contrast_report(path: Path, calibration: ContrastCalibration, spreads: 
     ax_g = ax_fit.twinx()
     ax_g.plot(grid["source_size_A"], grid["gamma_for_ratio"], "s-", ms=3, color="tab:purple", label="γ giving the S2/Mo level")
     ax_g.set_ylabel("γ", color="tab:purple")
+    g = np.asarray(grid["gamma_for_ratio"], dtype=float)
+    ax_g.set_ylim(np.nanmin(g) - 0.1, np.nanmax(g) + 0.1)  # γ hardly depends on the source: do not magnify rounding
     ax_fit.set(xlabel="source size FWHM (Å)", ylabel="column σ (Å)", title="fit: width → source size, S2/Mo → γ")
     ax_fit.legend(fontsize=7, loc="upper left")
     names = ["metal_spread", "chalcogen_spread", "hollow_spread"]

@@ -98,8 +98,9 @@ class StyleParameters:
     flyback_decay_A: float = 2.0
     affine: list[list[float]] = field(default_factory=lambda: [[1.0, 0.0], [0.0, 1.0]])
     spread: float = DEFAULT_SPREAD
-    adsorbate_density_per_A2: float = 0.0  # see translators.adsorbates; fitted with a material and a config
-    adsorbate_weight: float = 0.0  # peak of one adsorbate blob, in contrast units (1 = brightest columns)
+    adsorbate_layer_weight: float = 0.0  # see translators.adsorbates; fitted with a material and a config
+    adsorbate_density_per_A2: float = 0.0  # clusters per Å²
+    adsorbate_weight: float = 0.0  # peak of one cluster, in contrast units (1 = brightest columns)
     adsorbate_sigma_A: float = 0.0  # blob width: the measured column width
 
     def to_dict(self) -> dict[str, Any]:
@@ -526,8 +527,8 @@ def sample_parameters(p: StyleParameters, rng: np.random.Generator) -> StylePara
         flyback_decay_A=_lognormal(rng, p.flyback_decay_A, s),
         psd_slope_A2=None if p.psd_slope_A2 is None else float(p.psd_slope_A2 * math.exp(0.5 * s * rng.standard_normal())),
         affine=affine.tolist(),
-        **({"adsorbate_density_per_A2": _lognormal(rng, p.adsorbate_density_per_A2, s), "adsorbate_weight": _lognormal(rng, p.adsorbate_weight, s)}
-           if p.adsorbate_weight > 0 else {}),
+        **({"adsorbate_layer_weight": _lognormal(rng, p.adsorbate_layer_weight, s), "adsorbate_density_per_A2": _lognormal(rng, p.adsorbate_density_per_A2, s),
+            "adsorbate_weight": _lognormal(rng, p.adsorbate_weight, s)} if p.adsorbate_sigma_A > 0 else {}),
     )
 
 
@@ -576,7 +577,8 @@ def extra_blur_sigma_A(clean: np.ndarray, p: StyleParameters, pixel_size_A: floa
 #: Scalar parameters of one draw recorded per translated sample (as ``params/style_<name>``).
 RECORDED_PARAMETERS = (
     "dose_counts", "background", "readout_counts", "extra_blur_A", "jitter_A", "streak",
-    "contamination", "contamination_length_A", "flyback_A", "flyback_decay_A", "adsorbate_density_per_A2", "adsorbate_weight",
+    "contamination", "contamination_length_A", "flyback_A", "flyback_decay_A", "adsorbate_layer_weight",
+    "adsorbate_density_per_A2", "adsorbate_weight",
 )
 
 
@@ -602,9 +604,10 @@ def render(
     lam = u + q.background
     if q.contamination > 0:
         lam = lam + q.contamination * smooth_random_field(shape, q.contamination_length_A / pixel_size_A, rng)
-    if q.adsorbate_weight > 0 and q.adsorbate_density_per_A2 > 0:
-        from .adsorbates import adsorbate_field
+    if q.adsorbate_sigma_A > 0:
+        from .adsorbates import LAYER_DENSITY_PER_A2, adsorbate_field
 
+        lam = lam + adsorbate_field(shape, pixel_size_A, LAYER_DENSITY_PER_A2, q.adsorbate_layer_weight, q.adsorbate_sigma_A, rng)
         lam = lam + adsorbate_field(shape, pixel_size_A, q.adsorbate_density_per_A2, q.adsorbate_weight, q.adsorbate_sigma_A, rng)
     lam = q.dose_counts * lam
     if q.streak > 0:
@@ -698,8 +701,9 @@ class ParametricTranslator(Translator):
             f"flyback lag       {p.flyback_A * 100:.1f} pm, decay {p.flyback_decay_A:.2f} Å",
             f"scan-line streaks {p.streak * 100:.2f} % RMS gain",
             f"contamination     {p.contamination * 100:.2f} % of dose, length {p.contamination_length_A:.1f} Å",
-            f"adsorbates        {p.adsorbate_density_per_A2:.3g} per Å², peak {p.adsorbate_weight:.3g} of the column contrast, σ {p.adsorbate_sigma_A:.2f} Å"
-            if p.adsorbate_weight > 0 else "adsorbates        none (fitted only with --material and --config)",
+            f"adsorbates        layer of peak {p.adsorbate_layer_weight:.3g}, clusters {p.adsorbate_density_per_A2:.3g} per Å² of peak "
+            f"{p.adsorbate_weight:.3g} (of the column contrast), σ {p.adsorbate_sigma_A:.2f} Å"
+            if p.adsorbate_sigma_A > 0 else "adsorbates        none (fitted only with --material and --config)",
             f"scan affine       [[{affine[0, 0]:.4f}, {affine[0, 1]:.4f}], [{affine[1, 0]:.4f}, {affine[1, 1]:.4f}]]",
             f"spread            {p.spread:.2f} (relative, per translated image)",
         ]
