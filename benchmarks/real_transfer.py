@@ -202,18 +202,19 @@ class Row:
 PARAMETRIC = ("--method", "parametric", "--material", "MoS2", "--calibrate")
 DRIT = ("--method", "drit", "--material", "MoS2", "--calibrate", "--config", "mos2_monolayer", "--threads", "2")
 CALIBRATED = (*PARAMETRIC, "--config", "mos2_monolayer")
-OLD_TRAINING = ("--no-class-balance",)
+OLD_TRAINING = ("--no-class-balance", "--classes", "independent")
 ROWS: dict[str, Row] = {
-    # the recipes of the table (columns now decoded one per site)
+    # the recipes of the table, trained as then (independent sigmoid channels, no class balance)
     "clean": Row(None, train=OLD_TRAINING, note="clean simulations"),
     "gaussian": Row(None, config={"augment": {"gaussian_noise": 0.1}}, train=OLD_TRAINING, note="Gaussian noise (augment 0.1)"),
     "parametric": Row(PARAMETRIC, train=OLD_TRAINING, note="parametric style"),
     "drit": Row((*DRIT, "--no-contrast"), train=OLD_TRAINING, note="DRIT style (quick preset)"),
-    # the levers, added one at a time
-    "balance": Row(PARAMETRIC, note="parametric + class-balanced loss"),
+    # the levers, added one at a time (columns are decoded one per site in every row)
+    "balance": Row(PARAMETRIC, note="parametric + exclusive classes, class-balanced loss"),
     "contrast": Row((*CALIBRATED, "--no-adsorbates"), note="+ contrast calibrated (γ, source size)"),
     "adsorbates": Row(CALIBRATED, note="+ adsorbates fitted (the full calibration)"),
     "fixed": Row((*CALIBRATED, "--spread", "0"), note="full calibration, no draws around the fitted values"),
+    "adsorbates_sigmoid": Row(CALIBRATED, train=("--classes", "independent"), note="full calibration, independent sigmoid channels"),
     "drit_calibrated": Row(DRIT, note="DRIT on the full calibration"),
 }
 

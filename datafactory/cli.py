@@ -782,6 +782,7 @@ def train_segment(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
     class_balance: bool = typer.Option(True, "--class-balance/--no-class-balance", help="unet: weigh each class's pixels by how rare it is, so vacancies and dopants are learned too."),
+    classes: str = typer.Option("exclusive", "--classes", help="unet: exclusive (one softmax per layer: the classes of a site compete) or independent (a sigmoid per channel)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train a U-Net or a Gomb-Net to find the atom columns of every layer."""
@@ -790,7 +791,7 @@ def train_segment(
     _require_at_least("--width", width, 1)
     _require_at_least("--depth", depth, 1)
     settings = _train_settings(epochs, batch, lr, minutes, seed, device, threads)
-    path, record, _ = train_segmentation(data, out, arch=arch, width=width, depth=depth, settings=settings, class_balance=class_balance, progress=not quiet)
+    path, record, _ = train_segmentation(data, out, arch=arch, width=width, depth=depth, settings=settings, class_balance=class_balance, classes=classes, progress=not quiet)
     last = record["history"][-1] if record["history"] else {}
     if last.get("val"):
         typer.echo(f"{last['epoch']} epochs, {last['steps']} steps in {last['seconds'] / 60:.1f} min; validation IoU {last['val']['val_iou']:.3f}")

@@ -44,6 +44,7 @@ __all__ = [
     "UNet",
     "GombNet",
     "dice_loss",
+    "soft_dice_loss",
     "gomb_loss",
     "blob_centroids",
     "match_points",
@@ -239,6 +240,12 @@ def _dice_per_channel(probability: torch.Tensor, target: torch.Tensor, fp_weight
     false_pos = (probability * (1 - target)).sum(dim=(-2, -1))
     false_neg = ((1 - probability) * target).sum(dim=(-2, -1))
     return 1 - (2 * true_pos + eps) / (2 * true_pos + fp_weight * false_pos + false_neg + eps)
+
+
+def soft_dice_loss(probability: torch.Tensor, target: torch.Tensor, fp_weight: float = 1.0, eps: float = 1.0) -> torch.Tensor:
+    """:func:`dice_loss` of probabilities that are already activated (e.g. a per-layer softmax)."""
+    _check_pair(probability, target)
+    return _dice_per_channel(probability, target, fp_weight, eps).mean()
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, fp_weight: float = 1.0, eps: float = 1.0) -> torch.Tensor:

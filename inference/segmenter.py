@@ -26,6 +26,7 @@ from datafactory.errors import FactoryError
 from .augment import Augmentation, Standardise, corrupt, crop_size, random_crops
 
 ARCHS = ("unet", "gombnet")
+CLASS_MODES = ("exclusive", "independent")
 _LAYER = re.compile(r"^L(\d+):(.+)$")
 
 
@@ -101,10 +102,23 @@ class Segmenter:
     """A trained segmentation MODEL: probability maps and atom positions for any image size."""
 
     def __init__(self, model: torch.nn.Module, record: dict[str, Any], device: str = "cpu"):
+        from .columns import layer_groups_of
+
         self.model, self.record, self.device = model.to(device).eval(), record, device
         self.pixel_size_A = float(record["pixel_size_A"])
         self.channel_names: list[str] = list(record["output_channels"])
         self.size_multiple = int(record["size_multiple"])
+        # models trained before the exclusive head have independent sigmoid outputs
+        self.exclusive = record.get("loss", {}).get("classes") == "exclusive"
+        self.groups = layer_groups_of(self.channel_names)
+
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits → probabilities: one softmax per layer (exclusive classes) or a sigmoid per channel."""
+        if self.exclusive:
+            from .exclusive import layer_softmax
+
+            return layer_softmax(logits, self.groups)
+        return torch.sigmoid(logits)
 
     def probabilities(self, images: np.ndarray, batch: int = 8) -> np.ndarray:
         """(B, H, W) images → (B, C, H, W) float32 probabilities (reflect-padded to the
@@ -118,7 +132,7 @@ class Segmenter:
         with torch.inference_mode():
             for lo in range(0, len(padded), batch):
                 x = torch.from_numpy(np.ascontiguousarray(padded[lo : lo + batch, None])).to(self.device)
-                out.append(torch.sigmoid(self.model(x).float()).cpu().numpy()[:, :, :h, :w])
+                out.append(self.activate(self.model(x).float()).cpu().numpy()[:, :, :h, :w])
         return np.concatenate(out) if out else np.zeros((0, len(self.channel_names), h, w), np.float32)
 
     def columns(self, probabilities: np.ndarray, threshold: float = 0.5):
@@ -154,9 +168,14 @@ def train_segmentation(
     fp_weight: float = 1.0,
     val_samples: int = 64,
     class_balance: bool = True,
+    classes: str = "exclusive",
     progress: bool = True,
 ) -> tuple[Path, dict, torch.nn.Module]:
     """Train a U-Net or Gomb-Net on the masks of dataset ``data``; saves MODEL ``out``; returns (out, record, model).
+
+    ``classes`` (U-Net): ``exclusive`` (default) trains one softmax per layer over "no column"
+    and the layer's classes (:mod:`inference.exclusive`), so the classes of a site compete;
+    ``independent`` one sigmoid per channel (the Gomb-Net always).
 
     With ``class_balance`` (U-Net) the cross-entropy weighs each channel's foreground pixels by
     :func:`balanced_pos_weight` of the channel's share of the masks, so a rare class (a vacancy,
@@ -169,13 +188,17 @@ def train_segmentation(
 
     from .checkpoint import check_output, dataset_hash, save_model
     from .data import ShardDataset
-    from .segmentation import dice_loss, gomb_loss
+    from .columns import layer_groups_of
+    from .exclusive import exclusive_loss, layer_softmax
+    from .segmentation import dice_loss, gomb_loss, soft_dice_loss
     from .training import TrainSettings, fit, seeded_loader_generator
 
     settings = settings or TrainSettings(epochs=10, batch=16)
     augmentation = augmentation or Augmentation()
     if arch not in ARCHS:
         raise FactoryError(f"--arch: must be one of {', '.join(ARCHS)} (got '{arch}')")
+    if classes not in CLASS_MODES:
+        raise FactoryError(f"--classes: must be one of {', '.join(CLASS_MODES)} (got '{classes}')")
     check_output(out)
     train_set = ShardDataset(data, split="train", fields=("image", "masks"))
     if len(train_set) == 0:
@@ -206,6 +229,8 @@ def train_segmentation(
 
     fractions = channel_fractions(train_set, order, max_value)
     pos_weight = balanced_pos_weight(fractions) if class_balance and arch != "gombnet" else torch.ones(len(order))
+    exclusive = arch == "unet" and classes == "exclusive"
+    groups = layer_groups_of(output_channels)
 
     def loss_fn(net, batch, dev):
         x, masks = random_crops([batch["image"], batch["masks"]], crop, g)
@@ -214,6 +239,9 @@ def train_segmentation(
         logits = net(x).float()
         if arch == "gombnet":
             return gomb_loss(logits, target, n_layers, fp_weight=fp_weight)
+        if exclusive:
+            ce = exclusive_loss(logits, target, groups, pos_weight.to(dev))
+            return ce + soft_dice_loss(batch_pooled(layer_softmax(logits, groups)), batch_pooled(target), fp_weight=fp_weight)
         bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight.to(dev)[:, None, None])
         return bce + dice_loss(batch_pooled(logits), batch_pooled(target), fp_weight=fp_weight)
 
@@ -226,7 +254,8 @@ def train_segmentation(
             return {}
         from .segmentation import pixel_scores
 
-        seg = Segmenter(net, {"pixel_size_A": pixel_size_A, "output_channels": output_channels, "size_multiple": multiple}, next(net.parameters()).device.type)
+        seg = Segmenter(net, {"pixel_size_A": pixel_size_A, "output_channels": output_channels, "size_multiple": multiple,
+                              "loss": {"classes": "exclusive" if exclusive else "independent"}}, next(net.parameters()).device.type)
         probs = seg.probabilities(np.stack([it["image"][0].numpy() for it in val_items]))
         truth = np.stack([it["masks"].numpy()[order] for it in val_items]) >= max_value / 2
         iou = [pixel_scores(p >= 0.5, t)["mean_iou"] for p, t in zip(probs, truth)]
@@ -250,7 +279,9 @@ def train_segmentation(
                     "config": train_set.manifest.get("config"), "channel_names": train_set.channel_names},
         "settings": settings.to_dict(),
         "augmentation": {**augmentation.to_dict(), "hide_atoms": False},
-        "loss": {"fp_weight": fp_weight, "form": "groupwise combinatorial Dice" if arch == "gombnet" else "BCE + batch-pooled Dice",
+        "loss": {"fp_weight": fp_weight, "classes": "exclusive" if exclusive else "independent",
+                 "form": "groupwise combinatorial Dice" if arch == "gombnet" else
+                 ("per-layer softmax cross-entropy + batch-pooled Dice" if exclusive else "BCE + batch-pooled Dice"),
                  "class_balance": bool(class_balance) and arch != "gombnet",
                  "channel_fractions": {output_channels[k]: float(f) for k, f in enumerate(fractions)},
                  "pos_weight": {output_channels[k]: float(w) for k, w in enumerate(pos_weight)} if arch != "gombnet" else None},
