@@ -397,6 +397,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1500, help="samples per dataset")
     parser.add_argument("--jobs", type=int, default=1, help="trainings at once (2: one CPU thread each; the models do not depend on it)")
     parser.add_argument("--table-only", action="store_true", help="print what is cached; train nothing")
+    parser.add_argument("--rescore", action="store_true", help="score the cached maps again (after a change of the scorer)")
     args = parser.parse_args()
     if not REFERENCE.is_dir():
         print(f"skipped: {REFERENCE} not found")
@@ -423,6 +424,13 @@ def main() -> None:
             if not cached.is_file():
                 continue
             r = json.loads(cached.read_text())
+            if args.rescore:
+                for crop in CROPS:
+                    out = args.work / f"map_{name}_s{seed}_{crop}"
+                    rc, names = read_atoms_csv(out / "atoms.csv")
+                    px = json.loads((out / "summary.json").read_text())["pixel_size_A"]
+                    r[crop] = score(rc, names, load_reference(crop), px, image=read_image(crop))
+                cached.write_text(json.dumps(r, indent=1))
             b = r["b"]
             syn = ", ".join(f"{_base(k)} {v:.3f}" for k, v in r["synthetic"]["per_channel_f1"].items())
             print(f"{name} seed {seed} ({r['train_minutes']:.1f} min): crop b Mo F1 {b['Mo']['f1']:.3f}, S P/R/F1 {b['S']['precision']:.3f}/"
