@@ -218,7 +218,7 @@ def fit_style(
         raise FactoryError("--method drit needs a simulation pool: give --sim SIM.h5 or --config CONFIG")
     calibration, not_calibrated = _calibrate_contrast(micrographs, target, material, structure, config, seed, spread) if contrast else (None, None)
     if calibration is not None and not adsorbates:
-        calibration.fit_adsorbates = False
+        calibration.with_adsorbates = False
     spreads = None
     if method == "drit":
         translator, spreads = _fit_drit(
@@ -243,86 +243,38 @@ def fit_style(
         _drit_report(translator, micrographs, path, config=config, sim=sim, seed=seed,
                      overrides=None if calibration is None else calibration.overrides)
     if calibration is not None:
-        _contrast_report(Path(path), calibration, spreads)
+        typer.echo(f"contrast report: {calibration.write_report(Path(path), spreads)}")
     if not_calibrated:
         _notice(not_calibrated)
     typer.echo(translator.summary())
     typer.echo(str(Path(path).resolve()))
 
 
-class _Calibration:
-    """A fitted contrast calibration with the config it was fitted for."""
-
-    def __init__(self, record, config, base_dir, lattice):
-        from translators.contrast_calibration import simulation_overrides
-
-        self.record, self.config, self.base_dir, self.lattice = record, config, base_dir, lattice
-        self.overrides = simulation_overrides(record.simulation_block())
-        self.fit_adsorbates = True
-
-
 def _calibrate_contrast(micrographs, pixel_size_A, material, structure, config, seed, spread):
     """The contrast calibration of ``fit-style``: (calibration, None), or (None, why not) where it cannot run."""
-    from translators.contrast_calibration import calibrate_contrast
+    from translators.contrast_calibration import calibrate_experiments
 
     from .config import load_config
-    from .grid import resample, same_pixel_size
 
     name, lattice = _lattice(material, structure)
     if lattice is None or config is None:
         missing = " and ".join(x for x, absent in (("--material (or --structure)", lattice is None), ("--config", config is None)) if absent)
         return None, f"column contrast not calibrated (give {missing}, or --no-contrast to silence this)"
-    cfg, path = load_config(config)
-    images = [m.image if same_pixel_size(m.pixel_size_A, pixel_size_A) else resample(m.image, m.pixel_size_A, pixel_size_A) for m in micrographs]
+    cfg, path = load_config(config)  # a bad config is an error, not a notice
     try:
-        record = calibrate_contrast(images, pixel_size_A, lattice, cfg, base_dir=path.parent, config_name=str(config), seed=seed, spread=spread)
+        calibration = calibrate_experiments(micrographs, pixel_size_A, lattice, cfg, base_dir=path.parent, config_name=str(config), seed=seed, spread=spread)
     except FactoryError as exc:
         return None, f"column contrast not calibrated: {exc} (are the experiments monolayers of {name}?)"
-    fit = record.fit
-    typer.echo(
-        f"contrast: S2/Mo {fit.measured['chalcogen_to_metal']:.3f} and column σ {fit.measured['column_sigma_A']:.3f} Å in the experiments; "
-        f"the config (γ {fit.config_gamma}, source {fit.config_source_size_A} Å) gives {fit.before['chalcogen_to_metal']:.3f} and "
-        f"{fit.before['column_sigma_A']:.3f} Å; fitted γ {record.gamma:.3f} (drawn in {record.gamma_range[0]:.3f}-{record.gamma_range[1]:.3f}), "
-        f"source {record.source_size_A:.2f} Å ({record.source_size_range_A[0]:.2f}-{record.source_size_range_A[1]:.2f}) give "
-        f"{fit.simulated['chalcogen_to_metal']:.3f} and {fit.simulated['column_sigma_A']:.3f} Å"
-    )
-    return _Calibration(record, cfg, path.parent, lattice), None
+    typer.echo(calibration.describe())
+    return calibration, None
 
 
 def _fit_adsorbates(params, calibration, pixel_size_A, seed):
-    from translators.contrast_calibration import fit_style_adsorbates
-
-    if not calibration.fit_adsorbates:
+    if not calibration.with_adsorbates:
         return params, None
-    params, spreads = fit_style_adsorbates(params, calibration.record, calibration.config, pixel_size_A, calibration.lattice,
-                                           base_dir=calibration.base_dir, seed=seed)
-    e, before, after = spreads["experiment"], spreads["style"], spreads["style + adsorbates"]
-    typer.echo(
-        f"adsorbates: a layer of peak {params.adsorbate_layer_weight:.3g} and {params.adsorbate_density_per_A2:.3g} clusters per Å² of peak "
-        f"{params.adsorbate_weight:.3g} (of the column contrast); hollow scatter (robust sd, sd, skew) "
-        f"{e['hollow_mad']:.3f}, {e['hollow_sd']:.3f}, {e['hollow_skew']:.2f} in the experiments, "
-        f"{before['hollow_mad']:.3f}, {before['hollow_sd']:.3f}, {before['hollow_skew']:.2f} without, "
-        f"{after['hollow_mad']:.3f}, {after['hollow_sd']:.3f}, {after['hollow_skew']:.2f} with them"
-    )
+    params, spreads = calibration.fit_adsorbates(params, pixel_size_A, seed)
+    typer.echo(calibration.describe_adsorbates(params, spreads))
     return params, spreads
-
-
-def _contrast_report(directory: Path, calibration, spreads) -> None:
-    """``contrast.png`` and the ``contrast`` entry of ``report.json`` in a STYLE bundle."""
-    import json
-
-    from translators.contrast_calibration import draw_contrast_report
-
-    from .dataset import write_json_atomic
-
-    partial = directory / "contrast.png.partial"
-    draw_contrast_report(partial, calibration.record, spreads, format="png")
-    os.replace(partial, directory / "contrast.png")
-    report_path = directory / "report.json"
-    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
-    report["contrast"] = {**calibration.record.simulation_block(), "spreads": spreads}
-    write_json_atomic(report_path, report)
-    typer.echo(f"contrast report: {directory / 'contrast.png'}")
 
 
 def _fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, content_loss, spectrum, physics_prior, residual_weight, threads, device, resume, select, pool, seed, quiet, affine, calibration=None):

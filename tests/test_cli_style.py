@@ -260,3 +260,18 @@ def test_fit_style_without_a_lattice_or_config_says_contrast_is_not_calibrated(r
     assert "column contrast not calibrated" in err and "simulation" not in json.loads((tmp_path / "s" / "style.json").read_text())
     code, out, err = run_cli("fit-style", experiment, "--method", "parametric", "--no-contrast", "--out", tmp_path / "s2", "-q")
     assert code == 0 and "contrast" not in err
+
+
+def test_fit_style_contrast_with_a_bad_config_is_an_error_and_without_a_lattice_a_notice(run_cli, experiment, tmp_path):
+    code, out, err = run_cli("fit-style", experiment, "--method", "parametric", "--material", "MoS2", "--config", tmp_path / "missing.yaml",
+                             "--out", tmp_path / "s", "-q")
+    one_line_error(code, err)
+    assert not (tmp_path / "s").exists()
+    from translators.parametric import smooth_random_field
+
+    amorphous = smooth_random_field((256, 256), 3.0, np.random.default_rng(0))  # no lattice at all, shot noise as usual
+    image, *_ = render(amorphous - amorphous.min(), StyleParameters(gain=4.0, offset=200.0, dose_counts=30.0, spread=0.0), PIXEL_A, np.random.default_rng(1))
+    noise = write_imagej_tif(tmp_path / "noise.tif", image, PIXEL_A)
+    code, out, err = run_cli("fit-style", noise, "--method", "parametric", "--material", "MoS2", "--config", "mos2_monolayer",
+                             "--out", tmp_path / "n", "-q")
+    assert "column contrast not calibrated" in err and "monolayers of MoS2" in err

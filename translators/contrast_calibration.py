@@ -28,7 +28,8 @@ import numpy as np
 
 from datafactory.errors import FactoryError
 
-__all__ = ["ContrastCalibration", "calibrate_contrast", "fit_style_adsorbates", "simulation_overrides"]
+__all__ = ["ContrastCalibration", "ExperimentCalibration", "calibrate_contrast", "calibrate_experiments", "fit_style_adsorbates",
+           "simulation_overrides"]
 
 #: Smallest half-width of the γ range ``generate`` draws from.
 GAMMA_HALF_WIDTH_MIN = 0.04
@@ -223,3 +224,66 @@ def draw_contrast_report(path: Path, calibration: ContrastCalibration, spreads: 
     ax_spread.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100, format=format)
+
+
+class ExperimentCalibration:
+    """A fitted contrast calibration, with the config and lattice it was fitted for: what
+    ``fit-style`` carries from the measurement to the style fit, the bundle and the report."""
+
+    def __init__(self, record: ContrastCalibration, config, base_dir: Path | None, lattice: np.ndarray):
+        self.record, self.config, self.base_dir, self.lattice = record, config, base_dir, lattice
+        self.overrides = simulation_overrides(record.simulation_block())
+        self.with_adsorbates = True
+
+    def describe(self) -> str:
+        fit, r = self.record.fit, self.record
+        return (
+            f"contrast: S2/Mo {fit.measured['chalcogen_to_metal']:.3f} and column σ {fit.measured['column_sigma_A']:.3f} Å in the experiments; "
+            f"the config (γ {fit.config_gamma}, source {fit.config_source_size_A} Å) gives {fit.before['chalcogen_to_metal']:.3f} and "
+            f"{fit.before['column_sigma_A']:.3f} Å; fitted γ {r.gamma:.3f} (drawn in {r.gamma_range[0]:.3f}-{r.gamma_range[1]:.3f}), "
+            f"source {r.source_size_A:.2f} Å ({r.source_size_range_A[0]:.2f}-{r.source_size_range_A[1]:.2f}) give "
+            f"{fit.simulated['chalcogen_to_metal']:.3f} and {fit.simulated['column_sigma_A']:.3f} Å"
+        )
+
+    def fit_adsorbates(self, params, pixel_size_A: float, seed: int = 0):
+        """(params with fitted adsorbates, spreads report): :func:`fit_style_adsorbates`."""
+        return fit_style_adsorbates(params, self.record, self.config, pixel_size_A, self.lattice, base_dir=self.base_dir, seed=seed)
+
+    @staticmethod
+    def describe_adsorbates(params, spreads: dict[str, Any]) -> str:
+        e, before, after = spreads["experiment"], spreads["style"], spreads["style + adsorbates"]
+        return (
+            f"adsorbates: a layer of peak {params.adsorbate_layer_weight:.3g} and {params.adsorbate_density_per_A2:.3g} clusters per Å² of peak "
+            f"{params.adsorbate_weight:.3g} (of the column contrast); hollow scatter (robust sd, sd, skew) "
+            f"{e['hollow_mad']:.3f}, {e['hollow_sd']:.3f}, {e['hollow_skew']:.2f} in the experiments, "
+            f"{before['hollow_mad']:.3f}, {before['hollow_sd']:.3f}, {before['hollow_skew']:.2f} without, "
+            f"{after['hollow_mad']:.3f}, {after['hollow_sd']:.3f}, {after['hollow_skew']:.2f} with them"
+        )
+
+    def write_report(self, directory: Path, spreads: dict[str, Any] | None) -> Path:
+        """``contrast.png`` and the ``contrast`` entry of ``report.json`` in a STYLE bundle; returns the PNG's path."""
+        import json
+        import os
+
+        from datafactory.dataset import write_json_atomic
+
+        directory = Path(directory)
+        partial = directory / "contrast.png.partial"
+        draw_contrast_report(partial, self.record, spreads, format="png")
+        os.replace(partial, directory / "contrast.png")
+        report_path = directory / "report.json"
+        report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+        report["contrast"] = {**self.record.simulation_block(), "spreads": spreads}
+        write_json_atomic(report_path, report)
+        return directory / "contrast.png"
+
+
+def calibrate_experiments(micrographs: Sequence[Any], pixel_size_A: float, lattice: np.ndarray, config, *, base_dir: Path | None = None,
+                          config_name: str = "", seed: int = 0, spread: float = REFERENCE_SPREAD) -> ExperimentCalibration:
+    """Steps 1-2 for micrographs (resampled to ``pixel_size_A`` where needed) and a validated
+    config. Raises :class:`FactoryError` where the calibration cannot run."""
+    from datafactory.grid import resample, same_pixel_size
+
+    images = [m.image if same_pixel_size(m.pixel_size_A, pixel_size_A) else resample(m.image, m.pixel_size_A, pixel_size_A) for m in micrographs]
+    record = calibrate_contrast(images, pixel_size_A, lattice, config, base_dir=base_dir, config_name=config_name, seed=seed, spread=spread)
+    return ExperimentCalibration(record, config, base_dir, lattice)
