@@ -111,14 +111,15 @@ def _local_maxima(smooth: np.ndarray, min_separation_px: float, border_px: int) 
 
 
 def _otsu(values: np.ndarray) -> float:
-    v = np.sort(values)
-    best, thr = -1.0, float(np.median(v))
-    for k in range(1, len(v)):
-        w0, w1 = k / len(v), 1 - k / len(v)
-        between = w0 * w1 * (v[:k].mean() - v[k:].mean()) ** 2
-        if between > best:
-            best, thr = between, 0.5 * (v[k - 1] + v[k])
-    return thr
+    """The split of ``values`` into two classes of largest between-class variance (Otsu), O(n log n)."""
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    n = len(v)
+    k = np.arange(1, n)
+    low_mean = np.cumsum(v)[:-1] / k
+    high_mean = (v.sum() - np.cumsum(v)[:-1]) / (n - k)
+    between = (k / n) * (1 - k / n) * (low_mean - high_mean) ** 2
+    best = int(np.argmax(between))
+    return float(0.5 * (v[best] + v[best + 1]))
 
 
 def _subpixel(smooth: np.ndarray, peaks: np.ndarray) -> np.ndarray:
@@ -137,6 +138,8 @@ def find_sites(image: np.ndarray, pixel_size_A: float, lattice_constant_A: float
 
     Raises :class:`FactoryError` when no metal lattice of that constant is found.
     """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
     from scipy.spatial import Delaunay, cKDTree
 
     img = np.asarray(image, dtype=np.float64)
@@ -157,9 +160,6 @@ def find_sites(image: np.ndarray, pixel_size_A: float, lattice_constant_A: float
         raise FactoryError(f"no bright columns {lattice_constant_A:.3g} Å apart")
     dist = np.linalg.norm(positions[pairs[:, 0]] - positions[pairs[:, 1]], axis=1)
     pairs = pairs[dist > (1 - NEIGHBOUR_TOLERANCE) * a_px]
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     n = len(positions)
     graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
     _, label = connected_components(graph, directed=False)
