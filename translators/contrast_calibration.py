@@ -70,7 +70,7 @@ def lattice_constant_A(lattice: np.ndarray) -> float:
 
 
 def calibrate_contrast(images: Sequence[np.ndarray], pixel_size_A: float, lattice: np.ndarray, config, *, base_dir: Path | None = None,
-                       config_name: str = "", seed: int = 0, spread: float = 0.15) -> ContrastCalibration:
+                       config_name: str = "", seed: int = 0, spread: float = REFERENCE_SPREAD) -> ContrastCalibration:
     """Steps 1-2 of the module docstring. The ranges' half-widths scale with ``spread`` (the
     style's relative spread; 0.15 gives the minimum widths above, 0 fixes the values). Raises
     :class:`FactoryError` when the images are not monolayers of the lattice's material (no
@@ -99,26 +99,20 @@ def calibrate_contrast(images: Sequence[np.ndarray], pixel_size_A: float, lattic
     )
 
 
-def simulation_overrides(block: dict[str, Any] | None, *, ranges: bool = True) -> dict[str, Any]:
+def simulation_overrides(block: dict[str, Any] | None) -> dict[str, Any]:
     """Config overrides (dotted key -> value) for a bundle's ``simulation`` entry: the fitted
-    ranges (or, with ``ranges=False``, the fitted values) of ``simulation.gamma`` and
-    ``microscope.source_size_A``. Empty for a bundle without one."""
+    ranges of ``simulation.gamma`` and ``microscope.source_size_A`` (a fixed value where a
+    range has no width). Empty for a bundle without one."""
     if not block:
         return {}
     try:
-        if ranges:
-            g = [float(v) for v in block["gamma_range"]]
-            s = [float(v) for v in block["source_size_range_A"]]
-            gamma = g if g[1] > g[0] else g[0]
-            source = s if s[1] > s[0] else s[0]
-        else:
-            gamma, source = float(block["gamma"]), float(block["source_size_A"])
+        g = [float(v) for v in block["gamma_range"]]
+        s = [float(v) for v in block["source_size_range_A"]]
     except (KeyError, TypeError, ValueError, IndexError):
         raise FactoryError("--style: the bundle's 'simulation' entry is damaged; fit the style again") from None
-    values = [v for v in np.ravel([gamma, source]) if not (math.isfinite(v) and v >= 0)]
-    if values:
+    if not all(math.isfinite(v) and v >= 0 for v in g + s) or len(g) != 2 or len(s) != 2:
         raise FactoryError("--style: the bundle's 'simulation' entry holds impossible values; fit the style again")
-    return {"simulation.gamma": gamma, "microscope.source_size_A": source}
+    return {"simulation.gamma": g if g[1] > g[0] else g[0], "microscope.source_size_A": s if s[1] > s[0] else s[0]}
 
 
 def _clean_images(config, calibration: ContrastCalibration, pixel_size_A: float, n: int, seed: int, base_dir: Path | None) -> list[np.ndarray]:
