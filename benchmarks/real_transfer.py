@@ -238,7 +238,7 @@ class Row:
 
 
 PARAMETRIC = ("--method", "parametric", "--material", "MoS2", "--calibrate")
-DRIT = ("--method", "drit", "--material", "MoS2", "--calibrate", "--config", "mos2_monolayer", "--threads", "2")
+DRIT = ("--method", "drit", "--material", "MoS2", "--calibrate", "--config", "mos2_monolayer", "--threads", "1")
 CALIBRATED = (*PARAMETRIC, "--config", "mos2_monolayer")
 OLD_TRAINING = ("--no-class-balance", "--classes", "independent")
 ROWS: dict[str, Row] = {
