@@ -28,26 +28,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from factory_cli import factory
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "experimental"
-FACTORY = str(Path(sys.executable).parent / "factory")
 STAGES = ("slip", "twist", "unet", "gomb", "gomb120", "map")
 
 
-def factory(*args: str) -> str:
-    t = time.monotonic()
-    result = subprocess.run([FACTORY, *args], cwd=ROOT, capture_output=True, text=True)
-    if result.returncode:
-        sys.exit(f"factory {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-2000:]}")
-    print(f"  ({time.monotonic() - t:.0f} s) factory {' '.join(args[:3])} ...", file=sys.stderr, flush=True)
-    return result.stdout
 
 
 def style(work: Path) -> Path:

@@ -30,18 +30,17 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from factory_cli import factory
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "experimental"
 REFERENCE = SHARED / "reference"
-FACTORY = str(Path(sys.executable).parent / "factory")
 CROPS = ("b", "a")  # held out first
 MATCH_RADIUS_A = 0.6
 DUPLICATE_RADIUS_A = 0.8
@@ -260,13 +259,6 @@ ROWS: dict[str, Row] = {
 # ----------------------------------------------------------------------------- running
 
 
-def factory(*args: str) -> str:
-    t = time.monotonic()
-    result = subprocess.run([FACTORY, *args], cwd=ROOT, capture_output=True, text=True)
-    if result.returncode:
-        sys.exit(f"factory {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    print(f"  ({time.monotonic() - t:.0f} s) factory {' '.join(args[:4])} ...", file=sys.stderr, flush=True)
-    return result.stdout
 
 
 def crop_path(crop: str) -> Path:
