@@ -211,3 +211,88 @@ def test_class_balance_weighs_rare_channels(unet_model):
     assert loss["class_balance"] and set(loss["pos_weight"]) == set(record["output_channels"])
     fractions = loss["channel_fractions"]
     assert fractions["L1:Mo"] > fractions["L1:S1"] > 0 and loss["pos_weight"]["L1:S1"] > loss["pos_weight"]["L1:Mo"] == 1.0
+
+
+# ---------------------------------------------------------------------- map
+
+
+def write_tif(path: Path, image: np.ndarray, pixel_size_A: float) -> Path:
+    import tifffile
+
+    tifffile.imwrite(path, image.astype(np.float32), imagej=True, resolution=(1 / pixel_size_A, 1 / pixel_size_A), metadata={"unit": "A"})
+    return path
+
+
+def test_map_regression_and_segmentation_end_to_end(slip_model, unet_model, slip_data, tmp_path, run_cli):
+    big = np.tile(images_of(slip_data)[0], (2, 3))  # 128 x 192 px at 0.1 Å/px
+    np.save(tmp_path / "big.npy", big)
+    code, out, err = run_cli("map", slip_model[0], tmp_path / "big.npy", "--pixel-size", "0.1", "--out", tmp_path / "r", "--stride", "2", "-q")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["window_A"] == pytest.approx(6.4) and summary["n_windows"] > 20
+    with h5py.File(tmp_path / "r" / "map.h5") as f:
+        assert f["values"].shape == (summary["n_windows"], 2)
+    assert (tmp_path / "r" / "map_Da.png").is_file()
+    code, out, err = run_cli("map", unet_model[0], tmp_path / "big.npy", "--pixel-size", "0.1", "--out", tmp_path / "s", "-q")
+    assert code == 0, err
+    rows = (tmp_path / "s" / "atoms.csv").read_text().splitlines()
+    assert rows[0].startswith("channel,row_px,col_px") and len(rows) > 1
+
+
+def test_map_refuses_another_pixel_size_unless_resampled(slip_model, slip_data, tmp_path, run_cli):
+    image = write_tif(tmp_path / "b.tif", np.tile(images_of(slip_data)[0], (2, 2)), 0.12)
+    code, out, err = run_cli("map", slip_model[0], image, "--out", tmp_path / "o", "-q")
+    assert code == 2 and "pass --resample" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+    code, out, err = run_cli("map", slip_model[0], image, "--out", tmp_path / "o", "--resample", "-q")
+    assert code == 0, err
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["image_shape_px"] == [154, 154]
+
+
+# ---------------------------------------------------------------------- bad input
+
+
+def test_bad_input_is_one_line_exit_2(slip_model, mono_data, slip_data, tmp_path, run_cli):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("precious")
+    cases = [
+        (["train", "regress", "--data", mono_data, "--target", "slip", "--out", tmp_path / "a"], "needs 2 or more layers"),
+        (["train", "segment", "--data", mono_data, "--arch", "gombnet", "--out", tmp_path / "a"], "one layer"),
+        (["train", "regress", "--data", slip_data, "--target", "tilt", "--out", tmp_path / "a"], "--target"),
+        (["train", "regress", "--data", slip_data, "--out", tmp_path / "file"], "is a file"),
+        (["train", "regress", "--data", slip_data, "--out", tmp_path / "full"], "not a MODEL"),
+        (["train", "regress", "--data", slip_data, "--out", tmp_path / "a", "--lr", "-1"], "--lr"),
+        (["train", "regress", "--data", slip_data, "--out", tmp_path / "a", "--l1-weight", "-1"], "loss weights"),
+        (["train", "regress", "--data", tmp_path, "--out", tmp_path / "a"], ""),
+        (["evaluate", tmp_path / "full", "--data", slip_data], "not a model directory"),
+        (["evaluate", slip_model[0], "--data", mono_data, "--out", tmp_path / "m.json"], ""),
+        (["evaluate", slip_model[0], "--data", slip_data, "--split", "dev"], "--split"),
+        (["map", slip_model[0], tmp_path / "file", "--out", tmp_path / "o"], ""),
+        (["map", slip_model[0], tmp_path / "file", "--out", tmp_path / "file"], "is a file"),
+        (["map", slip_model[0], tmp_path / "file", "--out", tmp_path / "full"], "--overwrite"),
+    ]
+    for args, words in cases:
+        code, out, err = run_cli(*args)
+        assert code == 2, (args, err)
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert words in err, (words, err)
+    assert (tmp_path / "full" / "keep.txt").read_text() == "precious" and not (tmp_path / "a").exists()
+
+
+def test_trilayer_slip2_trains_and_scores_two_interfaces(tmp_path, run_cli):
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "configs" / "mos2_bilayer_slip.yaml").read_text())
+    config["structure"]["layers"] = 3
+    (tmp_path / "tri.yaml").write_text(yaml.safe_dump(config))
+    code, out, err = run_cli("generate", "--config", tmp_path / "tri.yaml", "--n", "24", "--size", "64", "--out", tmp_path / "ds", "--workers", "1", "-q")
+    assert code == 0, err
+    code, out, err = run_cli("train", "regress", "--data", tmp_path / "ds", "--target", "slip2", "--out", tmp_path / "m", "--epochs", "1", "--batch", "8", "--threads", "1", "-q")
+    assert code == 0, err
+    record = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert record["value_names"] == ["D1a", "D1b", "D2a", "D2b"] and record["target"]["n_interfaces"] == 2
+    assert "structure" in record["dataset"]["config"]
+    code, out, err = run_cli("evaluate", tmp_path / "m", "--data", tmp_path / "ds", "--out", tmp_path / "e.json", "-q")
+    assert code == 0, err
+    assert json.loads((tmp_path / "e.json").read_text())["target"] == "slip2"
