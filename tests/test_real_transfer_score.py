@@ -84,3 +84,18 @@ def test_shared_reference_scores_itself_perfectly(crop):
     ref = real_transfer.load_reference(crop)
     check_perfect(real_transfer.score(*reference_as_found(ref), ref, PIXEL_A))
     check_empty(real_transfer.score(np.zeros((0, 2)), [], ref, PIXEL_A))
+
+
+def test_best_row_needs_the_most_seeds_and_weighs_every_firm_score():
+    def result(mo: float, s: float, sse_r: float, sse_p: float) -> dict:
+        return {"b": {"Mo": {"f1": mo}, "S": {"f1": s}, "SSe": {"recall": sse_r, "precision": sse_p}}}
+
+    results = {
+        "steady": [result(0.99, 0.98, 0.8, 0.8)] * 3,
+        "lucky": [result(1.0, 1.0, 1.0, 1.0)],  # one seed: cannot show its worst case
+        "no_se": [result(1.0, 1.0, 0.0, 0.0), result(1.0, 1.0, 0.9, 0.9), result(1.0, 1.0, 0.9, 0.9)],
+    }
+    summaries = {name: {"S F1": (np.mean([r["b"]["S"]["f1"] for r in rs]),)} for name, rs in results.items()}
+    assert real_transfer.firm_score(results["steady"]) == pytest.approx((0.99 + 0.98 + 0.8) / 3)
+    assert real_transfer.firm_score(results["no_se"]) == pytest.approx(2 / 3)
+    assert real_transfer.best_row(results, summaries) == "steady"
