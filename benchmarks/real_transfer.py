@@ -415,7 +415,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1500, help="samples per dataset")
     parser.add_argument("--jobs", type=int, default=1, help="trainings at once (2: one CPU thread each; the models do not depend on it)")
     parser.add_argument("--table-only", action="store_true", help="print what is cached; train nothing")
-    parser.add_argument("--rescore", action="store_true", help="score the cached maps again (after a change of the scorer)")
+    parser.add_argument("--rescore", action="store_true", help="score the cached maps again (after a change of the scorer); trains nothing")
     args = parser.parse_args()
     if not REFERENCE.is_dir():
         print(f"skipped: {REFERENCE} not found")
@@ -427,7 +427,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     args.work.mkdir(parents=True, exist_ok=True)
     todo = [(name, seed) for name in rows for seed in seeds if not (args.work / f"result_{name}_s{seed}.json").is_file()]
-    if not args.table_only and todo:
+    if not (args.table_only or args.rescore) and todo:
         from concurrent.futures import ThreadPoolExecutor
 
         for name in dict.fromkeys(name for name, _ in todo):  # styles and datasets first, one at a time
