@@ -1,12 +1,16 @@
 """Labels: column classes, masks on their atoms, layer-resolved channels."""
 
+import sys
+from pathlib import Path
+
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from conftest import make_plan
+from datafactory.config import load_config, read_config_mapping, resolve_config_path, validate_config
 from datafactory.labels import column_content_name
-from datafactory.pipeline import simulate_sample
+from datafactory.pipeline import Plan, simulate_sample
 
 
 def test_column_names():
@@ -103,3 +107,25 @@ def test_gaussian_masks():
     d2 = (round(r0) - r0) ** 2 + (round(c0) - c0) ** 2
     assert value == round(255 * np.exp(-d2 / (2 * 3.0**2)))
     assert sample.masks.max() == 255
+
+
+def test_antisite_config_puts_single_sulphur_columns_on_metal_sites():
+    """configs/mos2_monolayer_antisites: an S atom on a Mo site is a class of its own (L1:S), at the
+    height of the metal plane, and it is the benchmark's antisite row."""
+    raw = read_config_mapping(resolve_config_path("mos2_monolayer_antisites"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import real_transfer
+
+    assert raw["structure"]["dopants"] == real_transfer.ROWS["antisites"].config["structure"]["dopants"]
+    raw["structure"]["dopants"][1]["fraction"] = 0.3
+    raw["structure"]["vacancies"] = {}
+    raw["microscope"]["image_size_px"] = 64
+    plan = Plan.from_config(validate_config(raw, "test"))
+    assert plan.channel_names[:4] == ["L1:Mo", "L1:S", "L1:S2", "L1:SSe"]
+    atoms = simulate_sample(plan, 0, 0).atoms
+    cls = np.asarray(plan.channel_names)[atoms["column_class"]]
+    metal_z = np.median(atoms["z_A"][atoms["Z"] == 42])
+    antisite = cls == "L1:S"
+    assert 0.15 < antisite.sum() / (antisite.sum() + (cls == "L1:Mo").sum()) < 0.45
+    assert (atoms["Z"][antisite] == 16).all() and np.allclose(atoms["z_A"][antisite], metal_z, atol=0.3)
+    assert load_config("mos2_monolayer_antisites")[0].structure.dopants[1].replaces == "Mo"
