@@ -32,8 +32,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -232,7 +230,8 @@ class Row:
     """One training-data recipe."""
 
     style: tuple[str, ...] | None  # fit-style arguments after the image (None: no style)
-    config: dict = field(default_factory=dict)  # updates to configs/mos2_monolayer.yaml
+    config: dict = field(default_factory=dict)  # updates to the preset
+    preset: str = "mos2_monolayer"
     generate: tuple[str, ...] = ()
     train: tuple[str, ...] = ()
     note: str = ""
@@ -257,15 +256,11 @@ ROWS: dict[str, Row] = {
     "drit_calibrated": Row(DRIT, note="DRIT on the full calibration"),
     # S antisites (an S atom on a Mo site, class L1:S): the reference's "Mo vac" sites of crop b hold
     # 0.1-0.4 of the Mo intensity, which a model that never saw a faint column on a Mo site calls Mo
-    "antisites": Row(CALIBRATED, config={"structure": {"dopants": [{"element": "Se", "replaces": "S", "fraction": [0.0, 0.10]},
-                                                                   {"element": "S", "replaces": "Mo", "fraction": [0.0, 0.02]}]}},
-                     note="full calibration + S antisites on Mo sites (0-2 %)"),
+    "antisites": Row(CALIBRATED, preset="mos2_monolayer_antisites", note="full calibration + S antisites on Mo sites (0-2 %)"),
 }
 
 
 # ----------------------------------------------------------------------------- running
-
-
 
 
 def crop_path(crop: str) -> Path:
@@ -291,7 +286,7 @@ def style_dir(work: Path, name: str, row: Row) -> Path | None:
 
 def config_file(work: Path, name: str, row: Row) -> str:
     if not row.config:
-        return "mos2_monolayer"
+        return row.preset
     import yaml
 
     def merge(base: dict, update: dict) -> dict:
@@ -300,7 +295,7 @@ def config_file(work: Path, name: str, row: Row) -> str:
             out[k] = merge(out.get(k, {}), v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
         return out
 
-    raw = yaml.safe_load((ROOT / "configs" / "mos2_monolayer.yaml").read_text())
+    raw = yaml.safe_load((ROOT / "configs" / f"{row.preset}.yaml").read_text())
     path = work / f"config_{name}.yaml"
     path.write_text(yaml.safe_dump(merge(raw, row.config), sort_keys=False))
     return str(path)

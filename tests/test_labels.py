@@ -116,7 +116,7 @@ def test_antisite_config_puts_single_sulphur_columns_on_metal_sites():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import real_transfer
 
-    assert raw["structure"]["dopants"] == real_transfer.ROWS["antisites"].config["structure"]["dopants"]
+    assert real_transfer.ROWS["antisites"].preset == "mos2_monolayer_antisites"
     raw["structure"]["dopants"][1]["fraction"] = 0.3
     raw["structure"]["vacancies"] = {}
     raw["microscope"]["image_size_px"] = 64
