@@ -5,14 +5,19 @@ Forward model (one image; ``s`` is the clean simulation at the style's pixel siz
     s_d   = s(p + d(p))                         geometric scan artefacts, one displacement field d
     b     = G(σ_extra) * s_d                    extra probe / source blur
     u     = (b − P1(b̃)) / (P99.5(b̃) − P1(b̃))   contrast normalised at the background and the brightest columns
-    λ     = dose · (1 + ε_row) · (u + background + κ·C)      expected counts; ε_row scan-line gain streaks,
-                                                             C a smooth unit-variance contamination field
-    image = offset + gain · (Poisson(λ) + U(−½, ½) + N(0, σ_read))
+    λ     = dose · (1 + ε_row) · (1 + μ·M) · (u + background + κ·C)
+                                                 expected counts; ε_row scan-line gain streaks, M and C
+                                                 smooth unit-variance fields: M a slow variation of the
+                                                 whole signal (thickness, contamination), C additive
+    image = offset + gain · R_τ(Poisson(λ) + U(−½, ½) + N(0, σ_read))
 
 ``b̃`` is ``b`` smoothed at the denoising scale used for the experiment, so the levels are
 measured the same way on both sides. The uniform term models the detector integrating
 charge rather than counting electrons: it keeps intensities continuous, as in a real
-HAADF image, where an integer Poisson count would leave empty histogram bins.
+HAADF image, where an integer Poisson count would leave empty histogram bins. ``R_τ`` is
+the detector's response time along each scan line (:mod:`translators.scan_response`), a
+causal one-pole low-pass acting on signal and noise together, as the detector and its
+amplifier see both.
 
 The displacement field ``d`` (see :mod:`translators.augment`) holds per-line jitter along
 the fast-scan direction, flyback lag at the start of each line, and the linear scan
@@ -21,6 +26,10 @@ and atoms move with it.
 
 Fitting (:func:`fit_image`), every parameter from the experimental image:
 
+* detector response τ — the shape of the noise power along x beyond the optical band
+  (:func:`translators.scan_response.fit_response`); the image is then un-filtered (an exact
+  two-tap inverse) and every other parameter is fitted on that, as the model applies the
+  response last;
 * gain, offset, readout — photon-transfer statistics: the noise variance measured by a
   line-internal high-pass, binned by local mean intensity, is linear in the mean,
   ``var = gain·(mean − offset) + gain²·(σ_read² + 1/12)``; the intercept is split between
@@ -34,6 +43,9 @@ Fitting (:func:`fit_image`), every parameter from the experimental image:
   minus the variance the noise alone would give, is twice the per-line jitter variance;
 * streaks — the white level of the row-mean sequence above the signal band;
 * contamination — amplitude and correlation length of the low-pass content;
+* slow gain μ — the covariance, over tiles of about the correlation length, of each
+  tile's floor (5th percentile) and its contrast (95th − 5th): an additive field moves the
+  floor alone, a multiplicative one scales both (:func:`slow_gain`);
 * flyback — the x-separations of pairs of atom columns related by one lattice vector,
   fitted by an exponential lag against the column position;
 * scan distortion — the affine of the lattice calibration, when a material is given.
@@ -102,6 +114,8 @@ class StyleParameters:
     adsorbate_density_per_A2: float = 0.0  # clusters per Å²
     adsorbate_weight: float = 0.0  # peak of one cluster, in contrast units (1 = brightest columns)
     adsorbate_sigma_A: float = 0.0  # blob width: the measured column width
+    detector_tau_px: float = 0.0  # response time along the fast scan, in pixel dwell times (0: none)
+    slow_gain: float = 0.0  # relative RMS of the slow multiplicative field M (correlation length: contamination_length_A)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -335,6 +349,41 @@ def contamination_field(image: np.ndarray, pixel_size_A: float, scale_A: float =
     return rms, length_A
 
 
+def box_variance_fraction(length_px: float, box_px: int) -> float:
+    """Variance kept by averaging a unit Gaussian-correlated field (:func:`smooth_random_field`,
+    correlation σ = ``length_px``) over a square box of ``box_px``: its autocorrelation is
+    ``exp(−d²/4σ²)`` per axis, and the box mean keeps ``(1/T²)∬ρ`` per axis."""
+    d = np.arange(-box_px + 1, box_px)
+    rho = np.exp(-(d.astype(float) ** 2) / (4 * max(length_px, 1e-3) ** 2))
+    per_axis = float(np.sum((box_px - np.abs(d)) * rho)) / box_px**2
+    return per_axis**2
+
+
+def slow_gain(image: np.ndarray, pixel_size_A: float, offset: float, length_A: float) -> float:
+    """Relative RMS of a slow multiplicative variation of the whole signal.
+
+    Over square tiles of side ≈ ``length_A`` (at least 4 Å) the floor ``f`` (5th percentile
+    of the lightly denoised image, above ``offset``) and the contrast ``c`` (95th − 5th)
+    are measured. With ``f = F(1 + m) + a`` and ``c = C(1 + m) + e`` (``a``, ``e`` additive
+    fields and noise, independent of the multiplicative ``m``), ``cov(f, c) = F·C·var(m)``;
+    ``var(m)`` of the tile means is divided by the fraction a tile keeps of the field's
+    variance (:func:`box_variance_fraction`). A negative covariance gives 0.
+    """
+    x = np.asarray(gaussian(image, DENOISE_SIGMA_A / pixel_size_A), dtype=np.float64) - offset
+    tile = int(round(max(length_A, 4.0) / pixel_size_A))
+    n_r, n_c = x.shape[0] // tile, x.shape[1] // tile
+    if tile < 8 or n_r * n_c < 9:
+        return 0.0
+    blocks = x[: n_r * tile, : n_c * tile].reshape(n_r, tile, n_c, tile).transpose(0, 2, 1, 3).reshape(n_r * n_c, -1)
+    lo, hi = np.quantile(blocks, [0.05, 0.95], axis=1)
+    floor, contrast = lo, hi - lo
+    if floor.mean() <= 0 or contrast.mean() <= 0:
+        return 0.0
+    var_m = float(np.cov(floor, contrast)[0, 1]) / (floor.mean() * contrast.mean())
+    var_m /= box_variance_fraction(length_A / pixel_size_A, tile)
+    return math.sqrt(var_m) if var_m > 0 else 0.0
+
+
 def flyback_lag(image: np.ndarray, pixel_size_A: float, max_decay_A: float = 20.0) -> tuple[float, float]:
     """(amplitude Å, decay length Å) of the lag at the start of each scan line, from atom columns.
 
@@ -434,9 +483,47 @@ def split_offset_readout(image: np.ndarray, gain: float, intercept: float) -> tu
 
 
 
-def fit_image(image: np.ndarray, pixel_size_A: float, affine: np.ndarray | None = None) -> StyleParameters:
-    """Fit every parameter of the model to one experimental image (see the module docstring)."""
+def fit_detector_response(image: np.ndarray, pixel_size_A: float):
+    """The fast-scan response of one image (:class:`translators.scan_response.ResponseFit`).
+
+    The optical band's edge is the highest spectral band whose power stands above the noise
+    (:func:`spectral_bands`, with the noise level from a photon-transfer fit); with no band
+    found, a quarter of Nyquist. A strong response damps the noise the photon transfer
+    measures and so stretches the band; the edge is therefore measured again on the image
+    with the first estimate removed, and the response fitted once more.
+    """
+    from .scan_response import fit_response, remove_response
+
     x = np.asarray(image, dtype=np.float64)
+    tau, fit = 0.0, None
+    for _ in range(2):
+        flat = remove_response(x, tau).astype(np.float64) if tau > 0 else x
+        slope, intercept = noise_transfer(flat)
+        noise_var = float(np.mean(np.maximum(slope * flat + intercept, 0)))
+        bands = spectral_bands(flat, pixel_size_A, noise_var)
+        edge = max((hi for _, hi in bands), default=0.125 / pixel_size_A)
+        fit = fit_response(x, pixel_size_A, edge)
+        if fit.tau_px == tau:
+            break
+        tau = fit.tau_px
+    return fit
+
+
+def fit_image(
+    image: np.ndarray, pixel_size_A: float, affine: np.ndarray | None = None, detector_response: bool = True, slow_background: bool = True
+) -> StyleParameters:
+    """Fit every parameter of the model to one experimental image (see the module docstring).
+
+    With ``detector_response`` the fast-scan response is fitted first and removed from the
+    image before everything else is fitted; without, it is taken as none. Without
+    ``slow_background`` the slow multiplicative field is left out (``slow_gain`` 0).
+    """
+    from .scan_response import remove_response
+
+    x = np.asarray(image, dtype=np.float64)
+    tau = fit_detector_response(x, pixel_size_A).tau_px if detector_response else 0.0
+    if tau > 0:
+        x = remove_response(x, tau).astype(np.float64)
     slope, intercept = noise_transfer(x)
     if slope <= 0:
         raise FactoryError("cannot fit the dose: the noise does not grow with intensity (is the image denoised or a simulation?)")
@@ -456,6 +543,7 @@ def fit_image(image: np.ndarray, pixel_size_A: float, affine: np.ndarray | None 
     streak = row_streak(x, offset, noise_var)
     contamination_rms, contamination_length_A = contamination_field(x, pixel_size_A)
     flyback_A, flyback_decay_A = flyback_lag(x, pixel_size_A)
+    gain_rms = slow_gain(x, pixel_size_A, offset, contamination_length_A) if slow_background else 0.0
     return StyleParameters(
         gain=float(gain),
         offset=float(offset),
@@ -472,6 +560,8 @@ def fit_image(image: np.ndarray, pixel_size_A: float, affine: np.ndarray | None 
         flyback_A=float(flyback_A),
         flyback_decay_A=float(flyback_decay_A),
         affine=(np.asarray(affine, dtype=float) if affine is not None else np.eye(2)).tolist(),
+        detector_tau_px=float(tau),
+        slow_gain=float(gain_rms),
     )
 
 
@@ -523,6 +613,7 @@ def sample_parameters(p: StyleParameters, rng: np.random.Generator) -> StylePara
         streak=_lognormal(rng, p.streak, s),
         contamination=_lognormal(rng, p.contamination, s),
         contamination_length_A=_lognormal(rng, p.contamination_length_A, s),
+        slow_gain=_lognormal(rng, p.slow_gain, s),
         flyback_A=float(p.flyback_A * math.exp(s * rng.standard_normal())),
         flyback_decay_A=_lognormal(rng, p.flyback_decay_A, s),
         psd_slope_A2=None if p.psd_slope_A2 is None else float(p.psd_slope_A2 * math.exp(0.5 * s * rng.standard_normal())),
@@ -577,7 +668,7 @@ def extra_blur_sigma_A(clean: np.ndarray, p: StyleParameters, pixel_size_A: floa
 #: Scalar parameters of one draw recorded per translated sample (as ``params/style_<name>``).
 RECORDED_PARAMETERS = (
     "dose_counts", "background", "readout_counts", "extra_blur_A", "jitter_A", "streak",
-    "contamination", "contamination_length_A", "flyback_A", "flyback_decay_A", "adsorbate_layer_weight",
+    "contamination", "contamination_length_A", "slow_gain", "flyback_A", "flyback_decay_A", "adsorbate_layer_weight",
     "adsorbate_density_per_A2", "adsorbate_weight",
 )
 
@@ -609,6 +700,8 @@ def render(
 
         lam = lam + adsorbate_field(shape, pixel_size_A, LAYER_DENSITY_PER_A2, q.adsorbate_layer_weight, q.adsorbate_sigma_A, rng)
         lam = lam + adsorbate_field(shape, pixel_size_A, q.adsorbate_density_per_A2, q.adsorbate_weight, q.adsorbate_sigma_A, rng)
+    if q.slow_gain > 0:
+        lam = lam * np.maximum(1 + q.slow_gain * smooth_random_field(shape, q.contamination_length_A / pixel_size_A, rng), 0)
     lam = q.dose_counts * lam
     if q.streak > 0:
         lam = lam * (1 + q.streak * rng.standard_normal(shape[0]).astype(np.float32))[:, None]
@@ -617,6 +710,10 @@ def render(
     counts += rng.random(shape, dtype=np.float32) - 0.5
     if q.readout_counts > 0:
         counts += q.readout_counts * rng.standard_normal(shape, dtype=np.float32)
+    if q.detector_tau_px > 0:
+        from .scan_response import apply_response
+
+        counts = apply_response(counts, q.detector_tau_px)
     image = (q.offset + q.gain * counts).astype(np.float32)
     drawn = {name: float(getattr(q, name)) for name in RECORDED_PARAMETERS if name != "extra_blur_A"}
     drawn["extra_blur_A"] = float(extra_blur_A)
@@ -642,11 +739,15 @@ class ParametricTranslator(Translator):
         affine: np.ndarray | None = None,
         spread: float = DEFAULT_SPREAD,
         progress: bool = False,
+        detector_response: bool = True,
+        slow_background: bool = True,
         **_: Any,
     ) -> "ParametricTranslator":
         """Fit every experimental image at ``pixel_size_A`` (default: the first image's) and combine.
 
-        Images at another pixel size are resampled to it first.
+        Images at another pixel size are resampled to it first. ``detector_response=False``
+        leaves the fast-scan response out of the model, ``slow_background=False`` the slow
+        multiplicative field (for ablations).
         """
         from tqdm import tqdm
 
@@ -659,7 +760,7 @@ class ParametricTranslator(Translator):
         for m in tqdm(micrographs, desc="fit", unit="img", disable=not progress):
             image = m.image if same_pixel_size(m.pixel_size_A, target) else resample(m.image, m.pixel_size_A, target)
             try:
-                fits.append(fit_image(image, target, affine))
+                fits.append(fit_image(image, target, affine, detector_response, slow_background))
             except FactoryError as exc:
                 raise FactoryError(f"{getattr(m, 'name', 'image')}: {exc}") from None
         return cls(combine(fits, spread), target)
@@ -700,7 +801,10 @@ class ParametricTranslator(Translator):
             f"line jitter       {p.jitter_A * 100:.2f} pm RMS",
             f"flyback lag       {p.flyback_A * 100:.1f} pm, decay {p.flyback_decay_A:.2f} Å",
             f"scan-line streaks {p.streak * 100:.2f} % RMS gain",
+            f"detector response {p.detector_tau_px:.2f} pixel dwell times along the fast scan (one-pole low-pass)"
+            if p.detector_tau_px > 0 else "detector response none measurable along the fast scan",
             f"contamination     {p.contamination * 100:.2f} % of dose, length {p.contamination_length_A:.1f} Å",
+            f"slow gain field   {p.slow_gain * 100:.2f} % RMS of the whole signal, same length",
             f"adsorbates        layer of peak {p.adsorbate_layer_weight:.3g}, clusters {p.adsorbate_density_per_A2:.3g} per Å² of peak "
             f"{p.adsorbate_weight:.3g} (of the column contrast), σ {p.adsorbate_sigma_A:.2f} Å"
             if p.adsorbate_sigma_A > 0 else "adsorbates        none (fitted only with --material and --config)",
