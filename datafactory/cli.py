@@ -179,6 +179,8 @@ def fit_style(
     spread: float = typer.Option(0.15, "--spread", help="parametric: relative spread of every parameter around its fitted value."),
     contrast: bool = typer.Option(True, "--contrast/--no-contrast", help="With --material/--structure and --config: fit the detector's Z exponent γ and the source size to the experiments' column contrast (generate then simulates with them, drawn around the fitted values as --spread says)."),
     adsorbates: bool = typer.Option(True, "--adsorbates/--no-adsorbates", help="With the contrast calibration: fit the surface adsorbates that make real columns scatter in brightness."),
+    detector_response: bool = typer.Option(True, "--detector-response/--no-detector-response", help="parametric (and the DRIT prior): fit the detector's response time along the fast scan."),
+    slow_background: bool = typer.Option(True, "--slow-background/--no-slow-background", help="parametric (and the DRIT prior): fit the slow multiplicative variation of the signal."),
     allow_rgb: bool = typer.Option(False, "--allow-rgb", help="Convert colour images to grey instead of refusing them."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -225,9 +227,11 @@ def fit_style(
             micrographs, out, sim=sim, config=config, preset=preset, iterations=iterations, crop=crop, content_loss=content_loss,
             spectrum=spectrum, physics_prior=physics_prior, residual_weight=residual_weight, threads=threads, device=device, resume=resume,
             select=select, pool=pool, seed=seed, quiet=quiet, affine=affine, calibration=calibration,
+            physics_terms={"detector_response": detector_response, "slow_background": slow_background},
         )
     else:
-        translator = methods[method].fit(micrographs, affine=affine, spread=spread, progress=not quiet)
+        translator = methods[method].fit(micrographs, affine=affine, spread=spread, progress=not quiet,
+                                         detector_response=detector_response, slow_background=slow_background)
         if calibration is not None:
             translator.params, spreads = _fit_adsorbates(translator.params, calibration, target, seed)
     digests = {path: hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in {m.source for m in micrographs}}
@@ -238,6 +242,7 @@ def fit_style(
     options = {"method": method, "material": material, "structure": str(structure) if structure else None, "calibrate": calibrate}
     options |= {"spread": spread} if method == "parametric" else {"preset": preset, "select": select, "sim": str(sim) if sim else None, "config": config, "seed": seed}
     options["contrast"] = calibration is not None
+    options |= {"detector_response": detector_response, "slow_background": slow_background}
     path = translator.save(out, sources=sources, options=options, simulation=None if calibration is None else calibration.record.simulation_block())
     if method == "drit":
         _drit_report(translator, micrographs, path, config=config, sim=sim, seed=seed,
@@ -277,7 +282,7 @@ def _fit_adsorbates(params, calibration, pixel_size_A, seed):
     return params, spreads
 
 
-def _fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, content_loss, spectrum, physics_prior, residual_weight, threads, device, resume, select, pool, seed, quiet, affine, calibration=None):
+def _fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, content_loss, spectrum, physics_prior, residual_weight, threads, device, resume, select, pool, seed, quiet, affine, calibration=None, physics_terms=None):
     """Pool, selection and training of ``fit-style --method drit``: (translator, adsorbate report or None)."""
     import dataclasses
 
@@ -319,7 +324,7 @@ def _fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, 
     if settings.physics_prior:
         from translators.parametric import ParametricTranslator
 
-        prior = ParametricTranslator.fit(micrographs, pixel_size_A=target, affine=affine).params
+        prior = ParametricTranslator.fit(micrographs, pixel_size_A=target, affine=affine, **(physics_terms or {})).params
         if calibration is not None:
             prior, spreads = _fit_adsorbates(prior, calibration, target, seed)
     work_dir = out.with_name(out.name + ".training")
