@@ -19,7 +19,9 @@ parametric draws it started from, so the two rows differ by the learned residual
 
 Draws come in ``--sets`` sets of ``--draws`` (image ``i`` of set ``s`` is simulation
 ``s·draws + i`` with generator ``i + s·draws``, the same for every row: paired). Each row
-gives the mean over all draws and the spread (max − min) of the set means.
+gives the mean over all draws and the spread (max − min) of the set means. "self" scores
+the first two sets of a row against each other, image by image: how far two draws of one
+model lie apart, the floor that row can reach against any single real image.
 
 Last line: ``realism vs crop b (fitted on a; S×N draws): hist_kl ...; swd ...; psd ...; AUC ...``.
 """
@@ -123,6 +125,11 @@ def main() -> None:
                 images[row][s].append(made[row])
             print(f"  draw {k + 1}/{n_total}", file=sys.stderr, flush=True)
     floor = compare_images(crop_b, px, [("crop a", crop_a, px)])[1]
+    self_scores = {}
+    if args.sets >= 2:
+        for row in rows:
+            pairs = [compare_images(x, px, [("other", y, px)])[1] for x, y in zip(images[row][0], images[row][1])]
+            self_scores[row] = {key: float(np.mean([p[key] for p in pairs])) for key in KEYS}
     auc = {}
     if not args.no_auc:
         from translators.metrics import classifier_auc
@@ -138,12 +145,14 @@ def main() -> None:
     table = {row: {key: stat(values[row][key]) for key in KEYS} | ({"auc": stat([[a] for a in auc[row]])} if auc else {}) for row in rows}
     cols = (*KEYS, "auc") if auc else KEYS
     print(f"pixel size {px:.5f} Å/px (lattice), {args.sets} sets × {args.draws} draws, styles fitted on mos2_60kv_a, scored against mos2_60kv_b")
-    print("| image | " + " | ".join(f"{c} (mean / set spread)" for c in cols) + " |")
-    print("| --- |" + " --- |" * len(cols))
+    print("| image | " + " | ".join(f"{c} (mean / set spread)" for c in cols) + " | self: hist_kl / psd / swd |")
+    print("| --- |" + " --- |" * (len(cols) + 1))
     for row in rows:
-        print(f"| {row} | " + " | ".join(f"{table[row][c][0]:.4f} / {table[row][c][1]:.4f}" for c in cols) + " |")
-    print("| crop a (real floor) | " + " | ".join(f"{floor[c]:.4f}" for c in cols) + " |")
-    (args.work / "realism.json").write_text(json.dumps({"table": table, "floor": {c: floor[c] for c in cols}, "draws": args.draws, "sets": args.sets}, indent=1))
+        own = " / ".join(f"{self_scores[row][k]:.3f}" for k in KEYS) if row in self_scores else "–"
+        print(f"| {row} | " + " | ".join(f"{table[row][c][0]:.4f} / {table[row][c][1]:.4f}" for c in cols) + f" | {own} |")
+    print("| crop a (real floor) | " + " | ".join(f"{floor[c]:.4f}" for c in cols) + " | |")
+    (args.work / "realism.json").write_text(json.dumps(
+        {"table": table, "self": self_scores, "floor": {c: floor[c] for c in cols}, "draws": args.draws, "sets": args.sets}, indent=1))
     styled = [r for r in rows if r not in ("clean", "Gaussian noise")]
     best = min(styled, key=lambda r: table[r]["swd"][0])
     line = "; ".join(

@@ -165,6 +165,7 @@ def fit_style(
     spectrum: Optional[bool] = typer.Option(None, "--spectrum-discriminator/--no-spectrum-discriminator", help="drit: discriminator on the log power spectrum (on in both presets)."),
     physics_prior: Optional[bool] = typer.Option(None, "--physics-prior/--no-physics-prior", help="drit: start from the fitted parametric model and learn a residual on top (on in both presets)."),
     residual_weight: Optional[float] = typer.Option(None, "--residual-weight", help="drit with the prior: weight of the L1 penalty holding the learned residual near the physics model (preset: 10; lower lets it depart further, and at 3 it ran away in long runs)."),
+    residual_weight_end: Optional[float] = typer.Option(None, "--residual-weight-end", help="drit with the prior: anchor schedule, the residual weight moves linearly from --residual-weight to this over the run."),
     device: str = typer.Option("auto", "--device", help="drit: auto, cpu or cuda."),
     threads: Optional[int] = typer.Option(None, "--threads", help="drit: CPU threads for training (default: the preset's, 2)."),
     resume: bool = typer.Option(False, "--resume", help="drit: continue from the checkpoint in OUT.training/."),
@@ -205,8 +206,9 @@ def fit_style(
         raise FactoryError(f"--crop: must be a multiple of 4 (got {crop})")
     _require_at_least("--seed", seed, 0)
     _require_at_least("--threads", threads, 1)
-    if residual_weight is not None and not (residual_weight >= 0 and np.isfinite(residual_weight)):
-        raise FactoryError(f"--residual-weight: must be a finite number ≥ 0 (got {residual_weight})")
+    for flag, value in (("--residual-weight", residual_weight), ("--residual-weight-end", residual_weight_end)):
+        if value is not None and not (value >= 0 and np.isfinite(value)):
+            raise FactoryError(f"{flag}: must be a finite number ≥ 0 (got {value})")
     micrographs, affines = _read_experiments(exp, pixel_size, allow_rgb, material, structure, calibrate, want_affine=True)
     target = micrographs[0].pixel_size_A
     differ = sorted({round(m.pixel_size_A, 5) for m in micrographs if not same_pixel_size(m.pixel_size_A, target)})
@@ -225,7 +227,7 @@ def fit_style(
     if method == "drit":
         translator, spreads = _fit_drit(
             micrographs, out, sim=sim, config=config, preset=preset, iterations=iterations, crop=crop, content_loss=content_loss,
-            spectrum=spectrum, physics_prior=physics_prior, residual_weight=residual_weight, threads=threads, device=device, resume=resume,
+            spectrum=spectrum, physics_prior=physics_prior, residual_weight=residual_weight, residual_weight_end=residual_weight_end, threads=threads, device=device, resume=resume,
             select=select, pool=pool, seed=seed, quiet=quiet, affine=affine, calibration=calibration,
             physics_terms={"detector_response": detector_response, "slow_background": slow_background},
         )
@@ -282,7 +284,7 @@ def _fit_adsorbates(params, calibration, pixel_size_A, seed):
     return params, spreads
 
 
-def _fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, content_loss, spectrum, physics_prior, residual_weight, threads, device, resume, select, pool, seed, quiet, affine, calibration=None, physics_terms=None):
+def _fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, content_loss, spectrum, physics_prior, residual_weight, threads, device, resume, select, pool, seed, quiet, affine, calibration=None, physics_terms=None, residual_weight_end=None):
     """Pool, selection and training of ``fit-style --method drit``: (translator, adsorbate report or None)."""
     import dataclasses
 
@@ -304,6 +306,8 @@ def _fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, 
     settings = settings_for(preset, iterations, **overrides)
     if residual_weight is not None:
         settings = dataclasses.replace(settings, weights={**settings.weights, "residual": float(residual_weight)})
+    if residual_weight_end is not None:
+        settings = dataclasses.replace(settings, residual_weight_end=float(residual_weight_end))
     device = resolve_device(device)
     target = micrographs[0].pixel_size_A
     micrographs = [

@@ -110,6 +110,8 @@ def test_drit_cli_bad_input(run_cli, tmp_path):
     assert code == 2 and "--threads" in err and err.count("\n") == 1
     code, _, err = run_cli("fit-style", small, "--config", "mos2_monolayer", "--residual-weight", -1, "--out", tmp_path / "s", "-q")
     assert code == 2 and "--residual-weight" in err and err.count("\n") == 1
+    code, _, err = run_cli("fit-style", small, "--config", "mos2_monolayer", "--residual-weight-end", "nan", "--out", tmp_path / "s", "-q")
+    assert code == 2 and "--residual-weight-end" in err and err.count("\n") == 1
     other = tmp_path / "other.tif"
     tifffile.imwrite(other, np.random.default_rng(1).random((128, 128)).astype(np.float32), imagej=True, resolution=(1 / 0.2, 1 / 0.2), metadata={"unit": "A"})
     code, _, err = run_cli("fit-style", small, other, "--config", "mos2_monolayer", "--out", tmp_path / "s", "-q")
@@ -308,3 +310,17 @@ def test_fit_style_drit_calibrates_contrast_into_pool_and_prior(run_cli, tmp_pat
     assert record["simulation"]["gamma"] == pytest.approx(1.6, abs=0.08)
     assert record["parameters"]["prior"]["adsorbate_sigma_A"] > 0
     assert (out / "contrast.png").is_file() and "contrast" in json.loads((out / "report.json").read_text())
+
+
+def test_the_anchor_schedule_moves_linearly_from_start_to_end():
+    from dataclasses import replace
+
+    from translators.drit.train import PRESETS, anchor_weight
+
+    fixed = PRESETS["quick"]
+    assert anchor_weight(fixed, 0, 100) == anchor_weight(fixed, 100, 100) == fixed.weights["residual"] == 10.0
+    scheduled = replace(fixed, residual_weight_end=2.0)
+    assert anchor_weight(scheduled, 0, 100) == 10.0
+    assert anchor_weight(scheduled, 50, 100) == pytest.approx(6.0)
+    assert anchor_weight(scheduled, 100, 100) == pytest.approx(2.0)
+    assert anchor_weight(scheduled, 150, 100) == pytest.approx(2.0)  # resumed past the end: stays there

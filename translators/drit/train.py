@@ -91,6 +91,7 @@ class TrainSettings:
     prior_target: str = "base"  # what v's content-consistency term compares with under the prior: base or clean
     prior_exp_recon: str = "none"  # under the prior, exp reconstructions: "none" (left out) or "self" (the real image as its own base; collapses the residual)
     mixed_precision: bool = True  # bfloat16 autocast on CPUs with native bf16, float16 on cuda; float32 otherwise
+    residual_weight_end: float | None = None  # anchor schedule: the residual weight moves linearly from weights["residual"] to this over the run
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -334,7 +335,7 @@ def train(
                     terms["spectrum"] = gan_g_loss(discs.spectrum(v))
                 if settings.physics_prior and w.get("residual", 0.0) > 0:
                     terms["residual"] = l1(v, base_x) + l1(v_z, base_x)
-            loss_g = sum(w[k] * t for k, t in terms.items())
+            loss_g = sum(anchor_weight(settings, state.iteration, total) * t if k == "residual" else w[k] * t for k, t in terms.items())
             bad = [k for k, t in terms.items() if not torch.isfinite(t)]
             if bad:
                 raise FactoryError(f"training diverged at iteration {state.iteration}: the '{bad[0]}' loss became non-finite; the last good checkpoint is kept in {work_dir}")
@@ -369,6 +370,17 @@ def train(
                 save()
     model.eval()
     return model, state.history
+
+
+def anchor_weight(settings: TrainSettings, iteration: int, total: int) -> float:
+    """The residual anchor's weight at ``iteration``: fixed, or linear from ``weights["residual"]``
+    to ``residual_weight_end`` over the run (a strong anchor early, while the discriminators
+    learn, that lets the residual depart later without running away from the start)."""
+    start = float(settings.weights.get("residual", 0.0))
+    end = settings.residual_weight_end
+    if end is None or total <= 0:
+        return start
+    return start + (float(end) - start) * min(max(iteration / total, 0.0), 1.0)
 
 
 def settings_for(preset: str, iterations: int | None = None, **overrides: Any) -> TrainSettings:

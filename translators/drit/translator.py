@@ -308,8 +308,10 @@ class DritTranslator(Translator):
 def _anchor(settings: dict[str, Any]) -> str:
     """How the residual was held near the prior, from a bundle's training settings."""
     weight = settings.get("weights", {}).get("residual", 0.0)
+    end = settings.get("residual_weight_end")
     recon = settings.get("prior_exp_recon", "self")
-    return f" (L1 anchor weight {weight:g}, exp reconstructions {'on' if recon == 'self' else 'off'})"
+    schedule = f"{weight:g}" if end is None else f"{weight:g} → {end:g} over the run"
+    return f" (L1 anchor weight {schedule}, exp reconstructions {'on' if recon == 'self' else 'off'})"
 
 
 def prior_renderer(params, pixel_size_A: float, exp_range: tuple[float, float]):
