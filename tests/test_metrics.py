@@ -10,6 +10,7 @@ from scipy.spatial import cKDTree
 
 from translators.metrics import (
     ColumnShift,
+    classifier_auc,
     column_shift,
     find_columns,
     hist_kl,
@@ -296,3 +297,86 @@ def test_column_shift_survives_noise(lattice):
     result = column_shift(ref, noisy, 0.1)
     assert result.fraction_matched == 1.0 and result.n_test == result.n_ref
     assert result.mean_pm < 5.0
+
+
+# --------------------------------------------------------------------------- two-sample classifier AUC
+
+# Small and quick: 32 px patches, 128 per class, 60 training steps per fold.
+QUICK = dict(patch_px=32, n_patches=128, steps=60)
+
+
+def random_field_counts(shape, rng, dose: float = 20.0, correlation_px: float = 2.0) -> np.ndarray:
+    """One draw of a model: a smooth random field about a level of 1 (10 % RMS), imaged with Poisson noise."""
+    from scipy import ndimage
+
+    field = ndimage.gaussian_filter(rng.standard_normal(shape), correlation_px, mode="wrap")
+    return rng.poisson(dose * (1.0 + 0.1 * field / field.std())).astype(np.float64)
+
+
+def cosine_lattice(shape, rng, period_px: float = 9.0) -> np.ndarray:
+    """A smooth hexagonal-lattice-like image: a sum of three cosines at 120° with a random phase."""
+    y, x = np.mgrid[: shape[0], : shape[1]].astype(float)
+    image = np.zeros(shape)
+    for k in range(3):
+        angle = 0.4 + k * 2 * np.pi / 3
+        image += np.cos(2 * np.pi * (x * np.cos(angle) + y * np.sin(angle)) / period_px + rng.uniform(0, 2 * np.pi))
+    return 3.0 + image
+
+
+def test_classifier_auc_of_two_draws_of_one_model_is_near_one_half():
+    rng = np.random.default_rng(20)
+    real = [random_field_counts((64, 64), rng) for _ in range(8)]
+    generated = np.stack([random_field_counts((64, 64), rng) for _ in range(8)])  # a 3-D stack works too
+    auc = classifier_auc(real, generated, rng=np.random.default_rng(0), **QUICK)
+    assert 0.3 < auc < 0.7
+
+
+def test_classifier_auc_separates_clean_from_noisy():
+    rng = np.random.default_rng(21)
+    clean = [cosine_lattice((96, 96), rng) for _ in range(4)]
+    noisy = [rng.poisson(15.0 * image).astype(float) for image in clean]  # the same fields with shot noise
+    assert classifier_auc(clean, noisy, rng=np.random.default_rng(0), **QUICK) > 0.95
+
+
+def test_classifier_auc_ignores_gain_and_offset_but_sees_the_scan_direction():
+    from scipy.signal import lfilter
+
+    rng = np.random.default_rng(22)
+    real = [random_field_counts((96, 96), rng) for _ in range(4)]
+    generated = [random_field_counts((96, 96), rng) for _ in range(4)]
+    plain = classifier_auc(real, generated, rng=np.random.default_rng(1), **QUICK)
+    detector = classifier_auc(real, [7.0 * g + 300.0 for g in generated], rng=np.random.default_rng(1), **QUICK)
+    assert detector == pytest.approx(plain, abs=0.03)  # each image is normalised on its own
+    # Noise correlated along x (a slow detector) against the same correlated along y: only the
+    # direction differs, and vertical flips (the only augmentation) keep it.
+    along_x = [lfilter([0.4], [1.0, -0.6], g - g.mean(), axis=1) for g in generated]
+    along_y = [lfilter([0.4], [1.0, -0.6], r - r.mean(), axis=0) for r in real]
+    assert classifier_auc(along_y, along_x, rng=np.random.default_rng(1), **QUICK) > 0.9
+
+
+def test_classifier_auc_is_reproducible_and_splits_single_images():
+    rng = np.random.default_rng(23)
+    real = random_field_counts((128, 64), rng)  # one 2-D image: split into top and bottom halves
+    generated = [random_field_counts((64, 64), rng) for _ in range(3)]
+    a = classifier_auc(real, generated, rng=np.random.default_rng(5), **QUICK)
+    b = classifier_auc(real, generated, rng=np.random.default_rng(5), **QUICK)
+    assert a == b and 0.0 <= a <= 1.0
+    assert classifier_auc(real, generated, rng=np.random.default_rng(6), **QUICK) != a
+
+
+@pytest.mark.parametrize(
+    "real, generated, kw, match",
+    [
+        (np.zeros(100), [np.zeros((64, 64))], {}, "real"),
+        ([np.ones((64, 64))], [], {}, "generated holds no images"),
+        ([np.ones((64, 64))], [np.ones(64)], {}, r"generated\[0\] must be a 2-D array"),
+        ([np.ones((64, 64))], [np.ones((64, 64)), np.ones((48, 64))], {}, "smaller than patch_px=64"),
+        ([np.ones((96, 96))], [np.ones((64, 64))] * 2, {}, "single 96x96 px image"),
+        ([np.ones((64, 64))] * 2, [np.ones((64, 64))] * 2, {"patch_px": 4}, "patch_px"),
+        ([np.ones((64, 64))] * 2, [np.ones((64, 64))] * 2, {"rng": 3}, "rng"),
+        ([np.full((64, 64), np.nan)] * 2, [np.ones((64, 64))] * 2, {}, "NaN"),
+    ],
+)
+def test_classifier_auc_misuse(real, generated, kw, match):
+    with pytest.raises(ValueError, match=match):
+        classifier_auc(real, generated, **kw)
