@@ -454,8 +454,9 @@ def compare(
     structure: Optional[Path] = typer.Option(None, "--structure", help="Unit-cell file, instead of --material."),
     calibrate: bool = typer.Option(False, "--calibrate", help="Take the micrographs' pixel size from their lattice."),
     allow_rgb: bool = typer.Option(False, "--allow-rgb", help="Convert colour images to grey instead of refusing them."),
+    auc: bool = typer.Option(False, "--auc", help="Add the two-sample classifier AUC of each image against the reference (a small CNN on 64 px patches of the top and bottom halves; 0.5: indistinguishable, 1: separable; a few seconds per image)."),
 ) -> None:
-    """Style metrics of images against a reference: histogram KL, line-profile R_a, PSNR, PSD distance, SWD, column shift."""
+    """Style metrics of images against a reference: histogram KL, line-profile R_a, PSNR, PSD distance, SWD, column shift (and classifier AUC)."""
     import json
 
     from translators.compare import compare_images, draw_comparison, format_table
@@ -469,7 +470,10 @@ def compare(
         lattice = (name, vectors)
     ref_name, ref_image, ref_px = _compare_input(ref, pixel_size, index, allow_rgb, lattice)
     others = [_compare_input(g, pixel_size, index, allow_rgb, lattice) for g in gen]
-    rows = compare_images(ref_image, ref_px, others)
+    try:
+        rows = compare_images(ref_image, ref_px, others, auc=auc)
+    except ValueError as exc:
+        raise FactoryError(str(exc).replace("auc_patch_px=64", "--auc's 64 px patches")) from None
     rows[0]["name"] = ref_name
     if as_json:
         typer.echo(json.dumps(rows, indent=2, default=float))

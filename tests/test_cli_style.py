@@ -82,6 +82,25 @@ def test_fit_translate_compare(run_cli, experiment, sims, tmp_path):
     assert rows[0]["hist_kl"] == 0 and rows[2]["hist_kl"] < rows[1]["hist_kl"]  # translated is closer than clean
 
 
+def test_compare_auc_adds_a_classifier_column(run_cli, experiment, sims, tmp_path):
+    """The experiment's own clean simulation is told apart from it; the experiment itself is not."""
+    plan = make_plan({"microscope": {"image_size_px": 384, "pixel_size_A": PIXEL_A, "source_size_A": 0.6}, "structure": {"rotation_deg": 7.0}})
+    clean = write_imagej_tif(tmp_path / "clean.tif", simulate_sample(plan, 0, 0).image, PIXEL_A)
+    code, out, err = run_cli("compare", experiment, clean, experiment, "--auc", "--json")
+    assert code == 0, err
+    rows = json.loads(out)
+    assert rows[0]["classifier_auc"] is None  # the reference itself
+    assert rows[1]["classifier_auc"] > 0.9 and 0.25 < rows[2]["classifier_auc"] < 0.75
+    code, out, err = run_cli("compare", experiment, clean, "--auc")
+    header, _, clean_row = out.strip().splitlines()
+    assert header.split()[-1] == "classifier_auc" and float(clean_row.split()[-1]) == pytest.approx(rows[1]["classifier_auc"], abs=1e-3)
+    code, out, err = run_cli("compare", experiment, clean)
+    assert code == 0 and "classifier_auc" not in out  # opt-in: the default table is unchanged
+    code, out, err = run_cli("compare", experiment, sims, "--auc")  # 96 px: too small for two halves of 64 px patches
+    one_line_error(code, err)
+    assert "--auc" in err and "128 px" in err
+
+
 def test_translate_refuses_another_pixel_size_unless_resampled(run_cli, experiment, sims, tmp_path):
     style = tmp_path / "style"
     assert run_cli("fit-style", experiment, "--method", "parametric", "--out", style, "--pixel-size", 0.1, "-q")[0] == 0

@@ -5,7 +5,8 @@ and an experimental image side by side and compare their intensity histograms, a
 profile and the look of the lattice. This module does the same with numbers from
 :mod:`translators.metrics`:
 
-* :func:`compare_images` — one row of metrics per image against the reference;
+* :func:`compare_images` — one row of metrics per image against the reference (optionally
+  with the two-sample classifier AUC, :func:`~translators.metrics.classifier_auc`);
 * :func:`format_table` — those rows as an aligned plain-text table;
 * :func:`draw_comparison` — one figure: the images with scale bars, then their histograms,
   central line profiles and radially averaged power spectra overlaid.
@@ -21,7 +22,7 @@ import numpy as np
 
 from . import metrics
 
-__all__ = ["ROW_KEYS", "compare_images", "draw_comparison", "format_table"]
+__all__ = ["AUC_KEY", "ROW_KEYS", "compare_images", "draw_comparison", "format_table"]
 
 #: Keys of every row returned by :func:`compare_images`, in table order.
 ROW_KEYS = (
@@ -38,6 +39,9 @@ ROW_KEYS = (
     "column_mean_pm",
     "column_p95_pm",
 )
+
+#: Key of the optional classifier-AUC column, after :data:`ROW_KEYS`.
+AUC_KEY = "classifier_auc"
 
 #: Match radius of the column comparison, in Å (the default of :func:`~translators.metrics.column_shift`).
 COLUMN_MATCH_RADIUS_A = 0.5
@@ -73,7 +77,15 @@ def _nan_to_none(value):
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
-def compare_images(reference, pixel_size_A: float, others, *, rng: np.random.Generator | None = None) -> list[dict]:
+def compare_images(
+    reference,
+    pixel_size_A: float,
+    others,
+    *,
+    rng: np.random.Generator | None = None,
+    auc: bool = False,
+    auc_patch_px: int = 64,
+) -> list[dict]:
     """Metrics of every image against a reference image, one row per image.
 
     Parameters
@@ -88,7 +100,19 @@ def compare_images(reference, pixel_size_A: float, others, *, rng: np.random.Gen
         Source of the random numbers of :func:`~translators.metrics.swd`; one seed is drawn
         from it and every row uses a generator made from that seed, so all rows see the same
         projections (and, for same-shape images, patch positions). Default
-        ``numpy.random.default_rng(0)``.
+        ``numpy.random.default_rng(0)``. With ``auc`` a second seed is drawn after it, in the
+        same way, for the classifier.
+    auc : bool
+        Add the column ``classifier_auc`` (:data:`AUC_KEY`): the two-sample classifier AUC of
+        :func:`~translators.metrics.classifier_auc` between the reference (real) and the image
+        (generated; resampled to the reference pixel size), with its default settings. A pair
+        of single images is split into top and bottom halves, so each image needs
+        ``2 * auc_patch_px`` px along one side (128 px at the default); the score then also
+        sees content differences (lattice orientation, structure) between the two images.
+        It takes a few seconds per image on a CPU. The reference row gets None (a set is
+        indistinguishable from itself: 0.5 by definition).
+    auc_patch_px : int
+        Patch side of the classifier, in pixels.
 
     Returns
     -------
@@ -117,13 +141,16 @@ def compare_images(reference, pixel_size_A: float, others, *, rng: np.random.Gen
     ------
     ValueError
         On malformed input, or an image (after resampling) too small for ``swd``
-        (56 px per side).
+        (56 px per side) or, with ``auc``, for the classifier's two halves.
     """
     from datafactory.grid import resample
 
     entries = _entries(reference, pixel_size_A, others)
     rng = metrics._rng(rng)
     swd_seed = int(rng.integers(0, 2**63 - 1))
+    auc_seed = int(rng.integers(0, 2**63 - 1)) if auc else None
+    if auc:
+        auc_patch_px = metrics._count(auc_patch_px, "auc_patch_px", 8)
     ref_name, ref, ref_px = entries[0]
     ref_norm = metrics.normalise_minmax(ref)
     ra_ref = metrics.line_profile_ra(ref)
@@ -155,8 +182,22 @@ def compare_images(reference, pixel_size_A: float, others, *, rng: np.random.Gen
             row["column_fraction_matched"] = _nan_to_none(shift.fraction_matched)
             row["column_mean_pm"] = _nan_to_none(shift.mean_pm)
             row["column_p95_pm"] = _nan_to_none(shift.p95_pm)
+        if auc:
+            row[AUC_KEY] = None if image is ref else _pair_auc(ref, on_ref_grid, name, auc_patch_px, auc_seed)
         rows.append(row)
     return rows
+
+
+def _pair_auc(ref: np.ndarray, image: np.ndarray, name: str, patch_px: int, seed: int) -> float:
+    """:func:`~translators.metrics.classifier_auc` of one image against the reference, each split in halves."""
+    for label, img in (("reference", ref), (name, image)):
+        h, w = img.shape
+        if not (max(h, w) >= 2 * patch_px and min(h, w) >= patch_px):
+            raise ValueError(
+                f"{label} is {h}x{w} px (on the reference grid): the classifier AUC needs {2 * patch_px} px along one side "
+                f"and {patch_px} along the other (auc_patch_px={patch_px})"
+            )
+    return metrics.classifier_auc(ref, image, patch_px=patch_px, rng=np.random.default_rng(seed))
 
 
 def _format_value(value) -> str:
