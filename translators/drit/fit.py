@@ -8,7 +8,9 @@
 3. Training (:mod:`translators.drit.train`), with checkpoints in ``STYLE.training/``.
 4. The report: ``STYLE/report.png`` and ``STYLE/report.json`` compare a held-out clean
    simulation, the fitted parametric model and DRIT against the experiment, with the
-   column shift between the clean simulation and its DRIT translation.
+   column shift between the clean simulation and its DRIT translation, and the two-sample
+   classifier AUC (:func:`translators.metrics.classifier_auc`) of each row's images (a few
+   held-out simulations, clean or translated) against all the experiments.
 """
 
 from __future__ import annotations
@@ -81,24 +83,61 @@ def select_pool(pool: Sequence[np.ndarray], exps: Sequence[np.ndarray], pixel_si
     return [pool[i] for i in selection.kept], selection.notices
 
 
+#: Patch sides tried for the report's classifier AUC, largest first (the first that fits the images).
+AUC_PATCH_PX = (64, 48, 32, 24, 16)
+
+
+def auc_patch_px(*image_sets: Sequence[np.ndarray]) -> int | None:
+    """The largest patch side of :data:`AUC_PATCH_PX` at most half the shorter side of every region
+    :func:`~translators.metrics.classifier_auc` cuts patches from (the images of a set, or the top
+    and bottom halves of a set's one image), so that patches vary; None when none is that small."""
+
+    def regions(images: Sequence[np.ndarray]) -> list[tuple[int, int]]:
+        if len(images) != 1:
+            return [im.shape for im in images]
+        h, w = images[0].shape
+        return [(h // 2, w)]
+
+    shortest = min(min(shape) for images in image_sets for shape in regions(images))
+    return next((p for p in AUC_PATCH_PX if 2 * p <= shortest), None)
+
+
 def write_report(
     directory: Path, experiment: np.ndarray, clean: np.ndarray, parametric: np.ndarray, drit: np.ndarray, pixel_size_A: float,
-    drit_clean: np.ndarray | None = None,
+    drit_clean: np.ndarray | None = None, experiments: Sequence[np.ndarray] | None = None,
+    auc_sets: dict[str, Sequence[np.ndarray]] | None = None, seed: int = 0,
 ) -> dict[str, Any]:
     """``report.png`` and ``report.json`` in the bundle directory; returns the JSON record.
 
     The column shift compares ``drit`` with ``drit_clean`` (the clean image under the
-    translation's scan geometry; default ``clean``).
+    translation's scan geometry; default ``clean``). Every metrics row gets
+    ``classifier_auc``: :func:`~translators.metrics.classifier_auc` of ``experiments``
+    (default ``[experiment]``; real) against ``auc_sets[row name]`` (generated; default the
+    row's one image), with the largest patch of :data:`AUC_PATCH_PX` that fits and a
+    generator seeded with ``seed``; None for the experiment row, and where no patch fits.
+    ``report.png`` shows it in the image titles.
     """
     from translators.compare import compare_images, draw_comparison
-    from translators.metrics import column_shift
+    from translators.metrics import classifier_auc, column_shift
 
     others = [("clean simulation", clean, pixel_size_A), ("parametric", parametric, pixel_size_A), ("DRIT", drit, pixel_size_A)]
     rows = compare_images(experiment, pixel_size_A, others)
     rows[0]["name"] = "experiment"
+    real = list(experiments) if experiments is not None else [experiment]
+    sets = {name: list((auc_sets or {}).get(name, [image])) for name, image, _ in others}
+    patch_px = auc_patch_px(real, *sets.values())
+    rows[0]["classifier_auc"] = None
+    for row in rows[1:]:
+        rng = np.random.default_rng(seed)
+        row["classifier_auc"] = None if patch_px is None else classifier_auc(real, sets[row["name"]], patch_px=patch_px, rng=rng)
     shift = column_shift(clean if drit_clean is None else drit_clean, drit, pixel_size_A).to_dict()
-    record = {"metrics": rows, "column_shift_clean_vs_drit": shift}
+    auc_info = {"patch_px": patch_px, "n_experiments": len(real), "n_generated": {name: len(images) for name, images in sets.items()}}
+    record = {"metrics": rows, "column_shift_clean_vs_drit": shift, "classifier_auc": auc_info}
     directory = Path(directory)
     (directory / "report.json").write_text(json.dumps(record, indent=2, default=float) + "\n")
-    draw_comparison(experiment, pixel_size_A, others, directory / "report.png", reference_name="experiment")
+    titled = [
+        (name if row["classifier_auc"] is None else f"{name} (AUC {row['classifier_auc']:.2f})", image, px)
+        for (name, image, px), row in zip(others, rows[1:])
+    ]
+    draw_comparison(experiment, pixel_size_A, titled, directory / "report.png", reference_name="experiment")
     return record
