@@ -36,6 +36,40 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
+def _score(value) -> str:
+    return "—" if value is None else f"{value:.3g}"
+
+
+def _realism_lines(style: dict[str, Any]) -> list[str]:
+    """The card's section on how close the style's images come to the experiments it was fitted on."""
+    realism = style.get("realism")
+    head = ["## Realism of the style", ""]
+    if not realism:
+        return head + [
+            "Realism scores against the experiments the style was fitted on (hist_kl, psd_distance, swd, classifier AUC): "
+            "not measured (the style bundle has no `report.json` with them).",
+            "",
+        ]
+    rows = [(f"translated by the style ({realism['row']})", realism["style"])]
+    if realism.get("clean"):
+        rows.append(("clean simulation, for scale", realism["clean"]))
+    return head + [
+        "Measured by `factory fit-style` on held-out simulations against the experiments the style was fitted on "
+        "(the STYLE bundle's `report.json`):",
+        "",
+        "| images | hist_kl | psd_distance | swd | classifier AUC |",
+        "| --- | --- | --- | --- | --- |",
+        *(f"| {name} | " + " | ".join(_score(scores.get(k)) for k in ("hist_kl", "psd_distance", "swd", "classifier_auc")) + " |" for name, scores in rows),
+        "",
+        "hist_kl (grey-level histograms), psd_distance (log radial power spectra) and swd (multi-scale patch texture) "
+        "compare one held-out image with the first experiment: lower is closer, 0 is identical. The classifier AUC is "
+        "how well a small CNN, trained on patches of a few held-out images and of all the experiments, tells the two "
+        "apart on patches it did not see: 0.5 is indistinguishable, 1 always separable (values below 0.5 are chance). "
+        "Definitions: `translators/metrics.py` of stem-datafactory.",
+        "",
+    ]
+
+
 def card_text(root: Path, manifest: dict[str, Any]) -> str:
     """The Markdown text of the card."""
     root = Path(root)
@@ -79,6 +113,7 @@ def card_text(root: Path, manifest: dict[str, Any]) -> str:
         f"seed {manifest['seed']}, {manifest['created']}.",
         f"- Clean (pre-translation) images: {'included as `clean`' if manifest.get('keep_clean') else 'not included'}.",
         "",
+        *(_realism_lines(style) if style else []),
         "## Labels and units",
         "",
         "Pixel `(row, col)` is centred at x = col·Δ, y = row·Δ (Δ the pixel size); x runs along",

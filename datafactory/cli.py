@@ -630,7 +630,7 @@ def generate(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Simulate, translate and write N labelled samples as verified, resumable HDF5 shards with a manifest and a dataset card."""
-    from translators.base import load_style, read_style_record
+    from translators.base import load_style, read_style_record, style_realism
     from translators.contrast_calibration import simulation_overrides
     from .grid import same_pixel_size
 
@@ -657,6 +657,7 @@ def generate(
         style_info = {
             "method": translator.method, "parameters": record["parameters"], "pixel_size_A": style_px,
             "hash": record["content_hash"], "path": str(Path(style).resolve()),
+            "realism": style_realism(Path(style), translator.method),
         }
         calibrated = simulation_overrides(record.get("simulation"))
         if calibrated:

@@ -258,6 +258,7 @@ def _new_manifest(req: GenerateRequest) -> dict[str, Any]:
     style = None
     if req.style:
         style = {k: req.style[k] for k in ("method", "hash", "pixel_size_A")} | {"path": req.style.get("path")}
+        style["realism"] = req.style.get("realism")  # scores from the bundle's report.json, or None
         if req.style.get("simulation"):  # the column contrast the style calibrated (already in the effective config)
             style["simulation"] = req.style["simulation"]
     return {

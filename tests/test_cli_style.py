@@ -261,6 +261,7 @@ def test_fit_style_calibrates_contrast_and_generate_simulates_with_it(run_cli, e
     assert "calibrated column contrast" in err
     manifest = json.loads((data / "manifest.json").read_text())
     assert manifest["style"]["simulation"]["gamma"] == sim["gamma"]
+    assert "not measured" in (data / "README.md").read_text()  # a parametric fit writes no realism scores
     with h5py.File(next((data / "shards").glob("*.h5"))) as f:
         gamma, source = f["params/gamma"][:], f["params/source_size_A"][:]
     assert np.all((gamma >= sim["gamma_range"][0]) & (gamma <= sim["gamma_range"][1])) and np.ptp(gamma) > 0

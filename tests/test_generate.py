@@ -124,8 +124,28 @@ def test_pixel_size_follows_the_style(run_cli, style_dir, tmp_path):
     assert manifest["pixel_size_A"] == pytest.approx(0.12) and manifest["image_shape"] == [40, 40]
     code, _, err = run_cli("generate", *SMALL, "--n", 2, "--style", style_dir, "--workers", 1, "--out", tmp_path / "c")
     assert code == 0 and "style's 0.12" in err  # the config's 0.1 Å/px gives way, with a notice
+    card = (tmp_path / "c" / "README.md").read_text()
+    assert "## Realism of the style" in card and "not measured" in card  # this bundle has no report.json
     with h5py.File(tmp_path / "c" / load_manifest(tmp_path / "c")["shards"][0]["file"], "r") as f:
         np.testing.assert_allclose(f["params/pixel_size_A"][:], 0.12)
+
+
+def test_card_quotes_the_style_report(run_cli, style_dir, tmp_path):
+    """The realism scores of the bundle's report.json reach the manifest and the dataset card."""
+    import shutil
+
+    style = shutil.copytree(style_dir, tmp_path / "style")
+    row = lambda name, kl, auc: {"name": name, "hist_kl": kl, "psd_distance": 0.5, "swd": 0.25, "classifier_auc": auc}  # noqa: E731
+    report = {"metrics": [row("experiment", 0.0, None), row("clean simulation", 0.61, 0.998), row("parametric", 0.0713, 0.734)]}
+    (style / "report.json").write_text(json.dumps(report))  # not part of the content hash: the bundle still loads
+    out = tmp_path / "ds"
+    code, _, err = run_cli("generate", *SMALL, "--n", 2, "--style", style, "--workers", 1, "--out", out)
+    assert code == 0, err
+    assert load_manifest(out)["style"]["realism"]["style"]["classifier_auc"] == 0.734
+    card = (out / "README.md").read_text()
+    assert "| translated by the style (parametric) | 0.0713 | 0.5 | 0.25 | 0.734 |" in card
+    assert "| clean simulation, for scale | 0.61 | 0.5 | 0.25 | 0.998 |" in card
+    assert "not measured" not in card and "0.5 is indistinguishable" in card
 
 
 def test_manifest_splits_card_and_clean_without_style(run_cli, tmp_path):
@@ -141,6 +161,7 @@ def test_manifest_splits_card_and_clean_without_style(run_cli, tmp_path):
     np.testing.assert_array_equal(data["images"], data["clean"])  # no style: clean is the image
     card = (out / "README.md").read_text()
     assert "LICENCE" in card and "slip_frac" in card and "ShardDataset" in card and "30 simulated" in card
+    assert "Realism of the style" not in card  # no style, nothing to score
     code, _, err = run_cli("generate", *SMALL, "--n", 3, "--split", "0.5,0.5", "--out", tmp_path / "bad")
     assert code == 2 and "--split" in err
 

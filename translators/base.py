@@ -36,6 +36,15 @@ from datafactory.errors import FactoryError
 
 STYLE_FILE = "style.json"
 
+#: The bundle's report of how its translations compare with the experiments (``fit-style``).
+REPORT_FILE = "report.json"
+
+#: The realism scores :func:`style_realism` reads from a report's metrics rows.
+REALISM_KEYS = ("hist_kl", "psd_distance", "swd", "classifier_auc")
+
+#: The report row that holds each method's own translations.
+_REPORT_ROWS = {"drit": "DRIT", "parametric": "parametric"}
+
 
 @dataclass
 class Translation:
@@ -202,3 +211,28 @@ def load_style(directory: Path) -> Translator:
 def style_hash(directory: Path) -> str:
     """The content hash recorded in a bundle (for manifests)."""
     return str(read_style_record(directory).get("content_hash", ""))
+
+
+def style_realism(directory: Path, method: str) -> dict[str, Any] | None:
+    """The style's realism scores against the experiments it was fitted on, from ``report.json``.
+
+    Returns ``{"row": name, "style": {key: value}, "clean": {key: value} | None}`` with the
+    :data:`REALISM_KEYS` of the report row of ``method``'s translations and of the clean
+    simulation (values may be None), or None when the bundle has no readable report with
+    such a row (a parametric fit writes none).
+    """
+    path = Path(directory) / REPORT_FILE
+    row_name = _REPORT_ROWS.get(method)
+    try:
+        rows = json.loads(path.read_text())["metrics"]
+        by_name = {row["name"]: row for row in rows}
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    if row_name not in by_name:
+        return None
+
+    def scores(row):
+        return {key: (float(row[key]) if isinstance(row.get(key), (int, float)) else None) for key in REALISM_KEYS}
+
+    clean = by_name.get("clean simulation")
+    return {"row": row_name, "style": scores(by_name[row_name]), "clean": scores(clean) if clean else None}
