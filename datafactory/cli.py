@@ -251,6 +251,8 @@ def fit_style(
                      overrides=None if calibration is None else calibration.overrides)
     if calibration is not None:
         typer.echo(f"contrast report: {calibration.write_report(Path(path), spreads)}")
+    if method == "parametric" and config is not None:
+        _parametric_report(translator, micrographs, path, config=config, seed=seed, overrides=None if calibration is None else calibration.overrides)
     if not_calibrated:
         _notice(not_calibrated)
     typer.echo(translator.summary())
@@ -339,6 +341,32 @@ def _fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, 
 
 #: Held-out simulations of the fit-style report's classifier AUC (each row translates all of them).
 REPORT_AUC_DRAWS = 4
+
+
+def _parametric_report(translator, micrographs, path: Path, *, config, seed, overrides=None) -> None:
+    """report.png / report.json of a parametric style: :data:`REPORT_AUC_DRAWS` held-out
+    simulations of ``config``, clean and translated, scored against the experiments."""
+    import numpy as np
+
+    from translators.drit.fit import simulation_pool
+    from translators.realism import realism_rows, write_realism_report
+
+    from .grid import resample, same_pixel_size
+
+    px = translator.pixel_size_A
+    experiments = [m.image if same_pixel_size(m.pixel_size_A, px) else resample(m.image, m.pixel_size_A, px) for m in micrographs]
+    size = min(512, *(min(e.shape) for e in experiments))
+    size -= size % 4
+    clean = simulation_pool(sim_path=None, config=config, pixel_size_A=px, n=REPORT_AUC_DRAWS, size_px=size, seed=seed + 10_000, workers=1,
+                            progress=False, overrides=overrides)
+    styled = translator.translate(np.stack(clean), [np.random.default_rng([seed, k]) for k in range(len(clean))]).images
+    sets = {"clean simulation": clean, "parametric": list(styled)}
+    rows = realism_rows(experiments, px, sets, seed=seed)
+    png = write_realism_report(Path(path), experiments[0], px, sets, rows)
+    style = rows[-1]
+    auc = "" if style["classifier_auc"] is None else f", classifier AUC {style['classifier_auc']:.2f} (0.5: indistinguishable; clean {rows[0]['classifier_auc']:.2f})"
+    typer.echo(f"report: {png}; against the experiments, {len(clean)} translations: hist_kl {style['hist_kl']:.3f}, psd_distance "
+               f"{style['psd_distance']:.3f}, swd {style['swd']:.3f}{auc}")
 
 
 def _drit_report(translator, micrographs, path: Path, *, config, sim, seed, overrides=None) -> None:

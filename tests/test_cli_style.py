@@ -253,7 +253,14 @@ def test_fit_style_calibrates_contrast_and_generate_simulates_with_it(run_cli, e
     assert sim["source_size_A"] == pytest.approx(0.6, abs=0.15)
     assert sim["before"]["chalcogen_to_metal"] > sim["measured"]["chalcogen_to_metal"] + 0.02  # γ 1.4 is too bright for S
     assert abs(sim["simulated"]["chalcogen_to_metal"] - sim["measured"]["chalcogen_to_metal"]) < 0.01
-    assert (style / "contrast.png").stat().st_size > 0 and "contrast" in json.loads((style / "report.json").read_text())
+    report = json.loads((style / "report.json").read_text())
+    assert (style / "contrast.png").stat().st_size > 0 and "contrast" in report
+    # the realism report: held-out simulations of the config, clean and translated, against the experiment
+    rows = {row["name"]: row for row in report["metrics"]}
+    assert (style / "report.png").stat().st_size > 0 and "report:" in out
+    assert rows["parametric"]["hist_kl"] < rows["clean simulation"]["hist_kl"]
+    assert rows["parametric"]["psd_distance"] < rows["clean simulation"]["psd_distance"]
+    assert rows["clean simulation"]["classifier_auc"] > 0.9 and 0 <= rows["parametric"]["classifier_auc"] <= 1
 
     data = tmp_path / "data"
     code, out, err = run_cli("generate", "--config", config, "--style", style, "--n", 6, "--size", 64, "--out", data, "--workers", 1, "-q")
@@ -261,7 +268,8 @@ def test_fit_style_calibrates_contrast_and_generate_simulates_with_it(run_cli, e
     assert "calibrated column contrast" in err
     manifest = json.loads((data / "manifest.json").read_text())
     assert manifest["style"]["simulation"]["gamma"] == sim["gamma"]
-    assert "not measured" in (data / "README.md").read_text()  # a parametric fit writes no realism scores
+    card = (data / "README.md").read_text()
+    assert "## Realism of the style" in card and "not measured" not in card and f"{rows['parametric']['hist_kl']:.3g}" in card
     with h5py.File(next((data / "shards").glob("*.h5"))) as f:
         gamma, source = f["params/gamma"][:], f["params/source_size_A"][:]
     assert np.all((gamma >= sim["gamma_range"][0]) & (gamma <= sim["gamma_range"][1])) and np.ptp(gamma) > 0

@@ -219,7 +219,7 @@ def style_realism(directory: Path, method: str) -> dict[str, Any] | None:
     Returns ``{"row": name, "style": {key: value}, "clean": {key: value} | None}`` with the
     :data:`REALISM_KEYS` of the report row of ``method``'s translations and of the clean
     simulation (values may be None), or None when the bundle has no readable report with
-    such a row (a parametric fit writes none).
+    such a row (a parametric fit writes one only when it was given a config to simulate).
     """
     path = Path(directory) / REPORT_FILE
     row_name = _REPORT_ROWS.get(method)

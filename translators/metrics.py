@@ -647,10 +647,11 @@ def classifier_auc(
     All images must be at the same pixel size; resample them first. The result depends only
     on the arguments: the random choices come from ``rng``, the network's
     initial weights from a seed drawn from it (the caller's global torch random state is
-    left untouched), and the torch thread count is the caller's (a different count may
-    change the last digits). The network's operations are small: on a CPU whose cores are
-    busy with other work, one torch thread is far faster than two (measured: 6.4 s against
-    about 4 minutes for 2 real and 16 generated 512² images on 2 shared cores).
+    left untouched). The network runs on one torch thread (the caller's count is restored
+    afterwards): its operations are small, one thread gives the same digits on every
+    machine, and on a CPU whose cores are busy with other work one thread is far faster than
+    two (measured: 6.4 s against about 4 minutes for 2 real and 16 generated 512² images on
+    2 shared cores).
 
     Parameters
     ----------
@@ -714,6 +715,17 @@ def _train_and_score(x_fit, y_fit, x_held, steps, batch_size, width, learning_ra
     seed = int(rng.integers(0, 2**62))
     batches = rng.integers(0, len(x_fit), size=(steps, batch_size))
     flips = rng.random((steps, batch_size)) < 0.5
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _fit_and_score(x_fit, y_fit, x_held, seed, batches, flips, width, learning_rate)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_and_score(x_fit, y_fit, x_held, seed, batches, flips, width, learning_rate) -> np.ndarray:
+    import torch
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = _patch_classifier(width)
