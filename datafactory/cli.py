@@ -345,11 +345,14 @@ REPORT_AUC_DRAWS = 4
 
 def _parametric_report(translator, micrographs, path: Path, *, config, seed, overrides=None) -> None:
     """report.png / report.json of a parametric style: :data:`REPORT_AUC_DRAWS` held-out
-    simulations of ``config``, clean and translated, scored against the experiments."""
+    simulations of ``config``, clean and translated, scored against the experiments; and
+    detector.png, the first experiment's noise power along the scan line with its fitted response."""
     import numpy as np
 
     from translators.drit.fit import simulation_pool
+    from translators.parametric import fit_detector_response
     from translators.realism import realism_rows, write_realism_report
+    from translators.scan_response import draw_response
 
     from .grid import resample, same_pixel_size
 
@@ -363,9 +366,10 @@ def _parametric_report(translator, micrographs, path: Path, *, config, seed, ove
     sets = {"clean simulation": clean, "parametric": list(styled)}
     rows = realism_rows(experiments, px, sets, seed=seed)
     png = write_realism_report(Path(path), experiments[0], px, sets, rows)
+    draw_response(Path(path) / "detector.png", fit_detector_response(experiments[0], px), micrographs[0].name)
     style = rows[-1]
     auc = "" if style["classifier_auc"] is None else f", classifier AUC {style['classifier_auc']:.2f} (0.5: indistinguishable; clean {rows[0]['classifier_auc']:.2f})"
-    typer.echo(f"report: {png}; against the experiments, {len(clean)} translations: hist_kl {style['hist_kl']:.3f}, psd_distance "
+    typer.echo(f"report: {png} (and detector.png); against the experiments, {len(clean)} translations: hist_kl {style['hist_kl']:.3f}, psd_distance "
                f"{style['psd_distance']:.3f}, swd {style['swd']:.3f}{auc}")
 
 

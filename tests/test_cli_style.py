@@ -257,7 +257,7 @@ def test_fit_style_calibrates_contrast_and_generate_simulates_with_it(run_cli, e
     assert (style / "contrast.png").stat().st_size > 0 and "contrast" in report
     # the realism report: held-out simulations of the config, clean and translated, against the experiment
     rows = {row["name"]: row for row in report["metrics"]}
-    assert (style / "report.png").stat().st_size > 0 and "report:" in out
+    assert (style / "report.png").stat().st_size > 0 and (style / "detector.png").stat().st_size > 0 and "report:" in out
     assert rows["parametric"]["hist_kl"] < rows["clean simulation"]["hist_kl"]
     assert rows["parametric"]["psd_distance"] < rows["clean simulation"]["psd_distance"]
     assert rows["clean simulation"]["classifier_auc"] > 0.9 and 0 <= rows["parametric"]["classifier_auc"] <= 1

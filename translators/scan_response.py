@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -145,3 +146,33 @@ def fit_response(image: np.ndarray, pixel_size_A: float, signal_band_per_A: floa
     if best < SIGNIFICANCE * error:
         return ResponseFit(0.0, 0.0, error, f, p, cut)
     return ResponseFit(tau_px(best), best, error, f, p, cut)
+
+
+def draw_response(path: Path, fit: ResponseFit, image_name: str = "experiment") -> Path:
+    """``detector.png``: the noise power along x beyond the optical band (normalised to its
+    mean), the fitted one-pole ``|H|²`` through it, and no response for comparison."""
+    import os
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    fig = Figure(figsize=(6.4, 4.0))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    f, p = fit.f_cycles_per_px, fit.power_x
+    if len(f):
+        model = power_transfer(f, fit.pole)
+        scale = float(np.exp(np.mean(np.log(p) - np.log(model))))
+        ax.plot(f, p / scale, ".", ms=3, color="0.4", label=f"{image_name}: noise power along x")
+        ax.plot(f, model, "-", color="tab:red", lw=1.5,
+                label=f"one-pole response τ = {fit.tau_px:.2f} px (a = {fit.pole:.3f} ± {fit.pole_error:.3f})" if fit.tau_px > 0 else "no response above the noise")
+        ax.axhline(1.0, color="0.6", lw=1, ls="--", label="white noise (no response)")
+    ax.set(xlabel="x-frequency (cycles per pixel; the scan line)", ylabel="power / fitted |H(0)|²",
+           title=f"detector response along the fast scan (beyond {fit.cut_cycles_per_px:.2f} cycles/px)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    partial = path.with_name(path.name + ".partial")
+    fig.savefig(partial, dpi=110, format="png")
+    os.replace(partial, path)
+    return path
