@@ -238,7 +238,7 @@ class Row:
 
 
 # the rows of issue 13 were fitted before the detector response and the slow background existed
-BEFORE_14 = ("--no-detector-response", "--no-slow-background")
+BEFORE_14 = ("--no-detector-response", "--no-slow-background", "--no-skewed-contamination")
 PARAMETRIC = ("--method", "parametric", "--material", "MoS2", "--calibrate", *BEFORE_14)
 DRIT = ("--method", "drit", "--material", "MoS2", "--calibrate", "--config", "mos2_monolayer", "--threads", "1", *BEFORE_14)
 CALIBRATED = (*PARAMETRIC, "--config", "mos2_monolayer")
@@ -261,8 +261,9 @@ ROWS: dict[str, Row] = {
     # 0.1-0.4 of the Mo intensity, which a model that never saw a faint column on a Mo site calls Mo
     "antisites": Row(CALIBRATED, preset="mos2_monolayer_antisites", note="full calibration + S antisites on Mo sites (0-2 %)"),
     # issue 14's physics terms, one at a time on the full calibration (the rows above were fitted without them)
-    "detector_response": Row((*ALL_TERMS, "--no-slow-background"), note="full calibration + detector fast-scan response"),
-    "slow_background": Row(ALL_TERMS, note="+ slow multiplicative background (all terms)"),
+    "detector_response": Row((*ALL_TERMS, "--no-slow-background", "--no-skewed-contamination"), note="full calibration + detector fast-scan response"),
+    "slow_background": Row((*ALL_TERMS, "--no-skewed-contamination"), note="+ slow multiplicative background"),
+    "skewed_contamination": Row(ALL_TERMS, note="+ skewed contamination (all terms)"),
 }
 
 

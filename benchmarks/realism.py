@@ -12,8 +12,9 @@ one sample.
 
 Rows (each term added to the one above, the ablation of the README):
 clean, Gaussian noise (``augment.gaussian_noise`` 0.1), the parametric style of the
-issue before (``--no-detector-response --no-slow-background``), + the detector's fast-scan
-response, + the slow multiplicative background. ``--style NAME=DIR`` adds already fitted
+issue before (``--no-detector-response --no-slow-background --no-skewed-contamination``),
++ the detector's fast-scan response, + the slow multiplicative background, + the
+contamination field's skewness. ``--style NAME=DIR`` adds already fitted
 STYLE bundles (e.g. DRIT); one with a physics prior also gets "NAME: its prior", the very
 parametric draws it started from, so the two rows differ by the learned residual alone.
 
@@ -44,9 +45,10 @@ from factory_cli import factory  # noqa: E402
 
 BASE = ("--method", "parametric", "--material", "MoS2", "--calibrate", "--config", "mos2_monolayer")
 STYLES = {
-    "parametric": (*BASE, "--no-detector-response", "--no-slow-background"),
-    "+ detector response": (*BASE, "--no-slow-background"),
-    "+ slow background": BASE,
+    "parametric": (*BASE, "--no-detector-response", "--no-slow-background", "--no-skewed-contamination"),
+    "+ detector response": (*BASE, "--no-slow-background", "--no-skewed-contamination"),
+    "+ slow background": (*BASE, "--no-skewed-contamination"),
+    "+ skewed contamination": BASE,
 }
 KEYS = ("hist_kl", "psd_distance", "swd")
 

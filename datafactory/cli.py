@@ -182,6 +182,7 @@ def fit_style(
     adsorbates: bool = typer.Option(True, "--adsorbates/--no-adsorbates", help="With the contrast calibration: fit the surface adsorbates that make real columns scatter in brightness."),
     detector_response: bool = typer.Option(True, "--detector-response/--no-detector-response", help="parametric (and the DRIT prior): fit the detector's response time along the fast scan."),
     slow_background: bool = typer.Option(True, "--slow-background/--no-slow-background", help="parametric (and the DRIT prior): fit the slow multiplicative variation of the signal."),
+    skewed_contamination: bool = typer.Option(True, "--skewed-contamination/--no-skewed-contamination", help="parametric (and the DRIT prior): fit the skewness of the contamination field (it rises in patches more than it dips)."),
     allow_rgb: bool = typer.Option(False, "--allow-rgb", help="Convert colour images to grey instead of refusing them."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -229,11 +230,11 @@ def fit_style(
             micrographs, out, sim=sim, config=config, preset=preset, iterations=iterations, crop=crop, content_loss=content_loss,
             spectrum=spectrum, physics_prior=physics_prior, residual_weight=residual_weight, residual_weight_end=residual_weight_end, threads=threads, device=device, resume=resume,
             select=select, pool=pool, seed=seed, quiet=quiet, affine=affine, calibration=calibration,
-            physics_terms={"detector_response": detector_response, "slow_background": slow_background},
+            physics_terms={"detector_response": detector_response, "slow_background": slow_background, "skewed_contamination": skewed_contamination},
         )
     else:
         translator = methods[method].fit(micrographs, affine=affine, spread=spread, progress=not quiet,
-                                         detector_response=detector_response, slow_background=slow_background)
+                                         detector_response=detector_response, slow_background=slow_background, skewed_contamination=skewed_contamination)
         if calibration is not None:
             translator.params, spreads = _fit_adsorbates(translator.params, calibration, target, seed)
     digests = {path: hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in {m.source for m in micrographs}}
@@ -244,7 +245,7 @@ def fit_style(
     options = {"method": method, "material": material, "structure": str(structure) if structure else None, "calibrate": calibrate}
     options |= {"spread": spread} if method == "parametric" else {"preset": preset, "select": select, "sim": str(sim) if sim else None, "config": config, "seed": seed}
     options["contrast"] = calibration is not None
-    options |= {"detector_response": detector_response, "slow_background": slow_background}
+    options |= {"detector_response": detector_response, "slow_background": slow_background, "skewed_contamination": skewed_contamination}
     path = translator.save(out, sources=sources, options=options, simulation=None if calibration is None else calibration.record.simulation_block())
     if method == "drit":
         _drit_report(translator, micrographs, path, config=config, sim=sim, seed=seed,

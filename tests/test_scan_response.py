@@ -87,3 +87,24 @@ def test_the_slow_gain_field_is_recovered_and_not_invented(clean_512):
     fitted = fit_image(render(clean_512, replace(TRUE, slow_gain=0.2), PIXEL_A, np.random.default_rng(8))[0], PIXEL_A)
     assert fitted.slow_gain == pytest.approx(0.2, rel=0.45)
     assert fit_image(render(clean_512, replace(TRUE, slow_gain=0.2), PIXEL_A, np.random.default_rng(8))[0], PIXEL_A, slow_background=False).slow_gain == 0.0
+
+
+def test_the_contamination_skewness_is_recovered_and_not_invented(clean_512):
+    from translators.parametric import contamination_skew, skewed_field
+
+    field_ = np.random.default_rng(0).standard_normal(200_000)
+    for s in (0.0, 0.5):
+        out = skewed_field(field_, s)
+        assert abs(out.mean()) < 0.02 and out.std() == pytest.approx(1.0, rel=0.05)  # still zero-mean, unit-variance
+    assert np.mean(skewed_field(field_, 0.5) ** 3) > 1.0  # log-normal: rises more than it dips
+
+    def measured(skew_sigma: float) -> float:
+        values = []
+        for seed in range(4):
+            q = replace(TRUE, contamination=0.15, contamination_skew=skew_sigma)
+            image, *_ = render(clean_512, q, PIXEL_A, np.random.default_rng(200 + seed))
+            values.append(contamination_skew(image, PIXEL_A, TRUE.contamination_length_A))
+        return float(np.mean(values))
+
+    assert measured(0.8) == pytest.approx(0.8, abs=0.3)
+    assert measured(0.0) < 0.2

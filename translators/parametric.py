@@ -42,7 +42,9 @@ Fitting (:func:`fit_image`), every parameter from the experimental image:
 * jitter — row-to-row cross-correlation: the sub-pixel shift between neighbouring lines,
   minus the variance the noise alone would give, is twice the per-line jitter variance;
 * streaks — the white level of the row-mean sequence above the signal band;
-* contamination — amplitude and correlation length of the low-pass content;
+* contamination — amplitude and correlation length of the low-pass content, and its
+  skewness: amorphous carbon and adsorbed molecules add scattering, so the field rises in
+  patches more than it dips (:func:`contamination_skew`);
 * slow gain μ — the covariance, over tiles of about the correlation length, of each
   tile's floor (5th percentile) and its contrast (95th − 5th): an additive field moves the
   floor alone, a multiplicative one scales both (:func:`slow_gain`);
@@ -116,6 +118,7 @@ class StyleParameters:
     adsorbate_sigma_A: float = 0.0  # blob width: the measured column width
     detector_tau_px: float = 0.0  # response time along the fast scan, in pixel dwell times (0: none)
     slow_gain: float = 0.0  # relative RMS of the slow multiplicative field M (correlation length: contamination_length_A)
+    contamination_skew: float = 0.0  # σ of the log-normal transform of the contamination field (0: Gaussian, symmetric)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -349,6 +352,69 @@ def contamination_field(image: np.ndarray, pixel_size_A: float, scale_A: float =
     return rms, length_A
 
 
+def skewed_field(field_: np.ndarray, skew_sigma: float) -> np.ndarray:
+    """A unit Gaussian field made log-normal, ``(exp(s·G) − e^{s²/2}) / √((e^{s²} − 1)·e^{s²})``:
+    still zero-mean and unit-variance on average, but rising in patches more than it dips
+    (skewness ``(e^{s²} + 2)·√(e^{s²} − 1)``). ``s`` = 0 returns the field."""
+    if skew_sigma <= 0:
+        return field_
+    s2 = skew_sigma * skew_sigma
+    return ((np.exp(skew_sigma * field_) - math.exp(s2 / 2)) / math.sqrt((math.exp(s2) - 1) * math.exp(s2))).astype(np.float32)
+
+
+#: Log-normal σ values tried when fitting the contamination's skewness.
+SKEW_GRID = np.linspace(0.0, 1.5, 16)
+
+
+@lru_cache(maxsize=8)
+def _smoothed_skew_table(length_px: float, scale_px: float, shape: tuple[int, int]) -> tuple[np.ndarray, float]:
+    """Mean skewness that :func:`contamination_skew` measures on an image of ``shape`` holding
+    :func:`skewed_field` of correlation ``length_px``, for every σ of :data:`SKEW_GRID`.
+
+    An image holds only some hundred correlation cells, and the sample skewness of so few
+    falls short of the field's own; the table is therefore made on fields of the image's
+    size (in cells), averaged over 48 of them (fixed generators). Only the ratios of the
+    scales matter, so everything is shrunk until the shorter scale is 6 px. Also returns the
+    scatter (standard deviation) of one image's skewness for a Gaussian field."""
+    from scipy.stats import skew
+
+    shrink = max(1.0, min(length_px, scale_px) / 6.0)
+    length_px, scale_px = length_px / shrink, scale_px / shrink
+    small = (max(8, int(round(shape[0] / shrink))), max(8, int(round(shape[1] / shrink))))
+    margin = int(min(3 * scale_px, min(small) // 4))
+    fields_ = [smooth_random_field(small, length_px, np.random.default_rng(k)) for k in range(48)]
+    out, null_sd = [], 0.0
+    for s in SKEW_GRID:
+        values = [np.asarray(gaussian(skewed_field(f, float(s)), scale_px), dtype=np.float64) for f in fields_]
+        skews = [skew(v[margin:v.shape[0] - margin, margin:v.shape[1] - margin].ravel()) for v in values]
+        out.append(float(np.mean(skews)))
+        if s == 0:
+            null_sd = float(np.std(skews))
+    out[0] = 0.0  # a Gaussian field is symmetric
+    return np.maximum.accumulate(np.asarray(out)), null_sd
+
+
+def contamination_skew(image: np.ndarray, pixel_size_A: float, length_A: float, scale_A: float = CONTAMINATION_SCALE_A) -> float:
+    """Log-normal σ of the contamination field, from the skewness of the low-pass content.
+
+    The image smoothed at ``scale_A`` (the lattice removed, as for the amplitude) has a
+    skewness; the σ whose skewed field, smoothed the same way, has that skewness is returned
+    (:func:`_smoothed_skew_table`). The whole low-pass content is taken as contamination, as
+    for its amplitude. A skewness within two standard deviations of what a symmetric field
+    shows on an image of this size, or a negative one (the field dips more than it rises:
+    holes, not adsorbates), gives 0, a symmetric field.
+    """
+    from scipy.stats import skew
+
+    low = np.asarray(gaussian(image, scale_A / pixel_size_A), dtype=np.float64)
+    margin = int(min(3 * scale_A / pixel_size_A, min(low.shape) // 4))
+    measured = float(skew(low[margin:low.shape[0] - margin, margin:low.shape[1] - margin].ravel()))
+    table, null_sd = _smoothed_skew_table(round(length_A / pixel_size_A, 1), round(scale_A / pixel_size_A, 1), tuple(low.shape))
+    if not np.isfinite(measured) or measured <= 2 * null_sd:
+        return 0.0
+    return float(np.interp(measured, table, SKEW_GRID))
+
+
 def box_variance_fraction(length_px: float, box_px: int) -> float:
     """Variance kept by averaging a unit Gaussian-correlated field (:func:`smooth_random_field`,
     correlation σ = ``length_px``) over a square box of ``box_px``: its autocorrelation is
@@ -510,13 +576,15 @@ def fit_detector_response(image: np.ndarray, pixel_size_A: float):
 
 
 def fit_image(
-    image: np.ndarray, pixel_size_A: float, affine: np.ndarray | None = None, detector_response: bool = True, slow_background: bool = True
+    image: np.ndarray, pixel_size_A: float, affine: np.ndarray | None = None, detector_response: bool = True, slow_background: bool = True,
+    skewed_contamination: bool = True,
 ) -> StyleParameters:
     """Fit every parameter of the model to one experimental image (see the module docstring).
 
     With ``detector_response`` the fast-scan response is fitted first and removed from the
     image before everything else is fitted; without, it is taken as none. Without
-    ``slow_background`` the slow multiplicative field is left out (``slow_gain`` 0).
+    ``slow_background`` the slow multiplicative field is left out (``slow_gain`` 0), without
+    ``skewed_contamination`` the contamination field stays Gaussian (``contamination_skew`` 0).
     """
     from .scan_response import remove_response
 
@@ -544,6 +612,7 @@ def fit_image(
     contamination_rms, contamination_length_A = contamination_field(x, pixel_size_A)
     flyback_A, flyback_decay_A = flyback_lag(x, pixel_size_A)
     gain_rms = slow_gain(x, pixel_size_A, offset, contamination_length_A) if slow_background else 0.0
+    skew_sigma = contamination_skew(x, pixel_size_A, contamination_length_A) if skewed_contamination else 0.0
     return StyleParameters(
         gain=float(gain),
         offset=float(offset),
@@ -562,6 +631,7 @@ def fit_image(
         affine=(np.asarray(affine, dtype=float) if affine is not None else np.eye(2)).tolist(),
         detector_tau_px=float(tau),
         slow_gain=float(gain_rms),
+        contamination_skew=float(skew_sigma),
     )
 
 
@@ -694,7 +764,7 @@ def render(
     u = (blurred - lo) / (hi - lo) if hi > lo else np.zeros(shape, np.float32)
     lam = u + q.background
     if q.contamination > 0:
-        lam = lam + q.contamination * smooth_random_field(shape, q.contamination_length_A / pixel_size_A, rng)
+        lam = lam + q.contamination * skewed_field(smooth_random_field(shape, q.contamination_length_A / pixel_size_A, rng), q.contamination_skew)
     if q.adsorbate_sigma_A > 0:
         from .adsorbates import LAYER_DENSITY_PER_A2, adsorbate_field
 
@@ -741,13 +811,14 @@ class ParametricTranslator(Translator):
         progress: bool = False,
         detector_response: bool = True,
         slow_background: bool = True,
+        skewed_contamination: bool = True,
         **_: Any,
     ) -> "ParametricTranslator":
         """Fit every experimental image at ``pixel_size_A`` (default: the first image's) and combine.
 
         Images at another pixel size are resampled to it first. ``detector_response=False``
         leaves the fast-scan response out of the model, ``slow_background=False`` the slow
-        multiplicative field (for ablations).
+        multiplicative field, ``skewed_contamination=False`` the contamination's skewness (for ablations).
         """
         from tqdm import tqdm
 
@@ -760,7 +831,7 @@ class ParametricTranslator(Translator):
         for m in tqdm(micrographs, desc="fit", unit="img", disable=not progress):
             image = m.image if same_pixel_size(m.pixel_size_A, target) else resample(m.image, m.pixel_size_A, target)
             try:
-                fits.append(fit_image(image, target, affine, detector_response, slow_background))
+                fits.append(fit_image(image, target, affine, detector_response, slow_background, skewed_contamination))
             except FactoryError as exc:
                 raise FactoryError(f"{getattr(m, 'name', 'image')}: {exc}") from None
         return cls(combine(fits, spread), target)
@@ -803,7 +874,7 @@ class ParametricTranslator(Translator):
             f"scan-line streaks {p.streak * 100:.2f} % RMS gain",
             f"detector response {p.detector_tau_px:.2f} pixel dwell times along the fast scan (one-pole low-pass)"
             if p.detector_tau_px > 0 else "detector response none measurable along the fast scan",
-            f"contamination     {p.contamination * 100:.2f} % of dose, length {p.contamination_length_A:.1f} Å",
+            f"contamination     {p.contamination * 100:.2f} % of dose, length {p.contamination_length_A:.1f} Å, log-normal σ {p.contamination_skew:.2f}",
             f"slow gain field   {p.slow_gain * 100:.2f} % RMS of the whole signal, same length",
             f"adsorbates        layer of peak {p.adsorbate_layer_weight:.3g}, clusters {p.adsorbate_density_per_A2:.3g} per Å² of peak "
             f"{p.adsorbate_weight:.3g} (of the column contrast), σ {p.adsorbate_sigma_A:.2f} Å"
