@@ -9,6 +9,7 @@ Forward model (one image; ``s`` is the clean simulation at the style's pixel siz
                                                  expected counts; ε_row scan-line gain streaks, M and C
                                                  smooth unit-variance fields: M a slow variation of the
                                                  whole signal (thickness, contamination), C additive
+                                                 contamination (log-normal: rising more than dipping)
     image = offset + gain · R_τ(Poisson(λ) + U(−½, ½) + N(0, σ_read))
 
 ``b̃`` is ``b`` smoothed at the denoising scale used for the experiment, so the levels are
