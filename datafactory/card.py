@@ -62,7 +62,8 @@ def _realism_lines(style: dict[str, Any]) -> list[str]:
         *(f"| {name} | " + " | ".join(_score(scores.get(k)) for k in ("hist_kl", "psd_distance", "swd", "classifier_auc")) + " |" for name, scores in rows),
         "",
         "hist_kl (grey-level histograms), psd_distance (log radial power spectra) and swd (multi-scale patch texture) "
-        "compare one held-out image with the first experiment: lower is closer, 0 is identical. The classifier AUC is "
+        "compare held-out images with the experiments (the parametric report averages over several, the DRIT report uses one): "
+        "lower is closer, 0 is identical. The classifier AUC is "
         "how well a small CNN, trained on patches of a few held-out images and of all the experiments, tells the two "
         "apart on patches it did not see: 0.5 is indistinguishable, 1 always separable (values below 0.5 are chance). "
         "Definitions: `translators/metrics.py` of stem-datafactory.",
