@@ -36,7 +36,7 @@ demo: $(STAMP)
 		$(DEMO_DIR)/dataset/shards/shard-00000.h5 --material $(MATERIAL) --calibrate --out $(DEMO_DIR)/compare.png
 	@echo ""
 	@echo "Demo outputs:"
-	@echo "  style bundle     $(abspath $(DEMO_DIR))/style  (contrast.png: the column contrast it calibrated)"
+	@echo "  style bundle     $(abspath $(DEMO_DIR))/style  (contrast.png: the column contrast it calibrated; report.png: how real its images look; detector.png: the detector response)"
 	@echo "  dataset          $(abspath $(DEMO_DIR))/dataset  (manifest.json, README.md dataset card, shards/)"
 	@echo "  preview          $(abspath $(DEMO_DIR))/preview.png"
 	@echo "  comparison       $(abspath $(DEMO_DIR))/compare.png"
