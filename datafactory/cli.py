@@ -6,6 +6,7 @@ one line on stderr and the process exits with code 2.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -15,6 +16,8 @@ import typer
 
 from . import __version__
 from .errors import FactoryError
+from .interrupt import Interrupted, signals_raise
+from .outputs import check_output, exclusive_output
 
 app = typer.Typer(
     add_completion=False,
@@ -33,6 +36,19 @@ def _command_line() -> str:
     import shlex
 
     return shlex.join(["factory", *_ARGV])
+
+
+#: The outputs the running command holds (released when :func:`run` returns).
+_CLAIMS = contextlib.ExitStack()
+
+
+def _claim(path: Path, kind: str, flag: str = "--out", also: tuple[Path, ...] = ()) -> None:
+    """Check output ``path`` (``kind`` "file" or "dir") and the files in ``also`` (written
+    with it, e.g. a preview) before any work, then hold its one-writer lock until the command ends."""
+    check_output(path, kind, flag)
+    for extra in also:
+        check_output(extra, "file", flag)
+    _CLAIMS.enter_context(exclusive_output(path, _command_line(), flag))
 
 
 def _version(value: bool) -> None:
@@ -81,8 +97,7 @@ def simulate(
         overrides["microscope.pixel_size_A"] = pixel_size
     if backend is not None:
         overrides["simulation.backend"] = backend
-    if out.is_dir():
-        raise FactoryError(f"--out: '{out}' is a directory; give a file name such as {out / 'simulated.h5'}")
+    _claim(out, "file", also=(out.with_suffix(".preview.png"),) if preview else ())
     cfg, path = load_config(config, overrides)
     plan = Plan.from_config(cfg, base_dir=path.parent)
     written = write_simulation(plan, seed, n, out, workers or default_workers(plan), progress=not quiet, preview=preview)
@@ -210,6 +225,9 @@ def fit_style(
     for flag, value in (("--residual-weight", residual_weight), ("--residual-weight-end", residual_weight_end)):
         if value is not None and not (value >= 0 and np.isfinite(value)):
             raise FactoryError(f"{flag}: must be a finite number ≥ 0 (got {value})")
+    _claim(out, "dir")
+    if method == "drit":
+        check_output(out.with_name(out.name + ".training"), "dir")
     micrographs, affines = _read_experiments(exp, pixel_size, allow_rgb, material, structure, calibrate, want_affine=True)
     target = micrographs[0].pixel_size_A
     differ = sorted({round(m.pixel_size_A, 5) for m in micrographs if not same_pixel_size(m.pixel_size_A, target)})
@@ -431,23 +449,19 @@ def translate(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Restyle simulations with a fitted STYLE; labels move only with a geometric artefact's displacement field."""
-    import h5py
-
     from translators.base import load_style, style_hash
     from translators.translate import translate_file
 
-    from .preview import write_preview
-
     _require_at_least("--seed", seed, 0)
     _require_at_least("--batch", batch, 1)
+    _claim(out, "file", also=(out.with_suffix(".preview.png"),) if preview else ())
     translator = load_style(style)
     attrs = {"style_method": translator.method, "style_hash": style_hash(style), "style_pixel_size_A": translator.pixel_size_A}
-    path = translate_file(translator, input_path, out, seed=seed, allow_resample=resample, batch=batch, progress=not quiet, style_attrs=attrs)
+    preview_path = out.with_suffix(".preview.png") if preview else None
+    path = translate_file(translator, input_path, out, seed=seed, allow_resample=resample, batch=batch, progress=not quiet, style_attrs=attrs,
+                          preview=preview_path)
     typer.echo(str(path.resolve()))
-    if preview:
-        preview_path = path.with_suffix(".preview.png")
-        with h5py.File(path, "r") as f:
-            write_preview(f, preview_path)
+    if preview_path is not None:
         typer.echo(str(preview_path.resolve()))
 
 
@@ -516,6 +530,8 @@ def compare(
     from translators.compare import compare_images, draw_comparison, format_table
 
     _check_positive("--pixel-size", pixel_size)
+    if out is not None:
+        _claim(out, "file")
     lattice = None
     if calibrate:
         name, vectors = _lattice(material, structure)
@@ -567,6 +583,10 @@ def select(
     _require_at_least("--clusters", clusters, 1)
     if device not in ("cpu", "cuda", "auto"):
         raise FactoryError(f"--device: must be cpu, cuda or auto (got '{device}')")
+    _require_at_least("--keep", keep, 1)
+    _claim(out, "file")
+    if plot is not None:
+        _claim(plot, "file", flag="--plot")
     if material is None and structure is None:
         material = _simulation_cell(sim)
     micrographs, _ = _read_experiments(list(exp) + list(more_exp or []), pixel_size, allow_rgb, material, structure, calibrate)
@@ -679,6 +699,7 @@ def generate(
     _require_at_least("--workers", workers, 1)
     _check_positive("--pixel-size", pixel_size)
     fractions = parse_split(split)
+    _claim(out, "dir")
     overrides: dict = {}
     if size is not None:
         overrides["microscope.image_size_px"] = size
@@ -778,6 +799,7 @@ def train_regress(
     from inference.regression import train_regression
 
     settings = _train_settings(epochs, batch, lr, minutes, seed, device, threads)
+    _claim(out, "dir")
     path, record, _ = train_regression(data, target, out, arch=arch, settings=settings, mse_weight=mse_weight, l1_weight=l1_weight, progress=not quiet)
     last = record["history"][-1] if record["history"] else {}
     val = last.get("val", {})
@@ -811,6 +833,7 @@ def train_segment(
     _require_at_least("--width", width, 1)
     _require_at_least("--depth", depth, 1)
     settings = _train_settings(epochs, batch, lr, minutes, seed, device, threads)
+    _claim(out, "dir")
     path, record, _ = train_segmentation(data, out, arch=arch, width=width, depth=depth, settings=settings, class_balance=class_balance, classes=classes, progress=not quiet)
     last = record["history"][-1] if record["history"] else {}
     if last.get("val"):
@@ -833,6 +856,7 @@ def evaluate(
     from inference.evaluate import evaluate as run_evaluation
     from translators.drit.translator import resolve_device
 
+    _claim(out, "file")
     metrics = run_evaluation(model, data, split, out, device=resolve_device(_device(device)), progress=not quiet)
     shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     typer.echo(json.dumps(shown, indent=None, default=float))
@@ -873,9 +897,8 @@ def map_command(
     _check_positive("--threshold", threshold)
     if refine_stride is not None and refine_stride < 0:
         raise FactoryError(f"--refine-stride: must be >= 0 (got {refine_stride})")
+    _claim(out, "dir")
     record = read_record(model)
-    if out.exists() and not out.is_dir():
-        raise FactoryError(f"--out: '{out}' is a file; give a directory")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise FactoryError(f"--out: '{out}' exists and is not empty; pass --overwrite or choose another directory")
     micrographs, _ = _read_experiments([image], pixel_size, allow_rgb, material, None, calibrate)
@@ -905,6 +928,7 @@ def example(
     from .example import make_example_experiment
 
     _require_at_least("--seed", seed, 0)
+    _claim(out, "dir")
     typer.echo(str(make_example_experiment(out, seed).resolve()))
 
 
@@ -945,20 +969,40 @@ def preview(
     from .report import preview_dataset
 
     _require_at_least("--n", n, 1)
+    _claim(out, "file")
     typer.echo(str(preview_dataset(dataset, out, n=n, seed=seed).resolve()))
 
 
+def _os_error_line(exc: OSError) -> str:
+    """One line for an operating-system error: the path when known, and the cause."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if exc.strerror and exc.filename:
+        text = f"'{exc.filename}': {exc.strerror}"
+    return text
+
+
 def run(argv: list[str] | None = None) -> int:
-    """Console entry point: runs the app and turns user errors into one line and exit code 2."""
-    global _ARGV
+    """Console entry point: runs the app and turns user errors into one line and exit code 2.
+
+    Operating-system errors (no space, no permission, a read-only disk) and running out of
+    memory are one line and exit 2 too; SIGINT and SIGTERM end the command with one line and
+    exit 130 / 143, after every temporary file has been removed. The outputs the command
+    claimed (:func:`_claim`) are released on the way out, whatever happened.
+    """
+    global _ARGV, _CLAIMS
     _ARGV = list(sys.argv[1:] if argv is None else argv)
+    _CLAIMS = contextlib.ExitStack()
     try:
-        result = app(args=argv, standalone_mode=False)
+        with signals_raise(), _CLAIMS:
+            result = app(args=argv, standalone_mode=False)
         if isinstance(result, int):  # click returns typer.Exit's code instead of raising it
             return result
     except FactoryError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2
+    except Interrupted as exc:
+        typer.echo(f"interrupted ({exc}): re-run the same command to resume", err=True)
+        return exc.exit_code
     except typer.Exit as exc:
         return exc.exit_code
     except typer.Abort:
@@ -970,6 +1014,12 @@ def run(argv: list[str] | None = None) -> int:
             return 0
         typer.echo(f"error: {exc.format_message()}", err=True)
         return getattr(exc, "exit_code", 2)
+    except MemoryError:
+        typer.echo("error: out of memory; ask for fewer or smaller images (or a smaller --batch), or lower limits.max_memory_MB", err=True)
+        return 2
+    except OSError as exc:
+        typer.echo(f"error: {_os_error_line(exc)}", err=True)
+        return 2
     return 0
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import socket
 import sys
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from .dataset import (
     write_json_atomic,
 )
 from .errors import FactoryError
+from .interrupt import init_worker_signals, partial_file, stop_pool
 from .shards import SCHEMA_VERSION
 
 #: The config's extra augmentations, in the order they are drawn (recorded as ``params/augment_<name>``).
@@ -107,27 +109,35 @@ def _has_augmentations(config) -> bool:
 def make_shard(task: ShardTask) -> dict[str, Any]:
     """Simulate, translate, augment and write one shard; verify it, rename it, return its summary."""
     import yaml
-    from threadpoolctl import threadpool_limits
-
-    from translators.translate import resample_sample, translate_samples
 
     from .config import validate_config
-    from .pipeline import Plan, simulate_sample
-    from .rng import sample_rng
-    from .shards import ShardWriter
+    from .pipeline import Plan
 
     config = validate_config(yaml.safe_load(task.config_yaml), "config")
     plan = Plan.from_config(config, Path(task.base_dir) if task.base_dir else None)
     translator = _translator(task.style)
     if "torch" in sys.modules:  # one intra-op thread per worker process, like the BLAS limit below
         sys.modules["torch"].set_num_threads(1)
-    augment = _has_augmentations(config)
-    binary = plan.mask_style.max_value == 1
     out_dir = Path(task.out_dir)
     final = out_dir / shard_name(task.index)
     # a process-unique temporary name: a worker orphaned by a killed driver never collides with a re-run
     tmp = final.with_name(f"{final.name}.{os.getpid()}.partial")
     final.parent.mkdir(parents=True, exist_ok=True)
+    with partial_file(tmp):
+        return _write_shard(task, plan, config, translator, tmp, final)
+
+
+def _write_shard(task: ShardTask, plan, config, translator, tmp: Path, final: Path) -> dict[str, Any]:
+    from threadpoolctl import threadpool_limits
+
+    from translators.translate import resample_sample, translate_samples
+
+    from .pipeline import simulate_sample
+    from .rng import sample_rng
+    from .shards import ShardWriter
+
+    augment = _has_augmentations(config)
+    binary = plan.mask_style.max_value == 1
 
     param_names = list(plan.param_names)
     if translator is not None:
@@ -267,6 +277,7 @@ def _new_manifest(req: GenerateRequest) -> dict[str, Any]:
         "package_version": __version__,
         "created": now_iso(),
         "completed": None,
+        "host": socket.gethostname(),
         "command": req.command,
         "identity": req.identity(),
         "n": req.n,
@@ -319,12 +330,14 @@ def _prepare_directory(req: GenerateRequest, overwrite: bool) -> dict[str, Any]:
 
 def _recover_shards(req: GenerateRequest, manifest: dict[str, Any]) -> dict[int, dict[str, Any]]:
     """Finished shards to keep: those in the manifest whose file is intact, plus complete
-    shards renamed just before a crash (verified and hashed again). Partial files go."""
+    shards renamed just before a crash (verified and hashed again). Partial files go: the
+    command holds the dataset's one-writer lock, so they belong to a dead run (a worker
+    orphaned by a killed driver fails when it finds its file gone)."""
     done: dict[int, dict[str, Any]] = {}
     listed = {s["index"]: s for s in manifest.get("shards", [])}
     ranges = shard_ranges(req.n, req.shard_size)
-    for path in (req.out / SHARD_DIR).glob("*.partial"):
-        path.unlink()
+    for path in (req.out / SHARD_DIR).glob("*.partial"):  # no live writer: the caller holds the output's lock
+        path.unlink(missing_ok=True)
     for index, (start, stop) in enumerate(ranges):
         path = req.out / shard_name(index)
         if not path.exists():
@@ -342,6 +355,16 @@ def _recover_shards(req: GenerateRequest, manifest: dict[str, Any]) -> dict[int,
     return done
 
 
+def check_scheduler(scheduler: str) -> None:
+    """Refuse a scheduler address that is not one (before anything is written)."""
+    from distributed.comm import parse_address
+
+    try:
+        parse_address(scheduler, strict=True)
+    except (ValueError, TypeError) as exc:
+        raise FactoryError(f"--scheduler: '{scheduler}' is not a scheduler address such as tcp://host:8786 ({exc})") from None
+
+
 def _executor(workers: int, scheduler: str | None) -> tuple[Executor, Any]:
     """A concurrent.futures executor: local processes, or a Dask cluster's executor."""
     if scheduler:
@@ -349,20 +372,35 @@ def _executor(workers: int, scheduler: str | None) -> tuple[Executor, Any]:
             from distributed import Client
         except ImportError:
             raise FactoryError("--scheduler needs dask.distributed (pip install 'dask[distributed]')") from None
+        check_scheduler(scheduler)
         try:
             client = Client(scheduler, timeout=10)
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, ValueError) as exc:
             raise FactoryError(f"--scheduler: cannot reach {scheduler} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
         return client.get_executor(pure=False), client
     import multiprocessing
 
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")), None
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker_signals), None
 
 
 def generate_dataset(req: GenerateRequest, *, workers: int = 1, scheduler: str | None = None, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Make (or finish) the dataset described by ``req``; returns the final manifest."""
     from tqdm import tqdm
 
+    executor, client = _executor(workers, scheduler)  # a scheduler is reached before the directory is touched
+    try:
+        return _run_tasks(req, executor, overwrite, progress, tqdm)
+    except BaseException:
+        if client is None:
+            stop_pool(executor)
+        raise
+    finally:
+        executor.shutdown(wait=True)
+        if client is not None:
+            client.close()
+
+
+def _run_tasks(req: GenerateRequest, executor: Executor, overwrite: bool, progress: bool, tqdm) -> dict[str, Any]:
     manifest = _prepare_directory(req, overwrite)
     done = _recover_shards(req, manifest)
     manifest["shards"] = sorted(done.values(), key=lambda s: s["index"])
@@ -375,27 +413,19 @@ def generate_dataset(req: GenerateRequest, *, workers: int = 1, scheduler: str |
     ]
     already = sum(s["stop"] - s["start"] for s in done.values())
     if tasks:
-        executor, client = _executor(workers, scheduler)
-        try:
-            with tqdm(total=req.n, initial=already, desc="generate", unit="sample", disable=not progress, dynamic_ncols=True) as bar:
-                futures = {executor.submit(make_shard, task): task for task in tasks}
-                try:
-                    for future in as_completed(futures):
-                        summary = future.result()
-                        done[summary["index"]] = summary
-                        manifest["shards"] = sorted(done.values(), key=lambda s: s["index"])
-                        write_json_atomic(req.out / MANIFEST_FILE, manifest)
-                        bar.update(summary["stop"] - summary["start"])
-                except BaseException:
-                    for future in futures:
-                        future.cancel()
-                    raise
-        finally:
-            if client is not None:
-                executor.shutdown(wait=True)
-                client.close()
-            else:
-                executor.shutdown(wait=True, cancel_futures=True)
+        with tqdm(total=req.n, initial=already, desc="generate", unit="sample", disable=not progress, dynamic_ncols=True) as bar:
+            futures = {executor.submit(make_shard, task): task for task in tasks}
+            try:
+                for future in as_completed(futures):
+                    summary = future.result()
+                    done[summary["index"]] = summary
+                    manifest["shards"] = sorted(done.values(), key=lambda s: s["index"])
+                    write_json_atomic(req.out / MANIFEST_FILE, manifest)
+                    bar.update(summary["stop"] - summary["start"])
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
     codes = split_codes(req.seed, req.n, req.split)
     manifest["split"]["codes"] = codes
     manifest["split"]["counts"] = {name: codes.count(str(k)) for k, name in enumerate(SPLIT_NAMES)}

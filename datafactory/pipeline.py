@@ -22,6 +22,7 @@ from threadpoolctl import threadpool_limits
 from .config import MICROSCOPE_KEYS, Config, sampled_parameters, sample_parameters
 from .errors import FactoryError
 from .grid import PixelGrid
+from .interrupt import init_worker_signals, stop_pool
 from .labels import MaskStyle, SiteRule, atom_table, classify_columns, column_vocabulary, draw_masks
 from .microscope import Microscope, probe_margin_A
 from .rng import derived_seed, sample_rng
@@ -294,6 +295,7 @@ _worker_plan: Plan | None = None
 def _init_worker(plan: Plan) -> None:
     global _worker_plan
     _worker_plan = plan
+    init_worker_signals()
     # One BLAS thread per process: the pool already uses every core, and the small
     # complex matrix products of the incoherent model run 2x slower multi-threaded.
     threadpool_limits(1)
@@ -321,7 +323,8 @@ def simulate_samples(plan: Plan, seed: int, start: int, stop: int, workers: int 
                 yield simulate_sample(plan, seed, i)
         return
     bounds = [(i, min(i + chunk, stop)) for i in range(start, stop, chunk)]
-    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(plan,)) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(plan,))
+    try:
         pending: deque = deque()
         next_chunk = 0
         while next_chunk < len(bounds) or pending:
@@ -329,6 +332,11 @@ def simulate_samples(plan: Plan, seed: int, start: int, stop: int, workers: int 
                 pending.append(pool.submit(_simulate_chunk, seed, *bounds[next_chunk]))
                 next_chunk += 1
             yield from pending.popleft().result()
+    except BaseException:  # an interrupt, an error, or the consumer stopped early: workers go now
+        stop_pool(pool)
+        raise
+    finally:
+        pool.shutdown(wait=True)
 
 
 def write_simulation(

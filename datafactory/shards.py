@@ -23,12 +23,13 @@ Layout (later versions may add datasets but never rename these):
     Every sampled value of every sample.
 
 Root attributes: ``schema_version`` = 1, ``package_version``, ``config`` (YAML text),
-``seed``, ``created`` (ISO 8601), ``first_index`` (global index of row 0).
+``seed``, ``first_index`` (global index of row 0). Nothing run-specific (time, host, command
+line): the same (config, style, seed, range) gives a byte-identical file, so a shard's sha256
+is a content hash; ``manifest.json`` records when, where and how a dataset was made.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,6 @@ class ShardWriter:
             {
                 "schema_version": SCHEMA_VERSION,
                 "package_version": __version__,
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "first_index": first_index,
                 **attrs,
             }

@@ -107,8 +107,12 @@ def translate_file(
     batch: int = 16,
     progress: bool = True,
     style_attrs: dict | None = None,
+    preview: Path | None = None,
 ) -> Path:
     """Write ``out_path``: ``in_path`` with ``images`` translated and the input kept in ``clean``.
+
+    With ``preview``, a preview PNG of the output is written there too, as part of the same
+    atomic write (both under temporary names, renamed only when both are complete).
 
     Raises FactoryError when the file's pixel size is not the style's, unless
     ``allow_resample`` (then images, masks and atoms are resampled to the style's pixel
@@ -149,6 +153,7 @@ def translate_file(
         param_names = source_params + [f"style_{name}" for name in translator.recorded_parameters]
         out_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = out_path.with_name(out_path.name + ".partial")
+        preview_tmp = None if preview is None else Path(preview).with_name(Path(preview).stem + ".partial.png")
         writer = ShardWriter(
             tmp, n, first_index, (rows, cols), channel_names, n_interfaces, param_names, attrs, mask_attrs, keep_clean=True
         )
@@ -168,10 +173,19 @@ def translate_file(
                     _write(writer, translate_samples(translator, pending, seed, binary), param_names)
                     bar.update(len(pending))
             writer.close()
+            if preview_tmp is not None:
+                from datafactory.preview import write_preview
+
+                with h5py.File(tmp, "r") as written:
+                    write_preview(written, preview_tmp)
             tmp.replace(out_path)
+            if preview_tmp is not None:
+                preview_tmp.replace(preview)
         except BaseException:
             writer.abort()
             tmp.unlink(missing_ok=True)
+            if preview_tmp is not None:
+                preview_tmp.unlink(missing_ok=True)
             raise
     return out_path
 

@@ -1,0 +1,86 @@
+"""Signals: Ctrl-C and SIGTERM end a command cleanly, worker processes included.
+
+The command process turns SIGINT and SIGTERM into :class:`Interrupted`, so every
+``try/except BaseException`` that removes a temporary file runs on the way out. Worker processes ignore SIGINT (the terminal sends it to the whole
+process group; the parent decides) and, on SIGTERM, remove the partial files they
+registered and exit at once. :func:`stop_pool` is what the parent does with its pool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from concurrent.futures import Executor
+from pathlib import Path
+
+#: Temporary files the current worker process is writing (removed if it is terminated).
+_PARTIALS: set[Path] = set()
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived: unwind like KeyboardInterrupt, but past every handler that
+    catches ``KeyboardInterrupt`` or ``Exception`` (the command line prints one line for it)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def _raise_interrupted(signum, frame) -> None:
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def signals_raise():
+    """Within the block (main thread only), SIGINT and SIGTERM raise :class:`Interrupted`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _worker_terminated(signum, frame) -> None:
+    for path in list(_PARTIALS):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    os._exit(128 + signum)
+
+
+def init_worker_signals() -> None:
+    """Pool initializer: ignore SIGINT, and on SIGTERM remove this worker's partial files and exit."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _worker_terminated)
+
+
+@contextlib.contextmanager
+def partial_file(path: Path):
+    """Register ``path`` as this worker's partial file for the block (see :func:`init_worker_signals`)."""
+    _PARTIALS.add(Path(path))
+    try:
+        yield
+    finally:
+        _PARTIALS.discard(Path(path))
+
+
+def stop_pool(executor: Executor) -> None:
+    """Stop a local process pool now: cancel what has not started, terminate the workers
+    (they remove their partial files), and wait for them to be gone."""
+    processes = list((getattr(executor, "_processes", None) or {}).values())
+    for process in processes:
+        with contextlib.suppress(Exception):
+            process.terminate()
+    executor.shutdown(wait=True, cancel_futures=True)
+    for process in processes:
+        with contextlib.suppress(Exception):
+            process.join(timeout=5)

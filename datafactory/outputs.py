@@ -1,0 +1,119 @@
+"""Outputs that outlive a command: checked before any work, written by one process at a time.
+
+Every command that writes a file or a directory first calls :func:`check_output` (the place
+must be usable: a writable parent, and nothing there but a regular file or a directory of
+the kind asked for) and then holds :func:`exclusive_output` for the whole run. The lock is a
+POSIX record lock on a hidden sibling, ``.NAME.lock``: the kernel releases it when the
+process ends, however it ends, and forked worker processes do not inherit it. A second
+writer is refused at once with one line naming the holder (pid, host, command).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import socket
+import stat
+from pathlib import Path
+from typing import Iterator
+
+from .errors import FactoryError
+
+#: Outputs this process holds (POSIX locks are per process: a second claim here must be refused by hand).
+_HELD: set[str] = set()
+
+
+def lock_path(path: Path) -> Path:
+    """The hidden lock file of output ``path``: ``PARENT/.NAME.lock``."""
+    path = Path(path)
+    return path.parent / f".{path.name}.lock"
+
+
+def check_output(path: Path, kind: str, flag: str = "--out") -> None:
+    """Refuse an output place that cannot be used, before any work is done.
+
+    ``kind`` is ``"file"`` or ``"dir"``. The path must not be a symbolic link; an existing
+    ``file`` output must be a regular file, an existing ``dir`` output a directory; the
+    nearest existing parent must be a writable directory.
+    """
+    if kind not in ("file", "dir"):
+        raise ValueError(f"kind must be 'file' or 'dir' (got {kind!r})")
+    path = Path(path)
+    if path.name in ("", ".", ".."):
+        raise FactoryError(f"{flag}: '{path}' does not name a {'file' if kind == 'file' else 'directory'}")
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        info = None
+    except OSError as exc:
+        raise FactoryError(f"{flag}: cannot use '{path}': {exc.strerror}") from None
+    if info is not None:
+        if stat.S_ISLNK(info.st_mode):
+            raise FactoryError(f"{flag}: '{path}' is a symbolic link; give the real path ({os.path.realpath(path)})")
+        if kind == "file" and stat.S_ISDIR(info.st_mode):
+            raise FactoryError(f"{flag}: '{path}' is a directory; give a file name such as {path / 'out.h5'}")
+        if kind == "file" and not stat.S_ISREG(info.st_mode):
+            raise FactoryError(f"{flag}: '{path}' exists and is not a regular file; choose another name")
+        if kind == "dir" and not stat.S_ISDIR(info.st_mode):
+            raise FactoryError(f"{flag}: '{path}' is a file; give a directory")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise FactoryError(f"{flag}: cannot create '{path}': '{parent}' is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise FactoryError(f"{flag}: cannot write in '{parent}' (permission denied)")
+
+
+def _holder(fd: int) -> str:
+    """The holder line a locking process wrote into its lock file, or a generic description."""
+    try:
+        text = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        text = ""
+    return text or "another process"
+
+
+@contextlib.contextmanager
+def exclusive_output(path: Path, command: str = "", flag: str = "--out") -> Iterator[None]:
+    """Hold the one-writer lock of output ``path`` for the ``with`` block.
+
+    Raises :class:`FactoryError` at once if another process (or this one) holds it. The lock
+    file is removed on a normal or failed exit; after a kill it stays behind, unlocked, and
+    the next writer takes it over.
+    """
+    path = Path(path)
+    key = os.path.abspath(path)
+    if key in _HELD:
+        raise FactoryError(f"{flag}: '{path}' is already being written by this process")
+    lock = lock_path(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _holder(fd)
+            os.close(fd)
+            if exc.errno in (errno.EACCES, errno.EAGAIN):
+                raise FactoryError(f"{flag}: '{path}' is being written by {holder}; wait for it to end or choose another output") from None
+            raise
+        try:  # the previous holder may have removed the file between our open and our lock
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} ({command or 'factory'})\n".encode(), 0)
+        _HELD.add(key)
+        yield
+    finally:
+        _HELD.discard(key)
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
