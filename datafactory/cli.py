@@ -184,6 +184,7 @@ def fit_style(
     device: str = typer.Option("auto", "--device", help="drit: auto, cpu or cuda."),
     threads: Optional[int] = typer.Option(None, "--threads", help="drit: CPU threads for training (default: the preset's, 2)."),
     resume: bool = typer.Option(False, "--resume", help="drit: continue from the checkpoint in OUT.training/."),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="drit: iterations between checkpoints (overrides the preset's: quick 50, paper 100)."),
     select: bool = typer.Option(True, "--select/--no-select", help="drit: Trident selection of the simulation pool before training."),
     pool: Optional[int] = typer.Option(None, "--pool", help="drit with --config: pool size (default: 10× the experimental training crops)."),
     seed: int = typer.Option(0, "--seed", help="drit: seed of the pool, crops and initial weights."),
@@ -208,6 +209,7 @@ def fit_style(
 
     from translators import registry
 
+    from .dataset import replacing_directory
     from .grid import same_pixel_size
 
     methods = registry()
@@ -222,12 +224,15 @@ def fit_style(
         raise FactoryError(f"--crop: must be a multiple of 4 (got {crop})")
     _require_at_least("--seed", seed, 0)
     _require_at_least("--threads", threads, 1)
+    _require_at_least("--checkpoint-every", checkpoint_every, 1)
     for flag, value in (("--residual-weight", residual_weight), ("--residual-weight-end", residual_weight_end)):
         if value is not None and not (value >= 0 and np.isfinite(value)):
             raise FactoryError(f"{flag}: must be a finite number ≥ 0 (got {value})")
     _claim(out, "dir")
     if method == "drit":
         check_output(out.with_name(out.name + ".training"), "dir")
+    if out.is_dir() and any(out.iterdir()) and not (out / "style.json").is_file():
+        raise FactoryError(f"--out: '{out}' exists and is not a STYLE bundle; choose a new directory")
     micrographs, affines = _read_experiments(exp, pixel_size, allow_rgb, material, structure, calibrate, want_affine=True)
     target = micrographs[0].pixel_size_A
     differ = sorted({round(m.pixel_size_A, 5) for m in micrographs if not same_pixel_size(m.pixel_size_A, target)})
@@ -246,7 +251,7 @@ def fit_style(
     if method == "drit":
         translator, spreads = _fit_drit(
             micrographs, out, sim=sim, config=config, preset=preset, iterations=iterations, crop=crop, content_loss=content_loss,
-            spectrum=spectrum, physics_prior=physics_prior, residual_weight=residual_weight, residual_weight_end=residual_weight_end, threads=threads, device=device, resume=resume,
+            spectrum=spectrum, physics_prior=physics_prior, residual_weight=residual_weight, residual_weight_end=residual_weight_end, threads=threads, device=device, resume=resume, checkpoint_every=checkpoint_every,
             select=select, pool=pool, seed=seed, quiet=quiet, affine=affine, calibration=calibration,
             physics_terms={"detector_response": detector_response, "slow_background": slow_background, "skewed_contamination": skewed_contamination},
         )
@@ -264,18 +269,23 @@ def fit_style(
     options |= {"spread": spread} if method == "parametric" else {"preset": preset, "select": select, "sim": str(sim) if sim else None, "config": config, "seed": seed}
     options["contrast"] = calibration is not None
     options |= {"detector_response": detector_response, "slow_background": slow_background, "skewed_contamination": skewed_contamination}
-    path = translator.save(out, sources=sources, options=options, simulation=None if calibration is None else calibration.record.simulation_block())
-    if method == "drit":
-        _drit_report(translator, micrographs, path, config=config, sim=sim, seed=seed,
-                     overrides=None if calibration is None else calibration.overrides)
-    if calibration is not None:
-        typer.echo(f"contrast report: {calibration.write_report(Path(path), spreads)}")
-    if method == "parametric" and config is not None:
-        _parametric_report(translator, micrographs, path, config=config, seed=seed, overrides=None if calibration is None else calibration.overrides)
+    lines = []
+    with replacing_directory(out) as staging:  # the bundle and its reports appear together, or not at all
+        translator.save(staging, sources=sources, options=options, simulation=None if calibration is None else calibration.record.simulation_block())
+        if method == "drit":
+            lines.append(_drit_report(translator, micrographs, staging, config=config, sim=sim, seed=seed,
+                                      overrides=None if calibration is None else calibration.overrides))
+        if calibration is not None:
+            lines.append(f"contrast report: {calibration.write_report(staging, spreads)}")
+        if method == "parametric" and config is not None:
+            lines.append(_parametric_report(translator, micrographs, staging, config=config, seed=seed,
+                                            overrides=None if calibration is None else calibration.overrides))
+    for line in lines:
+        typer.echo(line.replace(str(staging), str(out)))
     if not_calibrated:
         _notice(not_calibrated)
     typer.echo(translator.summary())
-    typer.echo(str(Path(path).resolve()))
+    typer.echo(str(out.resolve()))
 
 
 def _calibrate_contrast(micrographs, pixel_size_A, material, structure, config, seed, spread):
@@ -305,7 +315,7 @@ def _fit_adsorbates(params, calibration, pixel_size_A, seed):
     return params, spreads
 
 
-def _fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, content_loss, spectrum, physics_prior, residual_weight, threads, device, resume, select, pool, seed, quiet, affine, calibration=None, physics_terms=None, residual_weight_end=None):
+def _fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, content_loss, spectrum, physics_prior, residual_weight, threads, device, resume, select, pool, seed, quiet, affine, calibration=None, physics_terms=None, residual_weight_end=None, checkpoint_every=None):
     """Pool, selection and training of ``fit-style --method drit``: (translator, adsorbate report or None)."""
     import dataclasses
 
@@ -322,7 +332,7 @@ def _fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, 
         if content_loss not in ("structure", "plain"):
             raise FactoryError(f"--content-loss: must be structure or plain (got '{content_loss}')")
         overrides["content_form"] = content_loss
-    given = {"spectrum_discriminator": spectrum, "physics_prior": physics_prior, "threads": threads}
+    given = {"spectrum_discriminator": spectrum, "physics_prior": physics_prior, "threads": threads, "checkpoint_every": checkpoint_every}
     overrides |= {name: value for name, value in given.items() if value is not None}
     settings = settings_for(preset, iterations, **overrides)
     if residual_weight is not None:
@@ -362,10 +372,11 @@ def _fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, 
 REPORT_AUC_DRAWS = 4
 
 
-def _parametric_report(translator, micrographs, path: Path, *, config, seed, overrides=None) -> None:
+def _parametric_report(translator, micrographs, path: Path, *, config, seed, overrides=None) -> str:
     """report.png / report.json of a parametric style: :data:`REPORT_AUC_DRAWS` held-out
     simulations of ``config``, clean and translated, scored against the experiments; and
-    detector.png, the first experiment's noise power along the scan line with its fitted response."""
+    detector.png, the first experiment's noise power along the scan line with its fitted response.
+    Returns the line to print."""
     import numpy as np
 
     from translators.drit.fit import simulation_pool
@@ -388,16 +399,16 @@ def _parametric_report(translator, micrographs, path: Path, *, config, seed, ove
     draw_response(Path(path) / "detector.png", fit_detector_response(experiments[0], px), micrographs[0].name)
     style = rows[-1]
     auc = "" if style["classifier_auc"] is None else f", classifier AUC {style['classifier_auc']:.2f} (0.5: indistinguishable; clean {rows[0]['classifier_auc']:.2f})"
-    typer.echo(f"report: {png} (and detector.png); against the experiments, {len(clean)} translations: hist_kl {style['hist_kl']:.3f}, psd_distance "
-               f"{style['psd_distance']:.3f}, swd {style['swd']:.3f}{auc}")
+    return (f"report: {png} (and detector.png); against the experiments, {len(clean)} translations: hist_kl {style['hist_kl']:.3f}, psd_distance "
+            f"{style['psd_distance']:.3f}, swd {style['swd']:.3f}{auc}")
 
 
-def _drit_report(translator, micrographs, path: Path, *, config, sim, seed, overrides=None) -> None:
+def _drit_report(translator, micrographs, path: Path, *, config, sim, seed, overrides=None) -> str:
     """report.png / report.json: experiment vs clean vs parametric vs DRIT on held-out simulations.
 
     The figure and the metrics rows use the first held-out simulation; the classifier AUC of
     each row compares :data:`REPORT_AUC_DRAWS` held-out simulations (clean or translated, one
-    draw each) with all the experiments.
+    draw each) with all the experiments. Returns the line to print.
     """
     import numpy as np
 
@@ -433,8 +444,8 @@ def _drit_report(translator, micrographs, path: Path, *, config, sim, seed, over
                           seed=seed)
     shift = record["column_shift_clean_vs_drit"]
     auc = ", ".join(f"{row['name']} {row['classifier_auc']:.2f}" for row in record["metrics"][1:] if row["classifier_auc"] is not None)
-    typer.echo(f"report: {Path(path) / 'report.png'}; DRIT keeps {100 * shift['fraction_matched']:.1f} % of columns within 0.5 Å (mean {shift['mean_pm']:.1f} pm)"
-               + (f"; classifier AUC against the experiments (0.5: indistinguishable): {auc}" if auc else ""))
+    return (f"report: {Path(path) / 'report.png'}; DRIT keeps {100 * shift['fraction_matched']:.1f} % of columns within 0.5 Å (mean {shift['mean_pm']:.1f} pm)"
+            + (f"; classifier AUC against the experiments (0.5: indistinguishable): {auc}" if auc else ""))
 
 
 @app.command()

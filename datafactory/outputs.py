@@ -64,7 +64,11 @@ def check_output(path: Path, kind: str, flag: str = "--out") -> None:
     if not parent.is_dir():
         raise FactoryError(f"{flag}: cannot create '{path}': '{parent}' is not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise FactoryError(f"{flag}: cannot write in '{parent}' (permission denied)")
+        try:
+            read_only = bool(os.statvfs(parent).f_flag & os.ST_RDONLY)
+        except OSError:
+            read_only = False
+        raise FactoryError(f"{flag}: cannot write in '{parent}' ({'read-only file system' if read_only else 'permission denied'})")
 
 
 def _holder(fd: int) -> str:

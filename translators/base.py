@@ -164,7 +164,7 @@ def save_bundle(translator: Translator, directory: Path, *, sources: Sequence[di
     }
     record["content_hash"] = _content_hash(record, files)
     directory = Path(directory)
-    if directory.exists() and not (directory / STYLE_FILE).is_file():
+    if directory.exists() and any(directory.iterdir()) and not (directory / STYLE_FILE).is_file():
         raise FactoryError(f"--out: '{directory}' exists and is not a STYLE bundle; choose a new directory")
     from datafactory.dataset import replacing_directory
 

@@ -1,0 +1,335 @@
+"""Nothing lost, nothing faked: one writer per output, outputs checked before work, errors of the
+operating system and signals as one line, and crashes that a re-run recovers from."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datafactory.dataset import load_manifest
+
+FACTORY = [sys.executable, "-m", "datafactory.cli"]
+SMALL = ["--config", "mos2_bilayer_slip", "--size", "48", "-q"]
+
+
+def factory(*args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([*FACTORY, *map(str, args)], capture_output=True, text=True, timeout=600, **kwargs)
+
+
+def one_line(err: str) -> str:
+    """The single stderr line of a refused command (fails on more, on none, or on a traceback)."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def digest_tree(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root`` (relative names), to show nothing was touched."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def leftovers(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if ".partial" in p.name or p.name.endswith(".lock")]
+
+
+def group_alive(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of process group ``pgid``."""
+    alive = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            alive.append(int(entry.name))
+    return alive
+
+
+def wait_for(predicate, seconds: float = 120.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the command ended (exit {proc.returncode}) before the test could act")
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting")
+
+
+def recorded_shards(out: Path) -> list[dict]:
+    try:
+        return json.loads((out / "manifest.json").read_text())["shards"]
+    except (OSError, ValueError, KeyError):
+        return []
+
+
+# --------------------------------------------------------------------------- one writer per output
+
+
+def test_two_concurrent_generates_give_one_refusal_and_one_valid_dataset(tmp_path):
+    out = tmp_path / "ds"
+    args = [*FACTORY, "generate", *SMALL, "--n", 24, "--shard-size", 4, "--workers", 1, "--out", out]
+    first = subprocess.Popen([str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lock = tmp_path / ".ds.lock"
+    wait_for(lambda: lock.is_file() and lock.read_text().strip(), proc=first)
+    second = factory(*args[3:])
+    assert second.returncode == 2
+    line = one_line(second.stderr)
+    assert str(out) in line and f"pid {first.pid}" in line and "generate" in line, line
+    _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err
+    assert factory("validate", out).returncode == 0
+    assert not leftovers(tmp_path)
+    # once the first has ended, the same command resumes (nothing to do) and succeeds
+    assert factory(*args[3:]).returncode == 0
+
+
+def test_a_second_claim_in_the_same_process_is_refused(tmp_path):
+    from datafactory.errors import FactoryError
+    from datafactory.outputs import exclusive_output
+
+    with exclusive_output(tmp_path / "out.h5", "factory simulate"):
+        assert "factory simulate" in (tmp_path / ".out.h5.lock").read_text()
+        with pytest.raises(FactoryError, match="already being written"):
+            with exclusive_output(tmp_path / "out.h5"):
+                pass
+    assert not (tmp_path / ".out.h5.lock").exists()
+    with exclusive_output(tmp_path / "out.h5"):  # released: it can be taken again
+        pass
+
+
+def test_a_stale_lock_file_of_a_killed_writer_is_taken_over(tmp_path):
+    from datafactory.outputs import exclusive_output
+
+    (tmp_path / ".out.h5.lock").write_text("pid 1 on elsewhere (factory simulate)\n")  # no process holds it
+    with exclusive_output(tmp_path / "out.h5", "factory translate"):
+        assert "factory translate" in (tmp_path / ".out.h5.lock").read_text()
+
+
+# --------------------------------------------------------------------------- outputs checked before any work
+
+
+def test_outputs_that_cannot_be_used_are_refused_before_work(run_cli, tmp_path):
+    fifo = tmp_path / "fifo.h5"
+    os.mkfifo(fifo)
+    code, _, err = run_cli("simulate", "--n", 1, "--size", 32, "--out", fifo, "-q")
+    assert code == 2 and "not a regular file" in one_line(err)
+    assert Path(fifo).is_fifo()
+
+    target = tmp_path / "elsewhere.h5"
+    target.write_bytes(b"precious")
+    link = tmp_path / "link.h5"
+    link.symlink_to(target)
+    code, _, err = run_cli("simulate", "--n", 1, "--size", 32, "--out", link, "-q")
+    assert code == 2 and "symbolic link" in one_line(err)
+    assert link.is_symlink() and target.read_bytes() == b"precious"
+
+    (tmp_path / "sim.preview.png").mkdir()  # the preview cannot be written: nothing is
+    code, _, err = run_cli("simulate", "--n", 1, "--size", 32, "--out", tmp_path / "sim.h5", "-q")
+    assert code == 2 and "sim.preview.png" in one_line(err)
+    assert not (tmp_path / "sim.h5").exists()
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for args in (("generate", *SMALL, "--n", 2, "--out", afile), ("train", "segment", "--data", tmp_path, "--out", afile),
+                 ("example", "--out", afile)):
+        code, _, err = run_cli(*args)
+        assert code == 2 and "is a file" in one_line(err), args
+    assert afile.read_text() == "x"
+    assert not leftovers(tmp_path)
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc")
+def test_an_unwritable_place_is_one_line(run_cli, tmp_path):
+    code, _, err = run_cli("simulate", "--n", 1, "--size", 32, "--out", "/proc/self/x/out.h5", "-q")
+    assert code == 2 and "cannot write in '/proc/self'" in one_line(err)
+    code, _, err = run_cli("example", "--out", "/proc/x")
+    assert code == 2 and one_line(err).startswith("error:")
+    if Path("/sys").is_dir() and os.statvfs("/sys").f_flag & os.ST_RDONLY:
+        code, _, err = run_cli("simulate", "--n", 1, "--size", 32, "--out", "/sys/out.h5", "-q")
+        assert code == 2 and "read-only file system" in one_line(err)
+
+
+# --------------------------------------------------------------------------- out of space, read-only, no permission
+
+
+def _fail_on_call(monkeypatch, owner, name: str, call: int, error: int, path_arg: bool = False):
+    """Make ``owner.name`` raise OSError(``error``) on its ``call``-th call (1-based)."""
+    original = getattr(owner, name)
+    calls = {"n": 0}
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise OSError(error, os.strerror(error), str(args[0]) if path_arg and args else None)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, failing)
+    return calls
+
+
+def test_no_space_while_simulating_keeps_the_older_file(run_cli, tmp_path, monkeypatch):
+    from datafactory import shards
+
+    out = tmp_path / "sim.h5"
+    assert run_cli("simulate", "--n", 3, "--size", 32, "--out", out, "--workers", 1, "-q")[0] == 0
+    before = digest_tree(tmp_path)
+    _fail_on_call(monkeypatch, shards.ShardWriter, "write", 2, errno.ENOSPC)
+    code, _, err = run_cli("simulate", "--n", 3, "--size", 32, "--seed", 1, "--out", out, "--workers", 1, "-q")
+    assert code == 2 and "No space left on device" in one_line(err)
+    assert digest_tree(tmp_path) == before and not leftovers(tmp_path)
+    monkeypatch.undo()
+    assert run_cli("simulate", "--n", 3, "--size", 32, "--seed", 1, "--out", out, "--workers", 1, "-q")[0] == 0
+
+
+def test_read_only_disk_while_saving_a_style_keeps_the_older_bundle(run_cli, tmp_path, monkeypatch):
+    from pathlib import Path as _Path
+
+    assert run_cli("example", "--out", tmp_path / "exp")[0] == 0
+    tif = next((tmp_path / "exp").glob("*.tif"))
+    style = tmp_path / "style"
+    assert run_cli("fit-style", tif, "--method", "parametric", "--out", style, "-q")[0] == 0
+    before = digest_tree(style)
+    _fail_on_call(monkeypatch, _Path, "write_text", 1, errno.EROFS, path_arg=True)  # style.json
+    code, _, err = run_cli("fit-style", tif, "--method", "parametric", "--spread", 0.2, "--out", style, "-q")
+    assert code == 2 and "Read-only file system" in one_line(err)
+    assert digest_tree(style) == before and not leftovers(tmp_path)
+
+
+def test_no_space_in_the_middle_of_generate_then_a_rerun_resumes(run_cli, tmp_path, monkeypatch):
+    from datafactory import generate
+
+    out = tmp_path / "ds"
+    args = ("generate", *SMALL, "--n", 12, "--shard-size", 4, "--workers", 1, "--out", out)
+    _fail_on_call(monkeypatch, generate, "write_json_atomic", 3, errno.ENOSPC)  # 1: skeleton, 2: recovery, 3: first shard
+    code, _, err = run_cli(*args)
+    assert code == 2 and "No space left on device" in one_line(err)
+    assert not leftovers(tmp_path)
+    monkeypatch.undo()
+    code, _, err = run_cli(*args)
+    assert code == 0, err
+    assert run_cli("validate", out)[0] == 0
+
+
+# --------------------------------------------------------------------------- signals
+
+
+@pytest.mark.parametrize("sig, whom", [(signal.SIGINT, "group"), (signal.SIGTERM, "parent")])
+def test_a_signal_ends_generate_with_one_line_and_a_rerun_resumes(tmp_path, sig, whom):
+    out = tmp_path / "ds"
+    args = [str(a) for a in [*FACTORY, "generate", *SMALL, "--n", 64, "--shard-size", 4, "--workers", 2, "--out", out]]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for(lambda: len(recorded_shards(out)) >= 1, proc=proc)
+        kept = {s["file"]: os.stat(out / s["file"]) for s in recorded_shards(out)}
+        if whom == "group":  # Ctrl-C in a terminal reaches every process of the foreground group
+            os.killpg(proc.pid, sig)
+        else:
+            os.kill(proc.pid, sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 128 + sig, err
+    line = one_line(err)
+    assert line.startswith("interrupted") and "re-run the same command to resume" in line
+    wait_for(lambda: not group_alive(proc.pid), seconds=10)  # workers and the resource tracker are gone
+    assert not list((out / "shards").glob("*.partial"))
+    assert load_manifest(out)["completed"] is None
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    for name, info in kept.items():  # the shards finished before the signal were kept, not redone
+        now = os.stat(out / name)
+        assert (now.st_ino, now.st_mtime_ns, now.st_size) == (info.st_ino, info.st_mtime_ns, info.st_size), name
+    assert factory("validate", out).returncode == 0
+
+
+def test_sigterm_ends_simulate_without_partial_files(tmp_path):
+    out = tmp_path / "sim.h5"
+    args = [str(a) for a in [*FACTORY, "simulate", "--n", 400, "--size", 64, "--workers", 2, "--out", out]]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for(lambda: (tmp_path / "sim.h5.partial").exists() and (tmp_path / "sim.h5.partial").stat().st_size > 0, proc=proc)
+        time.sleep(1.0)
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 143, err
+    last = [line for line in err.splitlines() if line.strip()][-1]  # the progress bar is on stderr too
+    assert last.startswith("interrupted (SIGTERM)") and "Traceback" not in err, err
+    wait_for(lambda: not group_alive(proc.pid), seconds=10)
+    assert not out.exists() and not leftovers(tmp_path)
+
+
+# --------------------------------------------------------------------------- Dask scheduler
+
+
+def test_a_bad_scheduler_is_refused_before_the_dataset_is_touched(run_cli, tmp_path):
+    out = tmp_path / "ds"
+    code, _, err = run_cli("generate", *SMALL, "--n", 4, "--scheduler", "bogus://x", "--out", out)
+    assert code == 2 and "--scheduler" in one_line(err)
+    assert not out.exists()
+    code, _, err = run_cli("generate", *SMALL, "--n", 4, "--scheduler", "tcp://127.0.0.1:1", "--out", out)
+    assert code == 2 and "cannot reach" in one_line(err)
+    assert not out.exists() and not leftovers(tmp_path)
+    code, _, err = run_cli("generate", *SMALL, "--n", 4, "--workers", 1, "--seed", 3, "--out", out)  # the corrected re-run
+    assert code == 0, err
+
+
+# --------------------------------------------------------------------------- DRIT: kill -9 between checkpoints, then --resume
+
+
+def test_drit_fit_killed_between_checkpoints_resumes_to_the_same_weights(tmp_path):
+    import tifffile
+    import torch
+    from conftest import make_plan
+
+    from datafactory.pipeline import simulate_sample
+    from translators.parametric import StyleParameters, render
+
+    pixel_A = 0.12
+    plan = make_plan({"microscope": {"image_size_px": 64, "pixel_size_A": pixel_A, "source_size_A": 0.6}})
+    noisy = StyleParameters(gain=1.0, dose_counts=30.0, background=0.3, spread=0.0)
+    image = render(simulate_sample(plan, 1, 0).image, noisy, pixel_A, np.random.default_rng(0))[0]
+    exp = tmp_path / "exp.tif"
+    tifffile.imwrite(exp, image, imagej=True, resolution=(1 / pixel_A, 1 / pixel_A), metadata={"unit": "A"})
+    common = ["fit-style", exp, "--config", "mos2_monolayer", "--iterations", 16, "--checkpoint-every", 4, "--crop", 32,
+              "--pool", 4, "--no-select", "--no-physics-prior", "--threads", 1, "--device", "cpu", "-q"]
+    whole = factory(*common, "--out", tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr
+
+    style = tmp_path / "killed"
+    checkpoint = tmp_path / "killed.training" / "checkpoint.pt"
+    proc = subprocess.Popen([*FACTORY, *map(str, common), "--out", str(style)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        wait_for(checkpoint.exists, proc=proc)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not style.exists(), "the run finished before it could be killed"
+    iteration = torch.load(checkpoint, weights_only=False)["iteration"]
+    assert 4 <= iteration < 16
+    resumed = factory(*common, "--resume", "--out", style)
+    assert resumed.returncode == 0, resumed.stderr
+    a = torch.load(tmp_path / "whole" / "weights.pt")
+    b = torch.load(style / "weights.pt")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
