@@ -88,8 +88,13 @@ def test_resume_after_kill_9_ends_with_exactly_n_samples(style_dir, tmp_path):
         proc.wait()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["completed"] is None and len(manifest["shards"]) < 12, "the run finished before it could be killed"
+    assert len(manifest["shards"]) >= 2, "killed before any shard was finished"
+    finished = {s["file"]: (os.stat(out / s["file"]), file_sha256(out / s["file"])) for s in manifest["shards"]}
     done = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+    for name, (info, digest) in finished.items():  # kept byte for byte: the same file, not a redone one
+        now = os.stat(out / name)
+        assert (now.st_ino, now.st_mtime_ns) == (info.st_ino, info.st_mtime_ns) and file_sha256(out / name) == digest, name
     resumed = arrays(out)
     clean_run = tmp_path / "clean"
     subprocess.run([a if a != str(out) else str(clean_run) for a in args], check=True, capture_output=True, timeout=300)
@@ -230,3 +235,19 @@ def test_validate_inspect_preview_commands(run_cli, tmp_path):
     assert "shard-00000.h5" in err and "sha256" in err
     code, _, err = run_cli("inspect", tmp_path / "nothing")
     assert code == 2 and err.count("\n") == 1
+
+
+def test_the_same_command_gives_byte_identical_shards(run_cli, style_dir, tmp_path):
+    """Shards hold nothing run-specific: their sha256 is a content hash (time, host, command live in the manifest)."""
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for k, out in enumerate(runs):
+        workers = 1 + k  # the worker count changes nothing either
+        code, _, err = run_cli("generate", *SMALL, "--n", 8, "--shard-size", 4, "--style", style_dir, "--workers", workers, "--out", out)
+        assert code == 0, err
+        time.sleep(1.1)  # a timestamp with one-second resolution would differ
+    a, b = (load_manifest(out) for out in runs)
+    assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]]
+    assert [file_sha256(runs[1] / s["file"]) for s in b["shards"]] == [s["sha256"] for s in a["shards"]]
+    assert a["created"] and a["host"] and a["command"]  # the run-specific facts are in the manifest
+    with h5py.File(runs[0] / a["shards"][0]["file"], "r") as f:
+        assert "created" not in f.attrs
