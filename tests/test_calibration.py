@@ -305,7 +305,8 @@ def test_calibration_check_skips_when_no_lattice():
 
 @pytest.mark.skipif(not all(p.is_file() for p in MOS2_CROPS), reason="shared MoS2 crops not available")
 def test_shared_mos2_crops(capsys):
-    tifffile = pytest.importorskip("tifffile")
+    import tifffile
+
     lat = lattice_vectors_A("MoS2")
     results = []
     for path in MOS2_CROPS:
