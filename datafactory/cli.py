@@ -38,6 +38,9 @@ def _command_line() -> str:
     return shlex.join(["factory", *_ARGV])
 
 
+#: What an interrupted command tells the user (a command that resumes differently sets its own).
+_RESUME_HINT = "re-run the same command to resume"
+
 #: The outputs the running command holds (released when :func:`run` returns).
 _CLAIMS = contextlib.ExitStack()
 
@@ -363,6 +366,8 @@ def _fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, 
         if calibration is not None:
             prior, spreads = _fit_adsorbates(prior, calibration, target, seed)
     work_dir = out.with_name(out.name + ".training")
+    global _RESUME_HINT
+    _RESUME_HINT = f"re-run the same command with --resume to continue from the last checkpoint in {work_dir}"
     translator = DritTranslator.fit(micrographs, sims=images, settings=settings, work_dir=work_dir, pixel_size_A=target, device=device, resume=resume,
                                     seed=seed, progress=not quiet, affine=affine, prior=prior)
     return translator, spreads
@@ -1000,8 +1005,9 @@ def run(argv: list[str] | None = None) -> int:
     exit 130 / 143, after every temporary file has been removed. The outputs the command
     claimed (:func:`_claim`) are released on the way out, whatever happened.
     """
-    global _ARGV, _CLAIMS
+    global _ARGV, _CLAIMS, _RESUME_HINT
     _ARGV = list(sys.argv[1:] if argv is None else argv)
+    _RESUME_HINT = "re-run the same command to resume"
     _CLAIMS = contextlib.ExitStack()
     try:
         with signals_raise(), _CLAIMS:
@@ -1012,7 +1018,7 @@ def run(argv: list[str] | None = None) -> int:
         typer.echo(f"error: {exc}", err=True)
         return 2
     except Interrupted as exc:
-        typer.echo(f"interrupted ({exc}): re-run the same command to resume", err=True)
+        typer.echo(f"interrupted ({exc}): {_RESUME_HINT}", err=True)
         return exc.exit_code
     except typer.Exit as exc:
         return exc.exit_code

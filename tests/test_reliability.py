@@ -226,7 +226,7 @@ def test_no_space_in_the_middle_of_generate_then_a_rerun_resumes(run_cli, tmp_pa
 # --------------------------------------------------------------------------- signals
 
 
-@pytest.mark.parametrize("sig, whom", [(signal.SIGINT, "group"), (signal.SIGTERM, "parent")])
+@pytest.mark.parametrize("sig, whom", [(signal.SIGINT, "group"), (signal.SIGTERM, "parent"), (signal.SIGTERM, "group")])
 def test_a_signal_ends_generate_with_one_line_and_a_rerun_resumes(tmp_path, sig, whom):
     out = tmp_path / "ds"
     args = [str(a) for a in [*FACTORY, "generate", *SMALL, "--n", 64, "--shard-size", 4, "--workers", 2, "--out", out]]
@@ -275,6 +275,11 @@ def test_sigterm_ends_simulate_without_partial_files(tmp_path):
     assert last.startswith("interrupted (SIGTERM)") and "Traceback" not in err, err
     wait_for(lambda: not group_alive(proc.pid), seconds=10)
     assert not out.exists() and not leftovers(tmp_path)
+
+
+def test_select_with_keep_0_is_one_line_before_anything_is_read(run_cli, tmp_path):
+    code, _, err = run_cli("select", "--sim", tmp_path / "none.h5", "--exp", tmp_path / "none.tif", "--keep", 0, "--out", tmp_path / "kept.h5")
+    assert code == 2 and "--keep" in one_line(err)
 
 
 # --------------------------------------------------------------------------- Dask scheduler
@@ -328,6 +333,7 @@ def test_drit_fit_killed_between_checkpoints_resumes_to_the_same_weights(tmp_pat
     assert 4 <= iteration < 16
     resumed = factory(*common, "--resume", "--out", style)
     assert resumed.returncode == 0, resumed.stderr
+    assert not leftovers(tmp_path)
     a = torch.load(tmp_path / "whole" / "weights.pt")
     b = torch.load(style / "weights.pt")
     assert a.keys() == b.keys()
