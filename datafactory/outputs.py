@@ -53,7 +53,7 @@ def check_output(path: Path, kind: str, flag: str = "--out") -> None:
         if stat.S_ISLNK(info.st_mode):
             raise FactoryError(f"{flag}: '{path}' is a symbolic link; give the real path ({os.path.realpath(path)})")
         if kind == "file" and stat.S_ISDIR(info.st_mode):
-            raise FactoryError(f"{flag}: '{path}' is a directory; give a file name such as {path / 'out.h5'}")
+            raise FactoryError(f"{flag}: '{path}' is a directory; give a file name")
         if kind == "file" and not stat.S_ISREG(info.st_mode):
             raise FactoryError(f"{flag}: '{path}' exists and is not a regular file; choose another name")
         if kind == "dir" and not stat.S_ISDIR(info.st_mode):
