@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +56,71 @@ def save_model(out: Path, model: torch.nn.Module, record: dict[str, Any]) -> Pat
     return out
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+#: What a field of ``model.json`` must be: name -> (test, description).
+KINDS = {
+    "string": (lambda v: isinstance(v, str), "a string"),
+    "task": (lambda v: v in ("regress", "segment"), "'regress' or 'segment'"),
+    "target kind": (lambda v: v in ("slip", "twist"), "'slip' or 'twist'"),
+    "positive number": (lambda v: _number(v) and v > 0, "a positive number"),
+    "count": (_count, "a whole number >= 1"),
+    "object": (lambda v: isinstance(v, dict), "an object"),
+    "list": (lambda v: isinstance(v, list), "a list"),
+    "names": (lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(x, str) for x in v), "a non-empty list of strings"),
+    "integers": (lambda v: isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v), "a list of whole numbers"),
+    "shape": (lambda v: isinstance(v, list) and len(v) == 2 and all(_count(x) for x in v), "two whole numbers >= 1"),
+    "basis": (lambda v: isinstance(v, list) and len(v) == 2 and all(isinstance(r, list) and len(r) == 2 and all(_number(x) for x in r) for r in v),
+              "a 2x2 list of numbers"),
+}
+
+#: The fields the code reads, by task ("" for every model; "target" inside a regression's ``target``).
+REQUIRED = {
+    "": {"format": "string", "task": "task", "arch": "string", "pixel_size_A": "positive number", "image_shape": "shape"},
+    "regress": {"target": "object", "value_names": "names", "error_units": "string"},
+    "segment": {"output_channels": "names", "size_multiple": "count", "n_layers": "count", "width": "count", "depth": "count"},
+    "target": {"kind": "target kind", "n_interfaces": "count", "period_deg": "positive number", "basis_A": "basis"},
+}
+#: Fields read with a default when absent, but used as their kind when present.
+OPTIONAL = {"dataset": "object", "loss": "object", "layers": "integers", "history": "list", "target_name": "string", "settings": "object"}
+
+
+def _field_problem(record: dict, name: str, kind: str, required: bool, prefix: str = "") -> str | None:
+    if name not in record:
+        return f"field '{prefix}{name}' is missing" if required else None
+    test, description = KINDS[kind]
+    if test(record[name]):
+        return None
+    shown = json.dumps(record[name]) if not isinstance(record[name], float) else str(record[name])
+    return f"field '{prefix}{name}' is {shown if len(shown) <= 40 else 'a ' + type(record[name]).__name__}, not {description}"
+
+
+def record_problem(record: Any) -> str | None:
+    """What is wrong with a parsed ``model.json`` (naming the field), or None."""
+    if not isinstance(record, dict):
+        return f"holds a JSON {type(record).__name__}, not an object"
+    if record.get("format") != FORMAT:
+        return f"field 'format' is not '{FORMAT}'"
+    checks = [(record, n, k, True, "") for n, k in REQUIRED[""].items()]
+    checks += [(record, n, k, False, "") for n, k in OPTIONAL.items()]
+    for args in checks:
+        problem = _field_problem(*args)
+        if problem:
+            return problem
+    checks = [(record, n, k, True, "") for n, k in REQUIRED[record["task"]].items()]
+    if record["task"] == "regress" and isinstance(record.get("target"), dict):
+        checks += [(record["target"], n, k, True, "target.") for n, k in REQUIRED["target"].items()]
+    return next(filter(None, (_field_problem(*args) for args in checks)), None)
+
+
 def read_record(path: Path) -> dict[str, Any]:
-    """The ``model.json`` of MODEL ``path``, with one-line errors for anything else."""
+    """The ``model.json`` of MODEL ``path``, checked field by field, with one-line errors for anything else."""
     path = Path(path)
     record_file = path / RECORD_FILE
     if not record_file.is_file() or not (path / WEIGHTS_FILE).is_file():
@@ -64,9 +128,10 @@ def read_record(path: Path) -> dict[str, Any]:
     try:
         record = json.loads(record_file.read_text())
     except (OSError, ValueError) as exc:
-        raise FactoryError(f"MODEL: '{record_file}' is unreadable ({exc})") from None
-    if record.get("format") != FORMAT:
-        raise FactoryError(f"MODEL: '{record_file}' is not a {FORMAT} record")
+        raise FactoryError(f"MODEL: '{record_file}' is unreadable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    problem = record_problem(record)
+    if problem:
+        raise FactoryError(f"MODEL: '{record_file}' is not a usable {FORMAT} record ({problem}); train the model again")
     return record
 
 

@@ -128,13 +128,12 @@ def train_regression(
     progress: bool = True,
 ) -> tuple[Path, dict, torch.nn.Module]:
     """Train a regressor on dataset ``data`` and save MODEL ``out``; returns (out, record, model)."""
-    from torch.utils.data import DataLoader
-
     from .checkpoint import check_output, dataset_hash, save_model
     from .data import ShardDataset
-    from .training import TrainSettings, fit, resolve_device, seeded_loader_generator
+    from .training import TrainSettings, fit, resolve_device, seed_everything, seeded_generator, seeded_loader
 
     settings = settings or TrainSettings()
+    seed_everything(settings.seed)
     augmentation = augmentation or Augmentation()
     if min(mse_weight, l1_weight) < 0 or mse_weight + l1_weight <= 0:
         raise FactoryError(f"loss weights must be >= 0 and not both 0 (got MSE {mse_weight}, L1 {l1_weight})")
@@ -156,8 +155,8 @@ def train_regression(
 
     model = build_regressor(arch, target.n_outputs)
     device = resolve_device(settings.device)
-    g = seeded_loader_generator(settings.seed)
-    loader = DataLoader(train_set, batch_size=settings.batch, shuffle=True, drop_last=len(train_set) >= settings.batch, generator=g, num_workers=0)
+    g = seeded_generator(settings.seed, "augment")
+    loader = seeded_loader(train_set, settings)
 
     def batches(epoch):
         yield from loader

@@ -184,16 +184,15 @@ def train_segmentation(
     shifting each channel's logit back by ``ln(weight)`` suppressed the single-S vacancies
     entirely (synthetic S1 F1 0.925 without the shift, 0.0 with it, same model).
     """
-    from torch.utils.data import DataLoader
-
     from .checkpoint import check_output, dataset_hash, save_model
     from .data import ShardDataset
     from .columns import layer_groups_of
     from .exclusive import exclusive_loss, layer_softmax
     from .segmentation import dice_loss, gomb_loss, soft_dice_loss
-    from .training import TrainSettings, fit, seeded_loader_generator
+    from .training import TrainSettings, fit, seed_everything, seeded_generator, seeded_loader
 
     settings = settings or TrainSettings(epochs=10, batch=16)
+    seed_everything(settings.seed)
     augmentation = augmentation or Augmentation()
     if arch not in ARCHS:
         raise FactoryError(f"--arch: must be one of {', '.join(ARCHS)} (got '{arch}')")
@@ -221,8 +220,8 @@ def train_segmentation(
     h, w = train_set.image_shape
     crop = (crop_size(h, augmentation.crop_fraction, multiple), crop_size(w, augmentation.crop_fraction, multiple))
     order_t = torch.tensor(order)
-    g = seeded_loader_generator(settings.seed)
-    loader = DataLoader(train_set, batch_size=settings.batch, shuffle=True, drop_last=len(train_set) >= settings.batch, generator=g, num_workers=0)
+    g = seeded_generator(settings.seed, "augment")
+    loader = seeded_loader(train_set, settings)
 
     def batches(epoch):
         yield from loader

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,36 +176,92 @@ def save_bundle(translator: Translator, directory: Path, *, sources: Sequence[di
     return directory
 
 
+#: The fields of ``style.json``: name -> (JSON types, required). ``content_hash`` covers the
+#: first three and ``simulation``; the rest describe where the style came from.
+STYLE_SCHEMA: dict[str, tuple[tuple[type, ...], bool]] = {
+    "method": ((str,), True),
+    "pixel_size_A": ((int, float), True),
+    "parameters": ((dict,), True),
+    "content_hash": ((str,), True),
+    "simulation": ((dict, type(None)), False),
+    "options": ((dict,), False),
+    "sources": ((list,), False),
+    "package_version": ((str,), False),
+    "created": ((str,), False),
+}
+
+
+def _style_damage(record: Any) -> str | None:
+    """What is wrong with a parsed ``style.json`` (field named), or None."""
+    if not isinstance(record, dict):
+        return f"holds a JSON {type(record).__name__}, not an object"
+    for key, (types, required) in STYLE_SCHEMA.items():
+        if key not in record:
+            if required:
+                return f"field '{key}' is missing"
+        elif not isinstance(record[key], types) or isinstance(record[key], bool):
+            return f"field '{key}' is {_shown(record[key])}, not {' or '.join('null' if t is type(None) else _JSON_NAMES[t] for t in types)}"
+    px = record["pixel_size_A"]
+    if not (math.isfinite(px) and px > 0):
+        return f"field 'pixel_size_A' is {_shown(px)}, not a positive number"
+    return None
+
+
+_JSON_NAMES = {str: "a string", int: "a number", float: "a number", dict: "an object", list: "a list"}
+
+
+def _shown(value: Any) -> str:
+    """A short description of a JSON value for an error message."""
+    text = json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else str(value)
+    return text if len(text) <= 40 else f"a {type(value).__name__}"
+
+
 def read_style_record(directory: Path) -> dict[str, Any]:
-    """``style.json`` of a bundle, checked against its content hash."""
+    """``style.json`` of a bundle, checked against :data:`STYLE_SCHEMA` (not yet against its content hash)."""
     directory = Path(directory)
     path = directory / STYLE_FILE
     if not directory.is_dir() or not path.is_file():
         raise FactoryError(f"--style: '{directory}' is not a STYLE bundle (no {STYLE_FILE}); make one with 'factory fit-style'")
     try:
         record = json.loads(path.read_text())
-        missing = [key for key in ("method", "pixel_size_A", "parameters") if key not in record]
-    except (ValueError, TypeError) as exc:
+    except (OSError, ValueError) as exc:
         raise FactoryError(f"--style: '{path}' is damaged ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-    if missing:
-        raise FactoryError(f"--style: '{path}' is damaged (no {', '.join(missing)})")
+    damage = _style_damage(record)
+    if damage:
+        raise FactoryError(f"--style: '{path}' is damaged ({damage}); fit the style again")
     return record
 
 
+def _check_hash(record: dict[str, Any], files: dict[str, bytes], directory: Path) -> None:
+    if _content_hash(record, files) != record["content_hash"]:
+        raise FactoryError(f"--style: '{directory / STYLE_FILE}' does not match its content hash; it was modified or damaged — fit it again")
+
+
 def load_style(directory: Path) -> Translator:
-    """Load a STYLE bundle written by :meth:`Translator.save`; refuses a bundle whose content hash does not match."""
+    """Load a STYLE bundle written by :meth:`Translator.save`; refuses a bundle whose content hash does not match.
+
+    A method without weight files (parametric) is checked against the hash before any value
+    of the record is used; one with weight files (DRIT) after they are loaded, as the hash
+    covers their re-serialised content.
+    """
     from . import registry
 
     directory = Path(directory)
     record = read_style_record(directory)
     cls = registry().get(record["method"])
     if cls is None:
-        raise FactoryError(f"--style: unknown method '{record['method']}' in {directory / STYLE_FILE}")
-    translator = cls.from_parameters(record["parameters"], directory)
+        raise FactoryError(f"--style: '{directory / STYLE_FILE}' field 'method' is '{record['method']}', not one of {', '.join(sorted(registry()))}")
+    has_files = cls.weight_files is not Translator.weight_files
+    if not has_files:
+        _check_hash(record, {}, directory)
+    try:
+        translator = cls.from_parameters(record["parameters"], directory)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise FactoryError(f"--style: '{directory / STYLE_FILE}' field 'parameters' does not make a {record['method']} style ({reason}); fit it again") from None
     translator.pixel_size_A = float(record["pixel_size_A"])
-    files = translator.weight_files()
-    if _content_hash(record, files) != record.get("content_hash"):
-        raise FactoryError(f"--style: '{directory}' does not match its content hash; it was modified or damaged — fit it again")
+    if has_files:
+        _check_hash(record, translator.weight_files(), directory)
     return translator
 
 
