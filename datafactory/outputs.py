@@ -93,9 +93,12 @@ def exclusive_output(path: Path, command: str = "", flag: str = "--out") -> Iter
     if key in _HELD:
         raise FactoryError(f"{flag}: '{path}' is already being written by this process")
     lock = lock_path(path)
-    lock.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise FactoryError(f"{flag}: cannot write in '{lock.parent}' ({(exc.strerror or str(exc)).lower()})") from None
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

@@ -200,7 +200,7 @@ def _style_damage(record: Any) -> str | None:
             if required:
                 return f"field '{key}' is missing"
         elif not isinstance(record[key], types) or isinstance(record[key], bool):
-            return f"field '{key}' is {_shown(record[key])}, not {' or '.join('null' if t is type(None) else _JSON_NAMES[t] for t in types)}"
+            return f"field '{key}' is {_shown(record[key])}, not {' or '.join(dict.fromkeys('null' if t is type(None) else _JSON_NAMES[t] for t in types))}"
     px = record["pixel_size_A"]
     if not (math.isfinite(px) and px > 0):
         return f"field 'pixel_size_A' is {_shown(px)}, not a positive number"
