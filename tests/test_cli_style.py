@@ -41,9 +41,33 @@ def sims(tmp_path_factory) -> Path:
 
 
 def one_line_error(code: int, err: str) -> None:
-    assert code == 2
-    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
+    """Exit status 2 and stderr is exactly one non-empty line, ``error: ...``: no note, warning or traceback besides."""
+    assert code == 2, (code, err)
+    assert "Traceback" not in err, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and lines[0].strip() != "error:", err
+
+
+def _atom_rows(f: h5py.File, i: int) -> dict[str, np.ndarray]:
+    lo, hi = f["atoms/offsets"][i : i + 2]
+    return {name: f["atoms"][name][lo:hi] for name in ("Z", "column_class", "layer", "z_A", "position_px")}
+
+
+def assert_translation_keeps_the_sample(source: h5py.File, translated: h5py.File) -> None:
+    """Only the images are restyled: the simulation's params are copied, and masks and atoms only follow the
+    scan jitter (sub-Å moves; atoms moved off the image are dropped)."""
+    for name in source["params"]:
+        np.testing.assert_array_equal(translated["params"][name][:], source["params"][name][:], err_msg=name)
+    assert list(translated["masks"].attrs["channel_names"]) == list(source["masks"].attrs["channel_names"])
+    before, after = source["masks"][:].astype(np.float64), translated["masks"][:].astype(np.float64)
+    np.testing.assert_allclose(after.sum(axis=(2, 3)), before.sum(axis=(2, 3)), rtol=0.02)  # measured: within 0.3 %
+    assert np.abs(after - before).mean() < 0.25 * before.mean()  # measured: 0.10; masks shifted by 6 px: 1.7
+    for i in range(source["images"].shape[0]):
+        old, new = _atom_rows(source, i), _atom_rows(translated, i)
+        assert 0.9 * len(old["Z"]) <= len(new["Z"]) <= len(old["Z"])
+        same = np.all([new[k][:, None] == old[k][None, :] for k in ("Z", "column_class", "layer", "z_A")], axis=0)
+        moved = np.linalg.norm(new["position_px"][:, None] - old["position_px"][None, :], axis=-1)
+        assert np.where(same, moved, np.inf).min(axis=1).max() < 2.5  # measured: at most 1.35 px (jitter ~0.07 Å/line)
 
 
 def test_fit_translate_compare(run_cli, experiment, sims, tmp_path):
@@ -63,8 +87,19 @@ def test_fit_translate_compare(run_cli, experiment, sims, tmp_path):
         assert not np.allclose(g["images"][0], f["images"][0])
         assert g.attrs["style_hash"] == record["content_hash"]
         assert "style_dose_counts" in g["params"]
-        np.testing.assert_array_equal(g["labels/slip_frac"][:] if "labels" in g else 0, f["labels/slip_frac"][:] if "labels" in f else 0)
+        assert_translation_keeps_the_sample(f, g)
     assert translated.with_suffix(".preview.png").stat().st_size > 0
+    # a bilayer's labels (slip, twist) go through unchanged
+    plan = make_plan({"microscope": {"image_size_px": 96, "pixel_size_A": PIXEL_A, "source_size_A": 0.6},
+                      "structure": {"layers": 2, "slip_a": [0, 1], "slip_b": [0, 1], "twist_deg": [0, 5]}})
+    bilayer, bilayer_out = tmp_path / "bilayer.h5", tmp_path / "bilayer_translated.h5"
+    write_simulation(plan, 0, 3, bilayer, progress=False, preview=False)
+    assert run_cli("translate", "--style", style, "--in", bilayer, "--out", bilayer_out, "-q", "--no-preview")[0] == 0
+    with h5py.File(bilayer, "r") as f, h5py.File(bilayer_out, "r") as g:
+        assert set(g["labels"]) == {"slip_frac", "slip_A", "twist_deg"} and np.ptp(f["labels/twist_deg"][:]) > 0
+        for name in g["labels"]:
+            np.testing.assert_array_equal(g["labels"][name][:], f["labels"][name][:])
+        assert_translation_keeps_the_sample(f, g)
 
     again = tmp_path / "again.h5"
     assert run_cli("translate", "--style", style, "--in", sims, "--out", again, "--seed", 3, "--batch", 5, "-q", "--no-preview")[0] == 0
@@ -132,13 +167,33 @@ def test_fit_style_warns_when_file_and_lattice_disagree(run_cli, experiment, tmp
     assert json.loads((tmp_path / "s2" / "style.json").read_text())["pixel_size_A"] == pytest.approx(PIXEL_A, rel=0.01)
 
 
-def test_select_keeps_ranked_sims(run_cli, experiment, sims, tmp_path):
+def test_select_keeps_ranked_sims(run_cli, experiment, sims, tmp_path, monkeypatch):
+    """Exactly --keep sims are written, in the order of the selection's ranking: nearest to an experiment first."""
+    import datafactory.selection as selection_module
+
+    reported = []
+    select_similar = selection_module.select_similar
+    monkeypatch.setattr(selection_module, "select_similar", lambda *a, **k: reported.append(select_similar(*a, **k)) or reported[-1])
     out, plot = tmp_path / "selected.h5", tmp_path / "selection.png"
     code, stdout, err = run_cli("select", "--sim", sims, "--exp", experiment, "--keep", 5, "--out", out, "--plot", plot, "-q")
     assert code == 0, err
-    with h5py.File(out, "r") as f:
-        assert f["images"].shape[0] <= 5 and f.attrs["schema_version"] == 1
-        assert len(set(f["source_index"][:])) == f["images"].shape[0]
+    assert stdout.splitlines()[0].startswith("kept 5 of 24 simulations")
+    (selection,) = reported
+    # the ranking, recomputed from the embedding: distance to the nearest experimental point among the
+    # sims that share a cluster with an experiment, closest first (ties by index)
+    emb, n_sim = selection.embedding, selection.n_sim
+    distance = np.linalg.norm(emb[:n_sim, None] - emb[None, n_sim:], axis=-1).min(axis=1)
+    np.testing.assert_allclose(selection.distance, distance, rtol=1e-5)  # t-SNE works in float32
+    candidates = np.flatnonzero(np.isin(selection.cluster[:n_sim], selection.exp_clusters))
+    assert len(candidates) >= 5
+    ranking = candidates[np.lexsort((candidates, selection.distance[candidates]))]
+    np.testing.assert_array_equal(selection.kept, ranking[:5])
+    with h5py.File(out, "r") as f, h5py.File(sims, "r") as src:
+        assert f["images"].shape == (5, 96, 96) and f.attrs["schema_version"] == 1 and f.attrs["selection_n_kept"] == 5
+        order = f["source_index"][:]
+        np.testing.assert_array_equal(order, ranking[:5])  # the output rows follow the ranking
+        for row, i in enumerate(order):
+            np.testing.assert_array_equal(f["images"][row], src["images"][i])
     assert plot.stat().st_size > 0
 
 

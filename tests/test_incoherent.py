@@ -47,16 +47,24 @@ def test_100_spacing_from_power_spectrum_is_2_74_A():
 
 
 def test_intensity_maxima_sit_on_recorded_columns():
+    """Every Mo and every S2 column of the atom table is an intensity maximum, and every maximum is a column.
+
+    With an ideal probe each maximum sits on its column up to the bias of the 3x3 sub-pixel fit and the
+    tails of the neighbours (measured: at most 0.007 px for Mo, 0.024 px for S2, 0.035 px from a
+    maximum to its column; 1 px = 0.1 Å)."""
     sample = _monolayer(size_px=128, rotation=31.0)
     peaks = find_peaks(sample.image, threshold=0.15)
     atoms = sample.atoms
-    # column centres (Mo and S2) from the atom table: positions of atoms, deduplicated
-    columns = np.unique(np.round(atoms["position_px"], 4), axis=0)
-    columns = columns[(columns > 3).all(1) & (columns < 124).all(1)]
-    distance, _ = cKDTree(peaks).query(columns)
-    assert len(columns) > 30
-    assert np.mean(distance) * 0.1 < 0.1  # mean offset below 0.1 A
-    assert np.max(distance) * 0.1 < 0.1
+    tree = cKDTree(peaks)
+    for Z, tolerance_px in ((42, 0.02), (16, 0.06)):
+        # column centres from the atom table (an S2 column is two atoms at one position), away from the edge
+        columns = np.unique(np.round(atoms["position_px"][atoms["Z"] == Z], 4), axis=0)
+        columns = columns[(columns > 3).all(1) & (columns < 124).all(1)]
+        assert len(columns) >= 15, Z
+        distance, _ = tree.query(columns)
+        assert np.max(distance) < tolerance_px, (Z, np.max(distance))
+    distance, _ = cKDTree(np.unique(atoms["position_px"], axis=0)).query(peaks)
+    assert len(peaks) >= 35 and np.max(distance) < 0.08
 
 
 def test_overlapping_atoms_add_up_and_positions_are_sub_pixel():

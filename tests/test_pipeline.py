@@ -25,11 +25,23 @@ BILAYER = {
 }
 
 
-def _arrays(path):
-    out = {}
+def _tree(path) -> dict:
+    """Every group and dataset of a file: name -> (data, or None for a group; attrs but a timestamp `created`)."""
     with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
-    return out
+        names = ["/"]
+        f.visit(names.append)
+        return {name: (f[name][()] if isinstance(f[name], h5py.Dataset) else None,
+                       {k: v for k, v in f[name].attrs.items() if k != "created"}) for name in names}
+
+
+def assert_same_tree(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name, (data, attrs) in a.items():
+        assert (data is None) == (b[name][0] is None) and attrs.keys() == b[name][1].keys(), name
+        if data is not None:
+            np.testing.assert_array_equal(data, b[name][0], err_msg=name)
+        for key, value in attrs.items():
+            np.testing.assert_array_equal(value, b[name][1][key], err_msg=f"{name}@{key}")
 
 
 def test_same_command_gives_identical_arrays_whatever_the_workers(tmp_path):
@@ -37,11 +49,11 @@ def test_same_command_gives_identical_arrays_whatever_the_workers(tmp_path):
     a = write_simulation(plan, 7, 10, tmp_path / "a.h5", workers=1, progress=False, preview=False)[0]
     b = write_simulation(plan, 7, 10, tmp_path / "b.h5", workers=2, progress=False, preview=False)[0]
     c = write_simulation(plan, 8, 10, tmp_path / "c.h5", workers=1, progress=False, preview=False)[0]
-    arrays_a, arrays_b, arrays_c = _arrays(a), _arrays(b), _arrays(c)
-    assert arrays_a.keys() == arrays_b.keys()
-    for name in arrays_a:
-        np.testing.assert_array_equal(arrays_a[name], arrays_b[name], err_msg=name)
-    assert not np.array_equal(arrays_a["images"], arrays_c["images"])
+    tree_a, tree_b, tree_c = _tree(a), _tree(b), _tree(c)
+    assert {"images", "masks", "atoms/offsets", "labels/twist_deg", "params/defocus_A"} <= tree_a.keys()
+    assert_same_tree(tree_a, tree_b)  # every dataset and every attribute
+    assert not np.array_equal(tree_a["images"][0], tree_c["images"][0])
+    assert tree_c["/"][1]["seed"] == 8 and tree_a["/"][1]["seed"] == 7
 
 
 def test_sample_i_depends_only_on_seed_and_i():
@@ -51,6 +63,11 @@ def test_sample_i_depends_only_on_seed_and_i():
     np.testing.assert_array_equal(direct.image, in_run.image)
     np.testing.assert_array_equal(direct.masks, in_run.masks)
     assert direct.params == in_run.params
+    assert direct.atoms.keys() == in_run.atoms.keys() and direct.index == in_run.index == 5
+    for name in direct.atoms:
+        np.testing.assert_array_equal(direct.atoms[name], in_run.atoms[name], err_msg=name)
+    for name in ("slip_frac", "slip_A", "twist_deg"):
+        np.testing.assert_array_equal(getattr(direct, name), getattr(in_run, name), err_msg=name)
 
 
 def test_schema_v1_layout(tmp_path):
@@ -59,12 +76,18 @@ def test_schema_v1_layout(tmp_path):
     assert preview.name == "s.preview.png" and preview.stat().st_size > 10_000
     with h5py.File(out, "r") as f:
         assert f.attrs["schema_version"] == SCHEMA_VERSION == 1
-        assert f.attrs["seed"] == 0 and "T" in f.attrs["created"] and f.attrs["package_version"]
+        assert f.attrs["seed"] == 0 and "created" not in f.attrs and f.attrs["package_version"]
+        assert f.attrs["first_index"] == 0
+        # the config as requested (BILAYER over the ideal microscope of conftest)
         config = yaml.safe_load(f.attrs["config"])
-        assert config["structure"]["layers"] == 2
+        assert config["structure"]["cell"] == "MoS2" and config["structure"]["layers"] == 2
+        assert config["structure"]["slip_a"] == [0, 1] and config["structure"]["twist_deg"] == [0, 60]
+        assert config["microscope"]["image_size_px"] == 64 and config["microscope"]["pixel_size_A"] == 0.1
+        assert config["microscope"]["defocus_A"] == [-10, 10] and config["microscope"]["source_size_A"] == [0.3, 0.6]
         assert f["images"].shape == (5, 64, 64) and f["images"].dtype == np.float32
         names = [str(n) for n in f["masks"].attrs["channel_names"]]
-        assert names == plan.channel_names
+        assert names == plan.channel_names == ["L1:Mo", "L1:S2", "L1:S1", "L2:Mo", "L2:S2", "L2:S1"]  # S1: a column with one S left
+        assert f["masks"].attrs["max_value"] == 255 and f["masks"].attrs["radius_A"] == 0.5
         assert f["masks"].shape == (5, len(names), 64, 64) and f["masks"].dtype == np.uint8
         assert [str(n) for n in f["atoms/column_class"].attrs["names"]] == names
         assert f["labels/slip_frac"].shape == (5, 1, 2) and f["labels/slip_A"].shape == (5, 1, 2)
@@ -76,6 +99,17 @@ def test_schema_v1_layout(tmp_path):
         assert f["atoms/column_class"].dtype == np.int16 and f["atoms/position_px"].dtype == np.float32
         for name in ("pixel_size_A", "energy_keV", "defocus_A", "slip_a_1", "twist_deg_1", "gamma", "origin_x_A"):
             assert f[f"params/{name}"].shape == (5,)
+        params = {name: f["params"][name][()] for name in f["params"]}
+        assert np.all(params["pixel_size_A"] == 0.1) and np.all(params["energy_keV"] == 60) and np.all(params["semiangle_mrad"] == 30)
+        for name, (lo, hi) in {"defocus_A": (-10, 10), "C12_A": (0, 5), "phi12_deg": (0, 180), "source_size_A": (0.3, 0.6),
+                               "slip_a_1": (0, 1), "slip_b_1": (0, 1), "twist_deg_1": (0, 60), "rotation_deg": (0, 360),
+                               "vacancy_chalcogen_single": (0, 0.05)}.items():
+            assert np.all((params[name] >= lo) & (params[name] <= hi)) and np.ptp(params[name]) > 0, name  # drawn per sample
+        # the stacking labels: slips in cell fractions and in Å through the MoS2 cell (a = 3.16 Å, 120° between a1 and a2)
+        basis = 3.16 * np.array([[1.0, -0.5], [0.0, np.sqrt(3) / 2]])  # columns a1, a2
+        frac = f["labels/slip_frac"][:, 0]
+        np.testing.assert_allclose(f["labels/slip_A"][:, 0], frac @ basis.T, atol=1e-6)
+        assert np.all((frac >= 0) & (frac <= 1)) and np.all((f["labels/twist_deg"][()] >= 0) & (f["labels/twist_deg"][()] <= 60))
         # stored labels equal the sampled parameters
         np.testing.assert_allclose(f["labels/twist_deg"][:, 0], f["params/twist_deg_1"][()])
         np.testing.assert_allclose(f["labels/slip_frac"][:, 0, 0], f["params/slip_a_1"][()])
@@ -88,6 +122,26 @@ def test_schema_v1_layout(tmp_path):
         # pixel positions are inside the image and agree with the Angstrom ones
         px = f["atoms/position_px"][()]
         assert px.min() >= -0.5 and px.max() < 63.5
+        np.testing.assert_allclose(f["atoms/position_A"][()], px * 0.1, atol=1e-5)
+        # every atom is Mo or S of layer 1 or 2, in the column class of its layer and element
+        Z, layer, column = f["atoms/Z"][()], f["atoms/layer"][()], f["atoms/column_class"][()]
+        assert set(np.unique(Z)) == {16, 42} and set(np.unique(layer)) == {1, 2}
+        classes = np.array(names)[column]
+        assert all(c.startswith(f"L{l}:") and (c.endswith(":Mo") == (z == 42)) for c, l, z in zip(classes, layer, Z))
+        # the layers lie one interlayer distance (6.15 Å, the cell's default) apart: Mo planes at 0 and 6.15 Å
+        z_A = f["atoms/z_A"][()]
+        assert np.median(z_A[(Z == 42) & (layer == 1)]) == pytest.approx(0.0, abs=0.1)
+        assert np.median(z_A[(Z == 42) & (layer == 2)]) == pytest.approx(6.15, abs=0.1)
+        # every Mo atom inside the image lies on its layer's Mo mask disk
+        masks, checked = f["masks"][()], 0
+        for i in range(5):
+            rows = slice(offsets[i], offsets[i + 1])
+            r, c = np.rint(px[rows]).T.astype(int)
+            mo = Z[rows] == 42
+            channels = [names.index(f"L{l}:Mo") for l in layer[rows][mo]]
+            assert np.all(masks[i, channels, r[mo], c[mo]] == 255), i
+            checked += int(mo.sum())
+        assert checked >= 20  # 25 here
 
 
 def test_monolayer_file_has_no_stacking_labels(tmp_path):
