@@ -1015,7 +1015,7 @@ def run(argv: list[str] | None = None) -> int:
         if isinstance(result, int):  # click returns typer.Exit's code instead of raising it
             return result
     except FactoryError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo("error: " + " ".join(str(exc).split("\n")).replace("\r", " "), err=True)  # one line, whatever a file name holds
         return 2
     except Interrupted as exc:
         typer.echo(f"interrupted ({exc}): {_RESUME_HINT}", err=True)

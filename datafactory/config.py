@@ -30,6 +30,12 @@ PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 MIN_IMAGE_SIZE_PX = 32
 
+#: The :class:`datafactory.microscope.Microscope` fields of ``microscope``, in the order they are drawn.
+MICROSCOPE_KEYS = (
+    "energy_keV", "semiangle_mrad", "defocus_A", "C12_A", "phi12_deg", "C21_A", "phi21_deg",
+    "C23_A", "phi23_deg", "C30_A", "C50_A", "source_size_A", "detector_inner_mrad", "detector_outer_mrad",
+)
+
 
 class Param:
     """A numeric parameter: fixed, uniform range, normal or discrete choice."""
@@ -49,7 +55,7 @@ class Param:
         if isinstance(raw, (list, tuple)):
             if len(raw) == 2 and all(_is_number(v) for v in raw):
                 return cls._range("uniform", raw)
-            raise ValueError(f"a range must be [low, high], got {raw!r}")
+            raise ValueError(f"a range must be [low, high], got {_shown(raw)}")
         if isinstance(raw, dict) and len(raw) == 1:
             (kind, arg), = raw.items()
             if kind == "uniform" and isinstance(arg, (list, tuple)) and len(arg) == 2 and all(_is_number(v) for v in arg):
@@ -60,7 +66,7 @@ class Param:
                 return cls("normal", (float(arg[0]), float(arg[1])))
             if kind == "choice" and isinstance(arg, (list, tuple)) and arg and all(_is_number(v) for v in arg):
                 return cls("choice", tuple(float(v) for v in arg))
-        raise ValueError(f"expected a number, [low, high], {{uniform: [lo, hi]}}, {{normal: [mean, std]}} or {{choice: [...]}}, got {raw!r}")
+        raise ValueError(f"expected a number, [low, high], {{uniform: [lo, hi]}}, {{normal: [mean, std]}} or {{choice: [...]}}, got {_shown(raw)}")
 
     @classmethod
     def _range(cls, kind: str, pair) -> "Param":
@@ -116,7 +122,24 @@ class Param:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite int or float (not a bool); integers too large for a float are not numbers here."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond the float range, e.g. 10**400
+        return False
+
+
+def _printable(text: str) -> str:
+    """``text`` with control and line-separator characters escaped, so that a message stays one line."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, shortened to ``limit`` characters for one-line messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _bounded(gt: float | None = None, ge: float | None = None, le: float | None = None, lt: float | None = None):
@@ -163,7 +186,8 @@ ImageSize = Annotated[int, AfterValidator(_image_size)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_default=True)
+    # allow_inf_nan=False: a plain float field refuses .nan and .inf (a NaN limit compares false with everything)
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_default=True, allow_inf_nan=False)
 
 
 class InterfaceConfig(_Model):
@@ -200,10 +224,16 @@ class VacancyConfig(_Model):
         return self
 
 
+#: Most holes a config may ask for per image (each is a disk tested against every column).
+MAX_HOLES = 1000
+
+HoleCountParam = Annotated[Param, BeforeValidator(Param.parse), _bounded(ge=0, le=MAX_HOLES), _serialize]
+
+
 class HoleConfig(_Model):
     """Holes: disks in which every atom of the chosen layers is removed."""
 
-    count: NonNegParam = 0
+    count: HoleCountParam = 0
     radius_A: PositiveParam = [3.0, 6.0]
     layers: list[int] | None = None
 
@@ -264,9 +294,28 @@ class StructureConfig(_Model):
         )
 
 
+#: Beam energies (keV) and probe semi-angles (mrad) a config may ask for: electron microscopes
+#: run at about 20-300 keV with probe apertures of 10-50 mrad. Far outside, the probe's
+#: band limit 2α/λ makes the incoherent model's Fourier grid explode (or underflow to NaN).
+ENERGY_RANGE_KEV = (1.0, 1000.0)
+MAX_SEMIANGLE_MRAD = 100.0
+
+#: Farthest an atom's probe tail may reach (Å, see :func:`datafactory.microscope.probe_margin_A`,
+#: for the largest aberrations and source size of a config): beyond, the probe is far from
+#: atomic resolution and the patch to simulate around every image grows without bound.
+MAX_PROBE_REACH_A = 50.0
+
+#: Finest pixel a config may ask for (Å): ten times finer than any STEM scan; the probe's
+#: reach in pixels (the padding around every simulated image) grows as 1 / pixel size.
+MIN_PIXEL_SIZE_A = 0.01
+
+EnergyParam = Annotated[Param, BeforeValidator(Param.parse), _bounded(ge=ENERGY_RANGE_KEV[0], le=ENERGY_RANGE_KEV[1]), _serialize]
+SemiangleParam = Annotated[Param, BeforeValidator(Param.parse), _bounded(gt=0, le=MAX_SEMIANGLE_MRAD), _serialize]
+
+
 class MicroscopeConfig(_Model):
-    energy_keV: PositiveParam = 60.0
-    semiangle_mrad: PositiveParam = 30.0
+    energy_keV: EnergyParam = 60.0
+    semiangle_mrad: SemiangleParam = 30.0
     defocus_A: AnyParam = 0.0
     C12_A: NonNegParam = 0.0
     phi12_deg: AnyParam = 0.0
@@ -288,6 +337,16 @@ class MicroscopeConfig(_Model):
             raise ValueError("detector_inner_mrad must stay below detector_outer_mrad")
         if self.pixel_size_A.upper > 5.0:
             raise ValueError(f"pixel_size_A: must be <= 5 Å for atomic resolution (got {self.pixel_size_A.to_yaml()})")
+        if self.pixel_size_A.lower < MIN_PIXEL_SIZE_A:
+            raise ValueError(f"pixel_size_A: must be >= {MIN_PIXEL_SIZE_A:g} Å (got {self.pixel_size_A.to_yaml()})")
+        from .microscope import Microscope, probe_margin_A
+
+        reach = probe_margin_A(Microscope(**{k: getattr(self, k).max_abs for k in MICROSCOPE_KEYS}))
+        if not reach <= MAX_PROBE_REACH_A:
+            raise ValueError(
+                f"the aberrations and source size spread the probe over ~{reach:.3g} Å (more than {MAX_PROBE_REACH_A:g} Å), "
+                "far from atomic resolution; reduce defocus_A, C12_A, C21_A, C23_A, C30_A, C50_A or source_size_A"
+            )
         return self
 
 
@@ -310,9 +369,16 @@ class MultisliceConfig(_Model):
         return self
 
 
+#: Largest exponent of the incoherent model's ``Z**gamma``: HAADF exponents lie near 1.2-2.2
+#: (2 is Rutherford scattering); far above, heavy atoms overflow the float32 image.
+MAX_GAMMA = 4.0
+
+GammaParam = Annotated[Param, BeforeValidator(Param.parse), _bounded(gt=0, le=MAX_GAMMA), _serialize]
+
+
 class SimulationConfig(_Model):
     backend: Literal["incoherent", "multislice"] = "incoherent"
-    gamma: PositiveParam = 1.6
+    gamma: GammaParam = 1.6
     multislice: MultisliceConfig = MultisliceConfig()
 
 
@@ -345,6 +411,12 @@ class AugmentConfig(_Model):
 
 class LimitsConfig(_Model):
     max_memory_MB: float = 4096.0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "LimitsConfig":
+        if not self.max_memory_MB > 0:
+            raise ValueError(f"max_memory_MB: must be > 0 (got {self.max_memory_MB:g})")
+        return self
 
 
 class Config(_Model):
@@ -387,9 +459,13 @@ def read_config_mapping(path: Path) -> dict:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise FactoryError(f"config {path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        # str() of some YAML errors (e.g. a control character) spans several lines: keep the first
+        problem = getattr(exc, "problem", None) or next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise FactoryError(f"config {path}: not valid YAML{where}: {' '.join(str(problem).split())}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise FactoryError(f"config {path}: cannot read ({exc})") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise FactoryError(f"config {path}: nested too deeply to be a config") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -405,8 +481,44 @@ OVERRIDE_KEYS = {
 }
 
 
+#: Limits on a config document's shape: far above any real config, far below what would make
+#: copying or validating it (or printing the offending value) take minutes.
+MAX_CONFIG_VALUES = 100_000
+MAX_CONFIG_DEPTH = 64
+
+
+def _check_document(raw: Any, source: str) -> None:
+    """Refuse a document nested too deeply, expanding to too many values through YAML aliases
+    (a "billion laughs" document), or holding itself (an alias to an enclosing node)."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: Any, depth: int) -> int:
+        if not isinstance(node, (dict, list)):
+            return 1
+        key = id(node)
+        if key in open_nodes:
+            raise FactoryError(f"{source}: a YAML alias refers to a node that contains it (the document holds itself)")
+        if key in sizes:
+            return sizes[key]
+        if depth > MAX_CONFIG_DEPTH:
+            raise FactoryError(f"{source}: nested deeper than {MAX_CONFIG_DEPTH} levels; a config has a few")
+        open_nodes.add(key)
+        total = 1
+        for child in node.values() if isinstance(node, dict) else node:
+            total += size(child, depth + 1)
+            if total > MAX_CONFIG_VALUES:
+                raise FactoryError(f"{source}: the document expands to more than {MAX_CONFIG_VALUES:,} values (through YAML aliases?)")
+        open_nodes.discard(key)
+        sizes[key] = total
+        return total
+
+    size(raw, 0)
+
+
 def validate_config(raw: dict, source: str = "config", overrides: dict[str, Any] | None = None) -> Config:
     """Validate a config mapping, applying CLI ``overrides`` (dotted key -> value) first."""
+    _check_document(raw, source)
     raw = _deep_copy(raw)
     for dotted, value in (overrides or {}).items():
         node = raw
@@ -419,7 +531,7 @@ def validate_config(raw: dict, source: str = "config", overrides: dict[str, Any]
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        raise FactoryError(f"{source}: {_describe(exc, overrides or {})}") from None
+        raise FactoryError(f"{source}: {_printable(_describe(exc, overrides or {}))}") from None
 
 
 def load_config(spec: str | Path, overrides: dict[str, Any] | None = None) -> tuple[Config, Path]:
@@ -428,12 +540,24 @@ def load_config(spec: str | Path, overrides: dict[str, Any] | None = None) -> tu
     return validate_config(read_config_mapping(path), str(path), overrides), path
 
 
-def _deep_copy(value: Any) -> Any:
+def _deep_copy(value: Any, memo: dict[int, Any] | None = None) -> Any:
+    """A copy of the dicts and lists of a YAML document that keeps its shared nodes shared.
+
+    YAML aliases make one node appear many times (a "billion laughs" document holds 10⁹
+    references to a few nodes) or inside itself; a naive copy would expand or recurse forever.
+    """
+    memo = {} if memo is None else memo
+    if not isinstance(value, (dict, list)):
+        return value
+    if id(value) in memo:
+        return memo[id(value)]
     if isinstance(value, dict):
-        return {k: _deep_copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_deep_copy(v) for v in value]
-    return value
+        out: Any = memo.setdefault(id(value), {})
+        out.update((k, _deep_copy(v, memo)) for k, v in value.items())
+    else:
+        out = memo.setdefault(id(value), [])
+        out.extend(_deep_copy(v, memo) for v in value)
+    return out
 
 
 def _describe(exc: ValidationError, overrides: dict[str, Any]) -> str:
@@ -452,7 +576,7 @@ def _describe(exc: ValidationError, overrides: dict[str, Any]) -> str:
         return f"unknown key '{dotted}'{hint}"
     message = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "literal_error":
-        message = f"{message} (got {error.get('input')!r})"
+        message = f"{message} (got {_shown(error.get('input'))})"
     return f"{where}: {message}" if where else message
 
 
@@ -483,12 +607,6 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
 
 
 # --------------------------------------------------------------------------- sampling
-
-MICROSCOPE_KEYS = (
-    "energy_keV", "semiangle_mrad", "defocus_A", "C12_A", "phi12_deg", "C21_A", "phi21_deg",
-    "C23_A", "phi23_deg", "C30_A", "C50_A", "source_size_A", "detector_inner_mrad", "detector_outer_mrad",
-)
-
 
 def sampled_parameters(config: Config) -> list[tuple[str, Param]]:
     """Every sampled parameter of a config, by name, in the fixed order in which it is drawn."""

@@ -16,14 +16,19 @@ Public API
     A float32 greyscale image plus its pixel size in Å, where that size came from
     (``"file"``, ``"user"`` or ``"none"``), its frame index and modest, JSON-serialisable
     source metadata.
-``SUPPORTED_SUFFIXES``, ``MIN_IMAGE_PX``
-    What can be read, and the smallest image side accepted.
+``SUPPORTED_SUFFIXES``, ``MIN_IMAGE_PX``, ``MAX_FILE_PIXELS``
+    What can be read, the smallest image side accepted and the most pixels a file may declare.
 
 Anything wrong with the input (missing file, unsupported or corrupt format, RGB,
 complex, NaN pixels, tiny or constant images, a non-positive override) raises
 :class:`~datafactory.errors.FactoryError` with one line naming the file and the
 problem; an exception from a reading library becomes
-``FactoryError("cannot read 'x.dm3': <first line of its message>")``.
+``FactoryError("cannot read 'x.dm3': <first line of its message>")``. Before the pixels
+are read, TIFF, ``.npy`` and PNG files are checked for truncation (pixel data or chunks
+running past the end of the file) and for headers declaring more than ``MAX_FILE_PIXELS``
+pixels, so a corrupt header never makes the reader allocate what the file cannot hold.
+What the reading libraries log meanwhile (tifffile logs corrupt tags and ImageJ metadata)
+is captured: it completes the one line of a failed read, or joins ``reader_warnings``.
 
 Internally, each format has a reader ``(path) -> list[_Block]`` in the dispatch table
 ``_READERS``; a block is an array whose last two axes (three for colour images) are
@@ -33,11 +38,16 @@ Validation, greyscale conversion and calibration bookkeeping are shared by all f
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
 import math
 import os
+import re
+import struct
 import unicodedata
 import warnings
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +58,14 @@ from .errors import FactoryError
 
 #: Images with a side shorter than this (in pixels) are refused.
 MIN_IMAGE_PX = 32
+
+#: Files declaring more pixels than this (all frames together) are refused before any is read:
+#: a corrupt header must not make the reader allocate terabytes.
+MAX_FILE_PIXELS = 2**31
+
+#: Loggers of the reading libraries; what they log while reading goes into our one line
+#: (a failed read) or into the metadata's ``reader_warnings``, never straight onto stderr.
+_LIBRARY_LOGGERS = ("tifffile", "imageio", "PIL", "mrcfile", "rsciio")
 
 #: Relative difference above which x and y pixel sizes are reported separately.
 _ANISOTROPY_TOLERANCE = 0.01
@@ -141,6 +159,13 @@ class _Unusable(Exception):
     """Raised by readers for a file that was read fine but holds no usable image.
 
     The message completes the sentence "'<file>' …".
+    """
+
+
+class _Corrupt(Exception):
+    """Raised by readers for a file whose structure is broken (truncated, bad header).
+
+    The message completes the sentence "cannot read '<file>': …".
     """
 
 
@@ -245,7 +270,9 @@ def _read_tiff(path: Path) -> list[_Block]:
     blocks = []
     with tifffile.TiffFile(path) as tif:
         ome_pixels = _ome_pixels(tifffile.xml2dict(tif.ome_metadata)) if tif.is_ome else []
+        file_size = path.stat().st_size
         for index, series in enumerate(tif.series):
+            _check_tiff_series(series, file_size)
             data, axes = series.asarray(), series.axes
             rgb = "S" in axes
             if rgb:
@@ -255,6 +282,45 @@ def _read_tiff(path: Path) -> list[_Block]:
             metadata.update(series_axes=axes, series_shape=list(series.shape))
             blocks.append(_Block(data, pixel_size, rgb, metadata))
     return blocks
+
+
+def _check_declared_size(shape, what: str = "an image") -> None:
+    """Refuse a declared shape of more than ``MAX_FILE_PIXELS`` pixels, before anything is allocated."""
+    pixels = math.prod(int(n) for n in shape)
+    if pixels > MAX_FILE_PIXELS:
+        shown = "×".join(str(int(n)) for n in shape)
+        raise _Corrupt(f"its header declares {what} of {shown} = {pixels:,} pixels, more than the {MAX_FILE_PIXELS:,} "
+                       "the factory reads (corrupt header?)")
+
+
+def _check_tiff_series(series, file_size: int) -> None:
+    """Refuse a TIFF series whose pixel data lies beyond the end of the file or is smaller than declared.
+
+    Without this check tifffile allocates the declared shape first and fails, or pads
+    with zeros, only when it reaches the missing bytes.
+    """
+    _check_declared_size(series.shape)
+    if series.dataoffset is not None:  # contiguous, uncompressed data
+        end, stored, uncompressed = series.dataoffset + series.nbytes, series.nbytes, True
+    else:
+        end, stored, uncompressed, sparse = 0, 0, True, False
+        for page in series.pages:
+            if page is None:
+                continue
+            offsets, counts = page.dataoffsets, page.databytecounts
+            end = max([end] + [o + c for o, c in zip(offsets, counts) if c])
+            stored += sum(counts)
+            sparse = sparse or not all(counts)  # empty tiles or strips are legal: their pixels are the fill value
+            compression = getattr(page, "compression", None)
+            if compression is None:
+                compression = page.keyframe.compression
+            uncompressed = uncompressed and int(compression) == 1
+        uncompressed = uncompressed and not sparse
+    if end > file_size:
+        raise _Corrupt(f"truncated or corrupt: its pixel data runs to byte {end:,} but the file has {file_size:,} bytes")
+    if uncompressed and stored < series.nbytes:
+        raise _Corrupt(f"corrupt header: it declares a {'×'.join(map(str, series.shape))} image of {series.nbytes:,} bytes "
+                       f"but stores {stored:,} bytes of pixels")
 
 
 def _ome_pixels(ome: dict) -> list[dict]:
@@ -334,16 +400,80 @@ def _read_mrc(path: Path) -> list[_Block]:
     return [_Block(data, pixel_size, False, _jsonable(metadata))]
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _check_png(path: Path) -> None:
+    """Walk the chunks of a PNG: each complete with a matching CRC, ending in IEND.
+
+    Pillow decodes a PNG that lost its last bytes, or has a damaged chunk, without a word.
+    Files that do not start with the PNG signature are left to imageio (which names them).
+    """
+    data = path.read_bytes()
+    if not data.startswith(_PNG_SIGNATURE):
+        return
+    pos = len(_PNG_SIGNATURE)
+    while True:
+        if pos + 8 > len(data):
+            raise _Corrupt(f"truncated PNG: it ends at byte {len(data):,} before its IEND chunk")
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        end = pos + 12 + length
+        name = kind.decode("latin-1")
+        if end > len(data):
+            raise _Corrupt(f"truncated PNG: its {name!r} chunk at byte {pos:,} runs past the end of the file ({len(data):,} bytes)")
+        if zlib.crc32(data[pos + 4 : pos + 8 + length]) != struct.unpack(">I", data[end - 4 : end])[0]:
+            raise _Corrupt(f"corrupt PNG: the checksum of its {name!r} chunk at byte {pos:,} does not match")
+        if kind == b"IHDR" and length >= 8:
+            _check_declared_size(struct.unpack(">II", data[pos + 8 : pos + 16])[::-1])
+        if kind == b"IEND":
+            return
+        pos = end
+
+
 def _read_image(path: Path) -> list[_Block]:
     """PNG/JPEG (8 or 16 bit) via imageio; these formats carry no calibration."""
     import imageio.v3 as iio
 
-    data = np.asarray(iio.imread(path))
+    if path.suffix.lower() == ".png":
+        _check_png(path)
+    try:
+        data = np.asarray(iio.imread(path))
+    except Exception:
+        if path.suffix.lower() == ".png" and not path.read_bytes()[: len(_PNG_SIGNATURE)] == _PNG_SIGNATURE:
+            raise _Corrupt("not a PNG file (it does not start with the PNG signature)") from None
+        raise
     return [_Block(data, (None, None), data.ndim == 3, {"reader": "imageio"})]
+
+
+def _check_npy(path: Path) -> None:
+    """Check a ``.npy`` file's magic string and header, and that it holds the data the header declares."""
+    fmt = np.lib.format
+    size = path.stat().st_size
+    if size < fmt.MAGIC_LEN:
+        raise _Corrupt(f"truncated: {size} bytes, too short even for the .npy magic string")
+    with open(path, "rb") as f:
+        try:
+            version = fmt.read_magic(f)
+        except ValueError:
+            raise _Corrupt("not a NumPy .npy file (wrong magic bytes)") from None
+        read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        try:
+            shape, _, dtype = read_header(f)
+        except (ValueError, SyntaxError, struct.error) as exc:
+            raise _Corrupt(f"corrupt .npy header ({_reason(exc)})") from None
+        data_bytes = size - f.tell()
+    if dtype.hasobject:
+        raise _Unusable("holds Python objects, not an image")
+    _check_declared_size(shape, "an array")
+    need = math.prod(shape) * dtype.itemsize
+    if need > data_bytes:
+        raise _Corrupt(f"truncated or corrupt: its header declares a {shape} {dtype} array of {need:,} bytes "
+                       f"but the file holds {data_bytes:,}")
 
 
 def _read_npy(path: Path) -> list[_Block]:
     """NumPy ``.npy``: (H, W), a stack (N, H, W), or colour (H, W, 3|4); no calibration."""
+    _check_npy(path)
     data = np.load(path, allow_pickle=False)
     if data.ndim not in (2, 3):
         raise _Unusable(f"holds a {data.ndim}-D array of shape {data.shape}; expected (H, W) or (frames, H, W)")
@@ -489,8 +619,14 @@ def _checked_image(image: np.ndarray, label: str) -> np.ndarray:
         raise FactoryError(
             f"'{label}' is {height}×{width} px; images smaller than {MIN_IMAGE_PX}×{MIN_IMAGE_PX} px are refused"
         )
-    image = np.asarray(image, dtype=np.float32)
+    original = image
+    with np.errstate(over="ignore"):  # values beyond float32 become inf: counted below, without a RuntimeWarning
+        image = np.asarray(image, dtype=np.float32)
     n_bad = int(image.size - np.count_nonzero(np.isfinite(image)))
+    if n_bad and original.dtype.kind == "f" and original.dtype.itemsize > 4:
+        n_huge = n_bad - int(original.size - np.count_nonzero(np.isfinite(original)))
+        if n_huge:
+            raise FactoryError(f"'{label}' has {n_huge} pixels beyond the float32 range (|value| > 3.4e38) out of {image.size}")
     if n_bad == image.size:
         raise FactoryError(f"'{label}' has no finite pixels (all NaN or inf)")
     if n_bad:
@@ -552,22 +688,63 @@ def _read_blocks(reader: Callable[[Path], list[_Block]], path: Path, allow_rgb: 
 
     Warnings emitted by the library are recorded in each block's metadata.
     """
+    logged: list[str] = []
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, _captured_logs(_LIBRARY_LOGGERS, logged):
             warnings.simplefilter("always")
             blocks = reader(path)
             grey = [(_greyscale(block, allow_rgb), block) for block in blocks]
     except _Unusable as exc:
         raise FactoryError(f"'{path}' {exc}") from None
+    except _Corrupt as exc:
+        raise FactoryError(f"cannot read '{path}': {exc}") from None
     except Exception as exc:  # noqa: BLE001 - any library failure is a bad file for the user
-        raise FactoryError(f"cannot read '{path}': {_reason(exc)}") from exc
+        said = f" ({logged[0]})" if logged and logged[0] not in _reason(exc) else ""
+        raise FactoryError(f"cannot read '{path}': {_reason(exc)}{said}"[: 2 * _MAX_REASON_CHARS]) from exc
     if not grey:
         raise FactoryError(f"'{path}' contains no image")
-    notes = sorted({_reason(w.message) for w in caught})[:_MAX_METADATA_ITEMS]
+    notes = sorted({_reason(w.message) for w in caught} | set(logged))[:_MAX_METADATA_ITEMS]
     for _, block in grey:
         if notes:
             block.metadata = {**block.metadata, "reader_warnings": notes}
     return grey
+
+
+class _ListHandler(logging.Handler):
+    """Collects the first line of each log record's message (library prefixes like ``<tifffile.TiffPage 0 @8>`` dropped)."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__(logging.WARNING)
+        self.lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+        except Exception:  # noqa: BLE001 - a badly formatted record is still worth a line
+            text = str(record.msg)
+        first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        first = re.sub(r"^(<[^>]*>\s*)+", "", first)[:_MAX_REASON_CHARS]
+        line = f"{record.name.split('.')[0]}: {first}"
+        if first and line not in self.lines:
+            self.lines.append(line)
+
+
+@contextlib.contextmanager
+def _captured_logs(names: Iterable[str], lines: list[str]):
+    """While reading, collect what the named libraries log (WARNING and up) into ``lines``
+    instead of letting it reach stderr through logging's last resort or the user's handlers."""
+    handler = _ListHandler(lines)
+    loggers = [logging.getLogger(name) for name in names]
+    saved = [logger.propagate for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.propagate = False
+    try:
+        yield lines
+    finally:
+        for logger, propagate in zip(loggers, saved):
+            logger.removeHandler(handler)
+            logger.propagate = propagate
 
 
 # ---------------------------------------------------------------------- public API

@@ -401,7 +401,8 @@ def remove_disks(
         return atoms
     _, inverse, xy = column_centroids(atoms)
     d2 = ((xy[:, None, :] - np.asarray(centres_A)[None, :, :]) ** 2).sum(-1)
-    inside = (d2 < np.asarray(radii_A)[None, :] ** 2).any(axis=1)
+    radii = np.minimum(np.asarray(radii_A, dtype=float), 1e100)  # a radius of 1e300 Å must not overflow when squared
+    inside = (d2 < radii[None, :] ** 2).any(axis=1)
     remove = inside[inverse] & _layer_mask(atoms, layers)
     return atoms[~remove]
 
@@ -452,7 +453,7 @@ def make_vacancies(
     random atom with probability ``chalcogen_single``. Each non-chalcogen ("metal") atom is
     removed with probability ``metal`` (for graphene and hBN this is a plain vacancy).
     """
-    if not (chalcogen_single or chalcogen_double or metal):
+    if not (chalcogen_single or chalcogen_double or metal) or len(atoms) == 0:  # nothing to do, or holes took every atom
         return atoms
     ids, inverse = column_groups(atoms)
     n_atoms, n_cols = len(atoms), len(ids)

@@ -214,6 +214,21 @@ def noise_transfer(image: np.ndarray, n_bins: int = 16) -> tuple[float, float]:
     return float(slope), float(intercept)
 
 
+#: Largest pixel magnitude the fit accepts: its power spectra are float32, and squared
+#: amplitudes of images far above any detector's range (counts stay below ~1e10) overflow.
+MAX_PIXEL_MAGNITUDE = 1e15
+
+
+def _check_magnitude(image: np.ndarray, name: str) -> None:
+    """Refuse an image whose values are non-finite or beyond ``MAX_PIXEL_MAGNITUDE``."""
+    with np.errstate(all="ignore"):
+        peak = float(np.max(np.abs(image))) if np.size(image) else 0.0
+    if not np.isfinite(peak):
+        raise FactoryError(f"{name}: the image has NaN or infinite pixels")
+    if peak > MAX_PIXEL_MAGNITUDE:
+        raise FactoryError(f"{name}: pixel values reach {peak:.3g}; the style fit handles |values| up to {MAX_PIXEL_MAGNITUDE:g} (rescale the image)")
+
+
 def band_log_power(image: np.ndarray, pixel_size_A: float, bands_per_A: Sequence[Sequence[float]], noise_var: float = 0.0) -> np.ndarray:
     """log of the mean power in each spectral band ``[k_lo, k_hi)`` (1/Å), white noise floor removed.
 
@@ -735,6 +750,7 @@ class ParametricTranslator(Translator):
         target = float(pixel_size_A or micrographs[0].pixel_size_A)
         fits = []
         for m in tqdm(micrographs, desc="fit", unit="img", disable=not progress):
+            _check_magnitude(m.image, getattr(m, "name", "image"))
             image = m.image if same_pixel_size(m.pixel_size_A, target) else resample(m.image, m.pixel_size_A, target)
             try:
                 fits.append(fit_image(image, target, affine, detector_response, slow_background, skewed_contamination))
