@@ -80,11 +80,12 @@ def recorded_shards(out: Path) -> list[dict]:
 
 def test_two_concurrent_generates_give_one_refusal_and_one_valid_dataset(tmp_path):
     out = tmp_path / "ds"
-    args = [*FACTORY, "generate", *SMALL, "--n", 24, "--shard-size", 4, "--workers", 1, "--out", out]
+    args = [*FACTORY, "generate", *SMALL, "--n", 600, "--shard-size", 8, "--workers", 1, "--out", out]  # long enough to be running
     first = subprocess.Popen([str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lock = tmp_path / ".ds.lock"
     wait_for(lambda: lock.is_file() and lock.read_text().strip(), proc=first)
     second = factory(*args[3:])
+    assert first.poll() is None, "the first run ended before the second started: the test proved nothing"
     assert second.returncode == 2
     line = one_line(second.stderr)
     assert str(out) in line and f"pid {first.pid}" in line and "generate" in line, line
