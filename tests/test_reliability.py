@@ -80,7 +80,7 @@ def recorded_shards(out: Path) -> list[dict]:
 
 def test_two_concurrent_generates_give_one_refusal_and_one_valid_dataset(tmp_path):
     out = tmp_path / "ds"
-    args = [*FACTORY, "generate", *SMALL, "--n", 600, "--shard-size", 8, "--workers", 1, "--out", out]  # long enough to be running
+    args = [*FACTORY, "generate", *SMALL, "--n", 1500, "--shard-size", 50, "--workers", 1, "--out", out]  # long enough to be running
     first = subprocess.Popen([str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lock = tmp_path / ".ds.lock"
     wait_for(lambda: lock.is_file() and lock.read_text().strip(), proc=first)
