@@ -50,7 +50,33 @@ def signals_raise():
             signal.signal(sig, handler)
 
 
+#: Where a worker must not die: between the first and last byte of a message to the parent.
+#: A result cut short there leaves the pool's reader thread in the parent waiting forever
+#: for the rest of it (the parent holds the pipe's write end too, so no end-of-file comes).
+_SENDING = {("connection.py", "send_bytes"), ("connection.py", "_send_bytes"), ("connection.py", "_send"),
+            ("connection.py", "send"), ("queues.py", "put")}
+_RECHECK_S = 0.02
+_pending_signum = 0
+
+
+def _sending_to_parent(frame) -> bool:
+    while frame is not None:
+        code = frame.f_code
+        if (Path(code.co_filename).name, code.co_name) in _SENDING and "multiprocessing" in code.co_filename:
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _worker_terminated(signum, frame) -> None:
+    global _pending_signum
+    if signum == signal.SIGALRM:
+        signum = _pending_signum
+    if _sending_to_parent(frame):  # finish the message first, then look again
+        _pending_signum = signum
+        signal.signal(signal.SIGALRM, _worker_terminated)
+        signal.setitimer(signal.ITIMER_REAL, _RECHECK_S)
+        return
     for path in list(_PARTIALS):
         with contextlib.suppress(OSError):
             os.unlink(path)
@@ -58,7 +84,8 @@ def _worker_terminated(signum, frame) -> None:
 
 
 def init_worker_signals() -> None:
-    """Pool initializer: ignore SIGINT, and on SIGTERM remove this worker's partial files and exit."""
+    """Pool initializer: ignore SIGINT, and on SIGTERM remove this worker's partial files and
+    exit, once any result it is sending to the parent has been sent whole."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _worker_terminated)
 

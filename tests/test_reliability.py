@@ -278,6 +278,44 @@ def test_sigterm_ends_simulate_without_partial_files(tmp_path):
     assert not out.exists() and not leftovers(tmp_path)
 
 
+# A pool worker told to stop while its result is half sent: the parent's reader thread must
+# not be left waiting for the rest of the message (CI once hung 120 s on this in simulate).
+STOP_DURING_SEND = """
+import multiprocessing, time
+from concurrent.futures import ProcessPoolExecutor
+from datafactory.interrupt import init_worker_signals, stop_pool
+
+def big_result():
+    return b"x" * (192 << 20)
+
+def bytes_read():
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+
+if __name__ == "__main__":
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"), initializer=init_worker_signals)
+    start = bytes_read()
+    future = pool.submit(big_result)
+    while bytes_read() - start < (32 << 20):  # the parent has read a sixth of the result
+        time.sleep(0.0002)
+    stop_pool(pool)
+    print("stopped", flush=True)
+"""
+
+
+def test_a_worker_stopped_in_the_middle_of_sending_its_result_does_not_hang_the_parent(tmp_path):
+    script = tmp_path / "stop_during_send.py"
+    script.write_text(STOP_DURING_SEND)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0 and out.strip() == "stopped", err
+
+
 def test_select_with_keep_0_is_one_line_before_anything_is_read(run_cli, tmp_path):
     code, _, err = run_cli("select", "--sim", tmp_path / "none.h5", "--exp", tmp_path / "none.tif", "--keep", 0, "--out", tmp_path / "kept.h5")
     assert code == 2 and "--keep" in one_line(err)
