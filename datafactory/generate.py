@@ -423,8 +423,12 @@ def _run_tasks(req: GenerateRequest, executor: Executor, overwrite: bool, progre
                     write_json_atomic(req.out / MANIFEST_FILE, manifest)
                     bar.update(summary["stop"] - summary["start"])
             except BaseException:
-                for future in futures:
-                    future.cancel()
+                # A cluster's tasks are cancelled here. A local pool is stopped by the caller
+                # (stop_pool), whose own thread then fails its futures: cancelling them from here
+                # as well races with that thread when a group signal kills its workers too.
+                if not isinstance(executor, ProcessPoolExecutor):
+                    for future in futures:
+                        future.cancel()
                 raise
     codes = split_codes(req.seed, req.n, req.split)
     manifest["split"]["codes"] = codes

@@ -101,13 +101,18 @@ def partial_file(path: Path):
 
 
 def stop_pool(executor: Executor) -> None:
-    """Stop a local process pool now: cancel what has not started, terminate the workers
-    (they remove their partial files), and wait for them to be gone."""
+    """Stop a local process pool now: terminate the workers (they remove their partial files)
+    and wait for them and the pool's own thread to be gone.
+
+    The work not yet done is not cancelled from here: the pool's thread sees its workers die
+    and fails every pending future itself. Cancelling them at the same time races with that
+    thread (CPython 3.11 then prints an ``InvalidStateError`` traceback from it).
+    """
     processes = list((getattr(executor, "_processes", None) or {}).values())
     for process in processes:
         with contextlib.suppress(Exception):
             process.terminate()
-    executor.shutdown(wait=True, cancel_futures=True)
+    executor.shutdown(wait=True)
     for process in processes:
         with contextlib.suppress(Exception):
             process.join(timeout=5)

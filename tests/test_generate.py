@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
 import h5py
@@ -283,3 +284,46 @@ def test_the_same_command_gives_byte_identical_shards(run_cli, style_dir, tmp_pa
     assert a["created"] and a["host"] and a["command"]  # the run-specific facts are in the manifest
     with h5py.File(runs[0] / a["shards"][0]["file"], "r") as f:
         assert "created" not in f.attrs
+
+
+class _ScriptedExecutor:
+    """Futures that the test completes by hand: the first one ends in an interrupt."""
+
+    def __init__(self):
+        self.futures = []
+
+    def submit(self, fn, *args, **kwargs):
+        future = Future()
+        if not self.futures:
+            future.set_exception(KeyboardInterrupt())
+        self.futures.append(future)
+        return future
+
+
+class _ScriptedPool(_ScriptedExecutor, ProcessPoolExecutor):
+    """Looks like a local pool to the code under test; starts no process."""
+
+
+@pytest.mark.parametrize("local", [True, False])
+def test_an_interrupted_run_cancels_cluster_tasks_and_leaves_a_local_pool_to_its_own_thread(tmp_path, local):
+    """A local pool's futures are failed by the pool's thread when stop_pool kills its workers;
+    cancelling them from the main thread too raced with it (CPython 3.11 printed an
+    InvalidStateError traceback under SIGTERM to the process group). A cluster's are cancelled."""
+    from datafactory.config import load_config
+    from datafactory.generate import GenerateRequest, _run_tasks
+    from datafactory.pipeline import Plan
+    from tqdm import tqdm
+
+    cfg, path = load_config("mos2_monolayer", {"microscope.image_size_px": 32})
+    plan = Plan.from_config(cfg, base_dir=path.parent)
+    request = GenerateRequest(
+        config_yaml=cfg.to_yaml(), base_dir=str(path.parent.resolve()), n=4, seed=1, out=tmp_path / "ds", shard_size=1,
+        command="test", pixel_size_A=float(cfg.microscope.pixel_size_A.values[0]), image_shape=plan.image_shape,
+        channel_names=list(plan.channel_names), n_interfaces=plan.n_interfaces,
+    )
+    executor = _ScriptedPool() if local else _ScriptedExecutor()
+    with pytest.raises(KeyboardInterrupt):
+        _run_tasks(request, executor, False, False, tqdm)
+    waiting = executor.futures[1:]
+    assert len(waiting) == 3
+    assert [f.cancelled() for f in waiting] == [not local] * 3
