@@ -3,7 +3,9 @@
 The command process turns SIGINT and SIGTERM into :class:`Interrupted`, so every
 ``try/except BaseException`` that removes a temporary file runs on the way out. Worker
 processes ignore SIGINT (the terminal sends it to the whole process group; the parent
-decides) and, on SIGTERM, remove the partial files they registered and exit at once. :func:`stop_pool` is what the parent does with its pool.
+decides) and, on SIGTERM, remove the partial files they registered and exit, at once
+unless they are half way through sending a result (then as soon as it is sent).
+:func:`stop_pool` is what the parent does with its pool.
 """
 
 from __future__ import annotations
