@@ -87,3 +87,24 @@ def run_cli(capsys):
         return code, captured.out, captured.err
 
     return _run
+
+
+def h5_tree(path) -> dict:
+    """Every group and dataset of an HDF5 file: name -> (data, or None for a group; attrs)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        names = ["/"]
+        f.visit(names.append)
+        return {name: (f[name][()] if isinstance(f[name], h5py.Dataset) else None, dict(f[name].attrs)) for name in names}
+
+
+def assert_same_tree(a: dict, b: dict, label: str = "") -> None:
+    """Two :func:`h5_tree` results hold the same groups, datasets and attributes, with equal values."""
+    assert a.keys() == b.keys(), label
+    for name, (data, attrs) in a.items():
+        assert (data is None) == (b[name][0] is None) and attrs.keys() == b[name][1].keys(), (label, name)
+        if data is not None:
+            np.testing.assert_array_equal(data, b[name][0], err_msg=f"{label}:{name}")
+        for key, value in attrs.items():
+            np.testing.assert_array_equal(value, b[name][1][key], err_msg=f"{label}:{name}@{key}")

@@ -14,6 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import assert_same_tree, h5_tree
 
 from datafactory.dataset import file_sha256, load_manifest, split_indices
 from datafactory.pipeline import simulate_sample
@@ -53,27 +54,6 @@ def assert_same(a: dict, b: dict) -> None:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
-def tree(path: Path) -> dict:
-    """Every group and dataset of a shard: name -> (data, or None for a group; attrs but a timestamp `created`)."""
-    with h5py.File(path, "r") as f:
-        names = ["/"]
-        f.visit(names.append)
-        return {name: (f[name][()] if isinstance(f[name], h5py.Dataset) else None,
-                       {k: v for k, v in f[name].attrs.items() if k != "created"}) for name in names}
-
-
-def assert_same_tree(a: Path, b: Path) -> None:
-    """Two shards hold the same groups, datasets and attributes, with equal values."""
-    ta, tb = tree(a), tree(b)
-    assert ta.keys() == tb.keys(), a.name
-    for key, (data, attrs) in ta.items():
-        assert (data is None) == (tb[key][0] is None) and attrs.keys() == tb[key][1].keys(), (a.name, key)
-        if data is not None:
-            np.testing.assert_array_equal(data, tb[key][0], err_msg=f"{a.name}:{key}")
-        for attr, value in attrs.items():
-            np.testing.assert_array_equal(value, tb[key][1][attr], err_msg=f"{a.name}:{key}@{attr}")
-
-
 def test_local_and_dask_give_identical_arrays(run_cli, style_dir, tmp_path):
     import distributed
 
@@ -90,7 +70,7 @@ def test_local_and_dask_give_identical_arrays(run_cli, style_dir, tmp_path):
     shards = [sorted((s["start"], s["file"]) for s in load_manifest(root)["shards"]) for root in (local, remote)]
     assert shards[0] == shards[1] and len(shards[0]) == 4
     for _, name in shards[0]:  # every dataset and attribute of every shard, not only the arrays above
-        assert_same_tree(local / name, remote / name)
+        assert_same_tree(h5_tree(local / name), h5_tree(remote / name), name)
     for root in (local, remote):
         manifest = load_manifest(root)
         assert [s["sha256"] for s in manifest["shards"]] == [file_sha256(root / s["file"]) for s in manifest["shards"]]
@@ -131,7 +111,7 @@ def test_resume_after_kill_9_ends_with_exactly_n_samples(style_dir, tmp_path):
     shards = [sorted((s["start"], s["file"]) for s in load_manifest(root)["shards"]) for root in (out, clean_run)]
     assert shards[0] == shards[1] and len(shards[0]) == 12
     for _, name in shards[0]:  # every dataset and attribute of every shard, not only the arrays above
-        assert_same_tree(out / name, clean_run / name)
+        assert_same_tree(h5_tree(out / name), h5_tree(clean_run / name), name)
     manifest = load_manifest(out)
     ranges = sorted((s["start"], s["stop"]) for s in manifest["shards"])
     assert ranges[0][0] == 0 and ranges[-1][1] == 48 and all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import make_plan
+from conftest import assert_same_tree, h5_tree, make_plan
 from datafactory.pipeline import simulate_sample, simulate_samples, write_simulation
 from datafactory.shards import SCHEMA_VERSION, read_sample
 
@@ -25,31 +25,12 @@ BILAYER = {
 }
 
 
-def _tree(path) -> dict:
-    """Every group and dataset of a file: name -> (data, or None for a group; attrs but a timestamp `created`)."""
-    with h5py.File(path, "r") as f:
-        names = ["/"]
-        f.visit(names.append)
-        return {name: (f[name][()] if isinstance(f[name], h5py.Dataset) else None,
-                       {k: v for k, v in f[name].attrs.items() if k != "created"}) for name in names}
-
-
-def assert_same_tree(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for name, (data, attrs) in a.items():
-        assert (data is None) == (b[name][0] is None) and attrs.keys() == b[name][1].keys(), name
-        if data is not None:
-            np.testing.assert_array_equal(data, b[name][0], err_msg=name)
-        for key, value in attrs.items():
-            np.testing.assert_array_equal(value, b[name][1][key], err_msg=f"{name}@{key}")
-
-
 def test_same_command_gives_identical_arrays_whatever_the_workers(tmp_path):
     plan = make_plan(BILAYER)
     a = write_simulation(plan, 7, 10, tmp_path / "a.h5", workers=1, progress=False, preview=False)[0]
     b = write_simulation(plan, 7, 10, tmp_path / "b.h5", workers=2, progress=False, preview=False)[0]
     c = write_simulation(plan, 8, 10, tmp_path / "c.h5", workers=1, progress=False, preview=False)[0]
-    tree_a, tree_b, tree_c = _tree(a), _tree(b), _tree(c)
+    tree_a, tree_b, tree_c = h5_tree(a), h5_tree(b), h5_tree(c)
     assert {"images", "masks", "atoms/offsets", "labels/twist_deg", "params/defocus_A"} <= tree_a.keys()
     assert_same_tree(tree_a, tree_b)  # every dataset and every attribute
     assert not np.array_equal(tree_a["images"][0], tree_c["images"][0])
