@@ -128,7 +128,7 @@ def main() -> None:
         print(read_line(args.read), flush=True)
         return
 
-    from datafactory.generate import projected_hours
+    from datafactory.workflows.generate import projected_hours
 
     with tempfile.TemporaryDirectory(prefix="bench_generate_") as tmp:
         work = args.keep or Path(tmp)

@@ -80,7 +80,7 @@ def main() -> None:
     from threadpoolctl import threadpool_limits
 
     from datafactory.config import load_config
-    from datafactory.generate import augment_image
+    from datafactory.workflows.generate import augment_image
     from datafactory.io import read_micrographs
     from datafactory.pipeline import Plan, simulate_sample
     from translators.base import load_style, read_style_record

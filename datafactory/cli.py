@@ -705,7 +705,7 @@ def generate(
 
     from .config import load_config
     from .dataset import parse_split
-    from .generate import GenerateRequest, generate_dataset
+    from .workflows.generate import GenerateRequest, generate_dataset
     from .grid import resampled_shape
     from .pipeline import Plan
 
@@ -941,7 +941,7 @@ def example(
     seed: int = typer.Option(0, "--seed", help="Seed of the twin's structure and noise."),
 ) -> None:
     """Write the built-in example experiment: a digital twin of a 60 kV HAADF image of monolayer MoS2 (16-bit TIFF)."""
-    from .example import make_example_experiment
+    from .workflows.example import make_example_experiment
 
     _require_at_least("--seed", seed, 0)
     _claim(out, "dir")

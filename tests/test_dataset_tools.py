@@ -22,7 +22,7 @@ N, SHARD_SIZE = 30, 12  # shards 0..11, 12..23, 24..29
 def dataset(tmp_path_factory) -> Path:
     """A real 30-sample, 3-shard dataset of 64 px bilayer images (made once per module)."""
     from datafactory.config import load_config
-    from datafactory.generate import GenerateRequest, generate_dataset
+    from datafactory.workflows.generate import GenerateRequest, generate_dataset
     from datafactory.pipeline import Plan
 
     cfg, path = load_config("mos2_bilayer_slip", {"microscope.image_size_px": 64})

@@ -218,7 +218,7 @@ def test_config_augmentations_change_only_images(run_cli, tmp_path):
 
 
 def test_example_experiment_has_a_wrong_file_calibration_that_calibrate_finds(run_cli, tmp_path):
-    from datafactory.example import FILE_PIXEL_SIZE_A, TRUE_PIXEL_SIZE_A
+    from datafactory.workflows.example import FILE_PIXEL_SIZE_A, TRUE_PIXEL_SIZE_A
 
     code, out, err = run_cli("example", "--out", tmp_path)
     assert code == 0, err
@@ -290,7 +290,7 @@ def test_an_interrupted_run_cancels_cluster_tasks_and_leaves_a_local_pool_to_its
     cancelling them from the main thread too raced with it (CPython 3.11 printed an
     InvalidStateError traceback under SIGTERM to the process group). A cluster's are cancelled."""
     from datafactory.config import load_config
-    from datafactory.generate import GenerateRequest, _run_tasks
+    from datafactory.workflows.generate import GenerateRequest, _run_tasks
     from datafactory.pipeline import Plan
     from tqdm import tqdm
 

@@ -210,7 +210,7 @@ def test_read_only_disk_while_saving_a_style_keeps_the_older_bundle(run_cli, tmp
 
 
 def test_no_space_in_the_middle_of_generate_then_a_rerun_resumes(run_cli, tmp_path, monkeypatch):
-    from datafactory import generate
+    from datafactory.workflows import generate
 
     out = tmp_path / "ds"
     args = ("generate", *SMALL, "--n", 12, "--shard-size", 4, "--workers", 1, "--out", out)

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .dataset import (
+from .. import __version__
+from ..dataset import (
     FORMAT,
     MANIFEST_FILE,
     SHARD_DIR,
@@ -42,9 +42,9 @@ from .dataset import (
     text_sha256,
     write_json_atomic,
 )
-from .errors import FactoryError
-from .interrupt import init_worker_signals, partial_file, stop_pool
-from .shards import SCHEMA_VERSION
+from ..errors import FactoryError
+from ..interrupt import init_worker_signals, partial_file, stop_pool
+from ..shards import SCHEMA_VERSION
 
 #: The config's extra augmentations, in the order they are drawn (recorded as ``params/augment_<name>``).
 AUGMENT_NAMES = ("gaussian_noise", "blur_sigma_A", "gamma")
@@ -110,8 +110,8 @@ def make_shard(task: ShardTask) -> dict[str, Any]:
     """Simulate, translate, augment and write one shard; verify it, rename it, return its summary."""
     import yaml
 
-    from .config import validate_config
-    from .pipeline import Plan
+    from ..config import validate_config
+    from ..pipeline import Plan
 
     config = validate_config(yaml.safe_load(task.config_yaml), "config")
     plan = Plan.from_config(config, Path(task.base_dir) if task.base_dir else None)
@@ -132,9 +132,9 @@ def _write_shard(task: ShardTask, plan, config, translator, tmp: Path, final: Pa
 
     from translators.translate import resample_sample, translate_samples
 
-    from .pipeline import simulate_sample
-    from .rng import sample_rng
-    from .shards import ShardWriter
+    from ..pipeline import simulate_sample
+    from ..rng import sample_rng
+    from ..shards import ShardWriter
 
     augment = _has_augmentations(config)
     binary = plan.mask_style.max_value == 1
@@ -147,7 +147,7 @@ def _write_shard(task: ShardTask, plan, config, translator, tmp: Path, final: Pa
     pixel_size_A = task.resample_to_A or (translator.pixel_size_A if translator else None)
     shape = plan.image_shape
     if task.resample_to_A:
-        from .grid import resampled_shape
+        from ..grid import resampled_shape
 
         shape = resampled_shape(shape, config.microscope.pixel_size_A.values[0], task.resample_to_A)
     writer = ShardWriter(
@@ -435,7 +435,7 @@ def _run_tasks(req: GenerateRequest, executor: Executor, overwrite: bool, progre
     manifest["split"]["counts"] = {name: codes.count(str(k)) for k, name in enumerate(SPLIT_NAMES)}
     manifest["completed"] = now_iso()
     write_json_atomic(req.out / MANIFEST_FILE, manifest)
-    from .card import write_card
+    from ..card import write_card
 
     write_card(req.out, manifest)
     return manifest

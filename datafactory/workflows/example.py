@@ -68,8 +68,8 @@ def make_example_experiment(out_dir: Path, seed: int = 0) -> Path:
     """Simulate and corrupt the twin; write it as a 16-bit ImageJ TIFF with the (4 % off) file calibration."""
     import tifffile
 
-    from .config import validate_config
-    from .pipeline import Plan, simulate_sample
+    from ..config import validate_config
+    from ..pipeline import Plan, simulate_sample
 
     plan = Plan.from_config(validate_config(EXAMPLE_CONFIG, "built-in example"))
     clean = simulate_sample(plan, seed, 0).image
