@@ -39,7 +39,7 @@ from ..errors import FactoryError
 from ..grid import PixelGrid
 from ..microscope import FWHM_PER_SIGMA, Microscope
 from ..structures import DEFAULT_THERMAL_RMS_A, DEFAULT_THERMAL_RMS_OTHER_A
-from . import MultisliceSettings
+from .settings import MultisliceSettings
 
 #: Vacuum (Å) added above and below the atoms along the beam.
 Z_VACUUM_A = 2.0
