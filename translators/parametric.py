@@ -72,15 +72,10 @@ from datafactory.errors import FactoryError
 
 from .augment import ScanDistortion, displacement_field, warp_image
 from .base import Translation, Translator, as_batch
+from .filters import CONTAMINATION_SCALE_A, gaussian, levels, smooth_random_field
 
-#: Gaussian scale (Å) used to denoise before measuring intensity levels, on both sides.
-DENOISE_SIGMA_A = 0.25
-#: Percentiles that define the background and the bright-column levels.
-LEVEL_PERCENTILES = (1.0, 99.5)
 #: Width of the spectral bands (1/Å) used for the power-spectrum fall-off.
 PSD_BAND_WIDTH_PER_A = 0.15
-#: Gaussian scale (Å) that separates contamination (slower) from the lattice (faster).
-CONTAMINATION_SCALE_A = 4.0
 #: Relative spread of the parameters when translating (log-normal sigma).
 DEFAULT_SPREAD = 0.15
 
@@ -134,33 +129,6 @@ class StyleParameters:
 
 
 # --------------------------------------------------------------------------- small measurements
-
-
-def gaussian(image: np.ndarray, sigma_px: float) -> np.ndarray:
-    """Gaussian smoothing (reflecting borders), float32; ``sigma_px`` ≤ 0 returns the input."""
-    import cv2
-
-    image = np.asarray(image, dtype=np.float32)
-    if sigma_px <= 1e-3:
-        return image
-    return cv2.GaussianBlur(image, (0, 0), sigmaX=float(sigma_px), sigmaY=float(sigma_px), borderType=cv2.BORDER_REFLECT_101)
-
-
-def levels(image: np.ndarray, pixel_size_A: float, flatten: bool = False) -> tuple[float, float]:
-    """(P1, P99.5) of ``image`` denoised at :data:`DENOISE_SIGMA_A`.
-
-    With ``flatten``, the low-pass content (contamination, see :func:`contamination_field`)
-    is removed first, so the levels describe the lattice alone.
-    """
-    smooth = gaussian(image, DENOISE_SIGMA_A / pixel_size_A)
-    if flatten:
-        low = gaussian(image, CONTAMINATION_SCALE_A / pixel_size_A)
-        smooth = smooth - low + low.mean()
-    smooth = smooth.ravel()[:: max(1, smooth.size // 32768)]  # percentiles of ≥ 32k pixels are plenty
-    n = smooth.size
-    ks = [int(round(p / 100 * (n - 1))) for p in LEVEL_PERCENTILES]
-    part = np.partition(smooth, ks)
-    return float(part[ks[0]]), float(part[ks[1]])
 
 
 def _row_highpass(image: np.ndarray) -> np.ndarray:
@@ -622,25 +590,6 @@ def scan_distortion(p: StyleParameters, shape: tuple[int, int], pixel_size_A: fl
         flyback_decay_px=p.flyback_decay_A / pixel_size_A,
         affine=None if np.allclose(affine, np.eye(2)) else affine,
     )
-
-
-def smooth_random_field(shape: tuple[int, int], length_px: float, rng: np.random.Generator) -> np.ndarray:
-    """Zero-mean, unit-RMS Gaussian random field with Gaussian correlation of σ = ``length_px``.
-
-    Made on a coarse grid (≈ 4 points per σ), smoothed and resized, so it costs little at
-    any image size.
-    """
-    import cv2
-
-    step = max(1.0, length_px / 4.0)
-    coarse = (max(4, int(math.ceil(shape[0] / step)) + 4), max(4, int(math.ceil(shape[1] / step)) + 4))
-    noise = rng.standard_normal(coarse).astype(np.float32)
-    noise = gaussian(noise, length_px / step)
-    field_ = cv2.resize(noise, (int(round(coarse[1] * step)), int(round(coarse[0] * step))), interpolation=cv2.INTER_CUBIC)
-    field_ = field_[: shape[0], : shape[1]]
-    field_ = field_ - field_.mean()
-    rms = float(field_.std())
-    return field_ / rms if rms > 0 else field_
 
 
 def extra_blur_sigma_A(clean: np.ndarray, p: StyleParameters, pixel_size_A: float) -> float:
