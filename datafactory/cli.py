@@ -210,14 +210,13 @@ def fit_style(
 
     import numpy as np
 
-    from translators import registry
+    from translators.registry import available, translator_class
 
     from .dataset import replacing_directory
     from .grid import same_pixel_size
 
-    methods = registry()
-    if method not in methods:
-        raise FactoryError(f"--method: unknown method '{method}' (available: {', '.join(sorted(methods))})")
+    if method not in available():
+        raise FactoryError(f"--method: unknown method '{method}' (available: {', '.join(sorted(available()))})")
     if not 0 <= spread <= 1:
         raise FactoryError(f"--spread: must be between 0 and 1 (got {spread})")
     _require_at_least("--iterations", iterations, 1)
@@ -259,7 +258,7 @@ def fit_style(
             physics_terms={"detector_response": detector_response, "slow_background": slow_background, "skewed_contamination": skewed_contamination},
         )
     else:
-        translator = methods[method].fit(micrographs, affine=affine, spread=spread, progress=not quiet,
+        translator = translator_class(method).fit(micrographs, affine=affine, spread=spread, progress=not quiet,
                                          detector_response=detector_response, slow_background=slow_background, skewed_contamination=skewed_contamination)
         if calibration is not None:
             translator.params, spreads = _fit_adsorbates(translator.params, calibration, target, seed)

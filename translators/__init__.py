@@ -1,19 +1,12 @@
 """Style translators: clean simulations in, images in an experiment's style out.
 
 ``base`` holds the one :class:`~translators.base.Translator` interface and STYLE bundles;
-``parametric`` is the fitted physics model; ``augment`` the displacement-field geometry
-shared by every geometric artefact; ``metrics`` and ``compare`` measure style distances.
+``registry`` finds a style model by its name; ``parametric`` is the fitted physics model;
+``augment`` the displacement-field geometry shared by every geometric artefact; ``metrics``
+and ``compare`` measure style distances.
 """
 
 from __future__ import annotations
-
-
-def registry() -> dict[str, type]:
-    """Translator classes by method name (the ``method`` field of a STYLE bundle)."""
-    from .drit.translator import DritTranslator
-    from .parametric import ParametricTranslator
-
-    return {cls.method: cls for cls in (DritTranslator, ParametricTranslator)}
 
 
 def load(directory):

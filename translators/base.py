@@ -244,13 +244,13 @@ def load_style(directory: Path) -> Translator:
     of the record is used; one with weight files (DRIT) after they are loaded, as the hash
     covers their re-serialised content.
     """
-    from . import registry
+    from .registry import available, translator_class
 
     directory = Path(directory)
     record = read_style_record(directory)
-    cls = registry().get(record["method"])
+    cls = translator_class(record["method"])
     if cls is None:
-        raise FactoryError(f"--style: '{directory / STYLE_FILE}' field 'method' is '{record['method']}', not one of {', '.join(sorted(registry()))}")
+        raise FactoryError(f"--style: '{directory / STYLE_FILE}' field 'method' is '{record['method']}', not one of {', '.join(sorted(available()))}")
     has_files = cls.weight_files is not Translator.weight_files
     if not has_files:
         _check_hash(record, {}, directory)

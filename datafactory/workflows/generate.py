@@ -74,9 +74,11 @@ class ShardTask:
 def _translator(style: dict[str, Any] | None):
     if style is None:
         return None
-    from translators import registry
+    from translators.registry import translator_class
 
-    cls = registry()[style["method"]]
+    cls = translator_class(style["method"])
+    if cls is None:
+        raise FactoryError(f"--style: no style model is registered for method '{style['method']}'")
     translator = cls.from_parameters(style["parameters"], Path(style.get("path") or "."))
     translator.pixel_size_A = float(style["pixel_size_A"])
     return translator
