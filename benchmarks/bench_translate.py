@@ -110,7 +110,7 @@ def drit_rate(clean: np.ndarray, prior) -> float:
 
 
 def translator_amp() -> bool:
-    from translators.drit.translator import cpu_bf16_supported
+    from datafactory.device import cpu_bf16_supported
 
     return cpu_bf16_supported()
 

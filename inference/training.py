@@ -30,7 +30,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from translators.drit.translator import autocast_dtype, resolve_device
+from datafactory.device import autocast_dtype, resolve_device
 
 __all__ = ["Schedule", "TrainSettings", "fit", "autocast", "resolve_device", "seed_everything", "seeded_generator", "seeded_loader", "deterministic"]
 

@@ -320,7 +320,8 @@ def test_time_full_generator_step(spectrum):
 
 
 def test_inference_settings_channels_last_fp16_on_cuda_bf16_on_capable_cpus():
-    from translators.drit.translator import cpu_bf16_supported, inference_settings
+    from datafactory.device import cpu_bf16_supported
+    from translators.drit.translator import inference_settings
 
     assert inference_settings("cpu") == (torch.contiguous_format, torch.bfloat16 if cpu_bf16_supported() else None)
     assert inference_settings("cuda") == (torch.channels_last, torch.float16)

@@ -223,7 +223,7 @@ def train(
 
     from .losses import content_consistency, gan_d_loss, gan_g_loss, kl_loss, l1
     from .model import Discriminators, Drit, DritConfig
-    from .translator import autocast_dtype
+    from datafactory.device import autocast_dtype
 
     check_experiments(exps, settings.crop_px)
     if not sims:

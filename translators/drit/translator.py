@@ -33,6 +33,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from datafactory.device import autocast_dtype, resolve_device
 from datafactory.errors import FactoryError
 
 from ..base import Translation, Translator, as_batch
@@ -46,39 +47,6 @@ CODES_FILE = "exp_codes.npy"
 #: on the real crops learned a dark band along the bottom edge (hist_kl 9.2 of 256²
 #: translations against a real crop; README). The top and left edges need no margin.
 BORDER_PX = 16
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise FactoryError("--device cuda: no CUDA device is available here (use --device cpu or auto)")
-    if device not in ("cpu", "cuda"):
-        raise FactoryError(f"--device: must be auto, cpu or cuda (got '{device}')")
-    return device
-
-
-def cpu_bf16_supported() -> bool:
-    """Whether this CPU runs bfloat16 convolutions natively (oneDNN with AVX512-BF16 or AMX)."""
-    import torch
-
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def autocast_dtype(device: str):
-    """Mixed-precision dtype on ``device``: float16 on cuda, bfloat16 on CPUs with native
-    bf16 (AVX512-BF16/AMX), else None (float32). Training and translation both use it."""
-    import torch
-
-    if str(device).startswith("cuda"):
-        return torch.float16
-    return torch.bfloat16 if cpu_bf16_supported() else None
 
 
 def inference_settings(device: str) -> tuple[Any, Any]:
