@@ -1,0 +1,139 @@
+"""The house rules of the imports: each layer imports only those below it, and nothing cycles.
+
+Layers, bottom to top: the data core (``datafactory``) ← the style models (``translators``)
+← the downstream models (``inference``) ← the application layer (``datafactory.workflows``,
+then ``datafactory.cli``). Imports inside functions count as much as those at the top of a
+file: a deferred import still ties the two modules together.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("datafactory", "translators", "inference")
+#: Longest prefix wins.
+LAYERS = {"datafactory": 0, "translators": 1, "inference": 2, "datafactory.workflows": 3, "datafactory.cli": 4}
+
+
+def layer_of(module: str) -> int | None:
+    best = None
+    for prefix, layer in LAYERS.items():
+        if (module == prefix or module.startswith(prefix + ".")) and (best is None or len(prefix) > len(best[0])):
+            best = (prefix, layer)
+    return None if best is None else best[1]
+
+
+def project_modules() -> dict[str, Path]:
+    modules = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            modules[".".join(parts)] = path
+    return modules
+
+
+def _resolve(name: str, modules: dict[str, Path]) -> str | None:
+    """The project module ``name`` lives in (the longest existing prefix), or None."""
+    parts = name.split(".")
+    while parts:
+        if ".".join(parts) in modules:
+            return ".".join(parts)
+        parts.pop()
+    return None
+
+
+def import_graph(modules: dict[str, Path]) -> dict[str, dict[str, int]]:
+    """{module: {imported project module: line of the first such import}}."""
+    graph: dict[str, dict[str, int]] = defaultdict(dict)
+    for module, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = module.split(".")
+                    if path.name != "__init__.py":
+                        base.pop()
+                    base = base[: len(base) - (node.level - 1)]
+                    source = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    source = node.module
+                names = [source] + [f"{source}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for name in names:
+                target = _resolve(name, modules)
+                if target is not None and target != module:
+                    graph[module].setdefault(target, node.lineno)
+    return graph
+
+
+def cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, {}):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_every_module_has_a_layer():
+    modules = project_modules()
+    assert len(modules) > 50
+    assert all(layer_of(m) is not None for m in modules)
+
+
+def test_no_module_imports_a_layer_above_its_own():
+    modules = project_modules()
+    graph = import_graph(modules)
+    upward = [
+        f"{modules[m].relative_to(ROOT)}:{line} imports {target}"
+        for m, targets in sorted(graph.items())
+        for target, line in sorted(targets.items())
+        if layer_of(target) > layer_of(m)
+    ]
+    assert not upward, "\n".join(upward)
+
+
+def test_no_import_cycles():
+    found = cycles(import_graph(project_modules()))
+    assert not found, "\n".join(" <-> ".join(c) for c in found)
+
+
+def test_the_checks_see_an_upward_import_and_a_cycle(tmp_path):
+    """The two checks above on a made-up graph: they can fail."""
+    graph = {"datafactory.a": {"translators.b": 3}, "translators.b": {"datafactory.a": 1}, "inference.c": {"datafactory.a": 2}}
+    assert cycles(graph) == [["datafactory.a", "translators.b"]]
+    assert [m for m, ts in graph.items() for t in ts if layer_of(t) > layer_of(m)] == ["datafactory.a"]
+    assert layer_of("datafactory.cli.style") == 4 and layer_of("datafactory.workflows.generate") == 3 and layer_of("datafactory.io") == 0
