@@ -63,7 +63,8 @@ def import_graph(modules: dict[str, Path]) -> dict[str, dict[str, int]]:
                     source = ".".join(base + ([node.module] if node.module else []))
                 else:
                     source = node.module
-                names = [source] + [f"{source}.{alias.name}" for alias in node.names]
+                # ``from PKG import sub`` ties to the submodule when ``sub`` is one, else to PKG
+                names = [f"{source}.{alias.name}" if f"{source}.{alias.name}" in modules else source for alias in node.names]
             else:
                 continue
             for name in names:

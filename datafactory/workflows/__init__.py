@@ -8,3 +8,12 @@ models or the downstream models may import it.
 - :mod:`.example`: the built-in example micrograph with its ground truth;
 - :mod:`.fit_style`: read the experiments, calibrate their contrast, fit a style and report on it.
 """
+
+from __future__ import annotations
+
+import typer
+
+
+def notice(message: str) -> None:
+    """A note for the user, on stderr: something worth knowing that does not stop the job."""
+    typer.echo(f"note: {message}", err=True)

@@ -1,0 +1,119 @@
+"""What every command shares: the running command's state (its arguments, the outputs it
+holds, what an interrupt tells the user), the checks of numeric flags, and reading the user's
+micrographs with their calibration checked against the lattice."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from ..errors import FactoryError
+from ..outputs import check_output, exclusive_output
+from ..workflows import notice
+
+__all__ = ["RESUME_HINT", "SESSION", "check_positive", "claim", "command_line", "device_name", "notice", "read_lattice", "read_experiments", "require_at_least"]
+
+#: What an interrupted command tells the user (a command that resumes differently sets its own).
+RESUME_HINT = "re-run the same command to resume"
+
+
+@dataclass
+class Session:
+    """The running command: its arguments (for the manifest's command line), the outputs it
+    holds (released when :func:`datafactory.cli.run` returns) and its resume hint."""
+
+    argv: list[str] = field(default_factory=list)
+    claims: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    resume_hint: str = RESUME_HINT
+
+
+#: The one running command of this process (:func:`datafactory.cli.run` starts it afresh).
+SESSION = Session()
+
+
+def command_line() -> str:
+    import shlex
+
+    return shlex.join(["factory", *SESSION.argv])
+
+
+def claim(path: Path, kind: str, flag: str = "--out", also: tuple[Path, ...] = ()) -> None:
+    """Check output ``path`` (``kind`` "file" or "dir") and the files in ``also`` (written
+    with it, e.g. a preview) before any work, then hold its one-writer lock until the command ends."""
+    check_output(path, kind, flag)
+    for extra in also:
+        check_output(extra, "file", flag)
+    SESSION.claims.enter_context(exclusive_output(path, command_line(), flag))
+
+
+def require_at_least(name: str, value: int | float | None, minimum: int) -> None:
+    """One-line error unless ``value`` (when given) is at least ``minimum``."""
+    if value is not None and value < minimum:
+        raise FactoryError(f"{name}: must be >= {minimum} (got {value})")
+
+
+def check_positive(name: str, value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise FactoryError(f"{name}: must be > 0 (got {value})")
+
+
+def device_name(device: str) -> str:
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def read_lattice(material: Optional[str], structure: Optional[Path]):
+    """(name, in-plane lattice vectors) from --material / --structure, or (None, None)."""
+    from ..calibration import lattice_vectors_A
+
+    if material and structure:
+        raise FactoryError("give either --material or --structure, not both")
+    spec = material or (str(structure) if structure else None)
+    if spec is None:
+        return None, None
+    return (material or Path(spec).name), lattice_vectors_A(spec)
+
+
+def read_experiments(paths, pixel_size, allow_rgb, material, structure, calibrate, want_affine=False):
+    """Read micrographs, check (or replace) their calibration against the lattice.
+
+    Returns (micrographs, affines): affines are the lattice-derived scan distortions in
+    [row, col] order (None where no lattice was given or found).
+    """
+    import dataclasses
+
+    import numpy as np
+
+    from ..io import read_micrograph_files
+
+    check_positive("--pixel-size", pixel_size)
+    name, lattice = read_lattice(material, structure)
+    if calibrate and lattice is None:
+        raise FactoryError("--calibrate needs the material: add --material NAME or --structure FILE")
+    micrographs = read_micrograph_files(
+        paths, pixel_size_A=pixel_size, allow_rgb=allow_rgb, require_pixel_size=not calibrate and lattice is None
+    )
+    if lattice is None:
+        return micrographs, [None] * len(micrographs)
+    from ..calibration import calibrate_lattice, calibration_check
+
+    swap = np.array([[0.0, 1.0], [1.0, 0.0]])  # calibration's [x, y] order -> [row, col]
+    checked, affines = [], []
+    for m in micrographs:
+        try:
+            cal = calibrate_lattice(m.image, lattice, file_pixel_size_A=m.pixel_size_A, material=name)
+        except FactoryError:
+            cal = None  # calibration_check decides: skip the check, or fail under --calibrate
+        px, message = calibration_check(m.image, lattice, m.pixel_size_A, use_lattice=calibrate, material=name, calibration=cal)
+        if message:
+            notice(f"{m.name}: {message}")
+        if px != m.pixel_size_A:
+            m = dataclasses.replace(m, pixel_size_A=float(px), calibration="lattice")
+        checked.append(m)
+        affines.append(swap @ np.asarray(cal.affine, dtype=float) @ swap if want_affine and cal is not None else None)
+    return checked, affines
