@@ -169,7 +169,7 @@ def test_fit_style_warns_when_file_and_lattice_disagree(run_cli, experiment, tmp
 
 def test_select_keeps_ranked_sims(run_cli, experiment, sims, tmp_path, monkeypatch):
     """Exactly --keep sims are written, in the order of the selection's ranking: nearest to an experiment first."""
-    import datafactory.selection as selection_module
+    import translators.selection as selection_module
 
     reported = []
     select_similar = selection_module.select_similar

@@ -12,7 +12,7 @@ from conftest import make_plan
 from datafactory.errors import FactoryError
 from datafactory.grid import resample
 from datafactory.pipeline import simulate_sample, write_simulation
-from datafactory.selection import default_features, exp_patches, informative_features, run_selection, select_similar
+from translators.selection import default_features, exp_patches, informative_features, run_selection, select_similar
 from translators.parametric import StyleParameters, render
 
 PIXEL_A = 0.1
@@ -136,7 +136,7 @@ def test_vgg16_features_come_from_a_user_supplied_file(tmp_path):
     import torch
     import torchvision
 
-    from datafactory.selection import vgg16_features
+    from translators.selection import vgg16_features
 
     torch.manual_seed(0)
     weights = tmp_path / "vgg16.pth"

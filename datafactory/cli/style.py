@@ -272,7 +272,7 @@ def select(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Trident step I: keep the simulations that resemble the experiments (features, joint t-SNE, k-means)."""
-    from ..selection import run_selection
+    from translators.selection import run_selection
 
     if perplexity <= 0:
         raise FactoryError(f"--perplexity: must be > 0 (got {perplexity})")

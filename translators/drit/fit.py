@@ -4,7 +4,7 @@
    a config at the experiments' pixel size, by default ten times as many images as the
    experiments give training crops.
 2. Trident step I (unless ``--no-select``): the pool is ranked against the experimental
-   patches (:mod:`datafactory.selection`) and the better half is kept.
+   patches (:mod:`translators.selection`) and the better half is kept.
 3. Training (:mod:`translators.drit.train`), with checkpoints in ``STYLE.training/``.
 4. The report: ``STYLE/report.png`` and ``STYLE/report.json`` compare a held-out clean
    simulation, the fitted parametric model and DRIT against the experiment, with the
@@ -68,7 +68,7 @@ def simulation_pool(
 
 def select_pool(pool: Sequence[np.ndarray], exps: Sequence[np.ndarray], pixel_size_A: float, seed: int) -> tuple[list[np.ndarray], list[str]]:
     """Trident step I: keep the better half of the pool (at least 4) by joint t-SNE + k-means."""
-    from datafactory.selection import default_features, exp_patches, mask_undetectable, select_similar
+    from translators.selection import default_features, exp_patches, mask_undetectable, select_similar
 
     shape = pool[0].shape
     patches = np.concatenate([exp_patches(e, shape) for e in exps if min(e.shape) >= min(shape)] or [np.zeros((0, *shape), np.float32)])

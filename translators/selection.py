@@ -23,7 +23,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .errors import FactoryError
+from datafactory.errors import FactoryError
 
 DEFAULT_PERPLEXITY = 12
 DEFAULT_CLUSTERS = 2
@@ -644,8 +644,8 @@ def run_selection(
     """
     import h5py
 
-    from .grid import resample
-    from .shards import sample_pixel_sizes_A, write_subset
+    from datafactory.grid import resample
+    from datafactory.shards import sample_pixel_sizes_A, write_subset
 
     sim_path, out_path = Path(sim_path), Path(out_path)
     if not sim_path.is_file():
