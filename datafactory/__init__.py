@@ -13,3 +13,24 @@ The package is organised by concept:
 """
 
 __version__ = "0.1.0"
+
+
+from datafactory.lazy import lazy_exports  # noqa: E402
+
+#: The data core's public names (the command line and the workflows are :mod:`datafactory.cli` and :mod:`datafactory.workflows`).
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "FactoryError": "datafactory.errors",
+        "load_config": "datafactory.config",
+        "Plan": "datafactory.pipeline",
+        "simulate_sample": "datafactory.pipeline",
+        "simulate_samples": "datafactory.pipeline",
+        "write_simulation": "datafactory.pipeline",
+        "ShardWriter": "datafactory.shards",
+        "load_manifest": "datafactory.dataset",
+        "validate_dataset": "datafactory.validate",
+        "read_micrograph_files": "datafactory.io",
+        "resolve_device": "datafactory.device",
+    },
+)

@@ -17,3 +17,22 @@ def load(directory):
     from .base import load_style
 
     return load_style(Path(directory))
+
+
+from datafactory.lazy import lazy_exports  # noqa: E402
+
+#: The style models' public names, besides :func:`load`.
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "Translator": "translators.base",
+        "Translation": "translators.base",
+        "load_style": "translators.base",
+        "translator_class": "translators.registry",
+        "ParametricTranslator": "translators.parametric",
+        "DritTranslator": "translators.drit.translator",
+        "compare_images": "translators.compare",
+        "run_selection": "translators.selection",
+    },
+)
+__all__.append("load")
