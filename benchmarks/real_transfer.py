@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 from factory_cli import factory
 
+from datafactory.matching import match_pairs
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "experimental"
 REFERENCE = SHARED / "reference"
@@ -61,26 +63,6 @@ def is_metal(name: str) -> bool:
 
 def has_selenium(name: str) -> bool:
     return "Se" in _base(name)
-
-
-def _match(found: np.ndarray, ref: np.ndarray, radius_px: float) -> list[tuple[int, int, float]]:
-    """One-to-one pairs (found index, reference index, distance) within ``radius_px``, as many as
-    possible and then the closest (Hungarian assignment over the candidate pairs)."""
-    from scipy.optimize import linear_sum_assignment
-    from scipy.spatial import cKDTree
-
-    if len(found) == 0 or len(ref) == 0:
-        return []
-    pairs = cKDTree(found).sparse_distance_matrix(cKDTree(ref), radius_px, output_type="coo_matrix")
-    if pairs.nnz == 0:
-        return []
-    rows, row_of = np.unique(pairs.row, return_inverse=True)
-    cols, col_of = np.unique(pairs.col, return_inverse=True)
-    big = radius_px * (len(rows) + len(cols)) + 1.0
-    cost = np.full((len(rows), len(cols)), big)
-    cost[row_of, col_of] = pairs.data
-    r, c = linear_sum_assignment(cost)
-    return [(int(rows[i]), int(cols[j]), float(cost[i, j])) for i, j in zip(r, c) if cost[i, j] < big]
 
 
 def _prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
@@ -164,7 +146,7 @@ def score(found_rc: np.ndarray, found_class: list[str], reference: dict, pixel_s
     errors = {}
     for name, f_sel, r_sel in (("Mo", metal & counted, sub == "Mo"), ("S", ~metal & counted, sub == "S")):
         f_idx, r_idx = np.flatnonzero(f_sel), np.flatnonzero(r_sel)
-        pairs = _match(found_rc[f_idx], pos[r_idx], radius_px)
+        pairs = list(zip(*match_pairs(found_rc[f_idx], pos[r_idx], radius_px)))
         for i, j, _ in pairs:
             matched_class[int(r_idx[j])] = found_class[f_idx[i]]
             matched_found.add(int(f_idx[i]))

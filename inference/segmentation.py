@@ -34,11 +34,9 @@ from typing import Sequence
 import numpy as np
 import torch
 from scipy import ndimage
-from scipy.optimize import linear_sum_assignment
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
-from scipy.spatial import cKDTree
 from torch import nn
+
+from datafactory.matching import as_points, match_pairs
 
 __all__ = [
     "UNet",
@@ -470,65 +468,12 @@ def masks_to_points(masks: np.ndarray, channel_names: Sequence[str],
 # ---------------------------------------------------------------------------------------
 
 
-def _as_points(points: np.ndarray, name: str) -> np.ndarray:
-    points = np.asarray(points, dtype=np.float64)
-    if points.size == 0:
-        return points.reshape(0, 2)
-    if points.ndim != 2 or points.shape[1] != 2:
-        raise ValueError(f"{name} must be (N, 2), got shape {points.shape}")
-    return points
-
-
-def _candidate_pairs(pred_A: np.ndarray, true_A: np.ndarray, radius_A: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every (pred index, true index, distance) with distance <= radius_A, via a KD-tree."""
-    tree = cKDTree(true_A)
-    # A hair wider than the radius so that no boundary pair is lost to rounding; the exact
-    # test on the recomputed distances decides.
-    neighbours = tree.query_ball_point(pred_A, r=radius_A * (1 + 1e-9) + 1e-12)
-    counts = np.fromiter((len(n) for n in neighbours), dtype=np.int64, count=len(neighbours))
-    pred_idx = np.repeat(np.arange(len(pred_A)), counts)
-    true_idx = np.fromiter(itertools.chain.from_iterable(neighbours), dtype=np.int64, count=int(counts.sum()))
-    distance_A = np.hypot(*(pred_A[pred_idx] - true_A[true_idx]).T)
-    inside = distance_A <= radius_A
-    return pred_idx[inside], true_idx[inside], distance_A[inside]
-
-
-def _max_matching_size(n_pred: int, n_true: int, pred_idx: np.ndarray, true_idx: np.ndarray,
-                       distance_A: np.ndarray) -> int:
-    """Size of a maximum one-to-one matching over the candidate pairs, closest pairs preferred.
-
-    The bipartite graph is split into connected components; each is solved by
-    :func:`scipy.optimize.linear_sum_assignment` with non-pairs costing more than any set
-    of real pairs, so the assignment first maximises the number of matches, then minimises
-    their total distance.
-    """
-    n_nodes = n_pred + n_true
-    graph = coo_matrix((np.ones(len(pred_idx)), (pred_idx, n_pred + true_idx)), shape=(n_nodes, n_nodes))
-    _, component = connected_components(graph, directed=False)
-    pair_component = component[pred_idx]
-    order = np.argsort(pair_component, kind="stable")
-    starts = np.flatnonzero(np.r_[True, np.diff(pair_component[order]) != 0])
-    matches = 0
-    for block in np.split(order, starts[1:]):
-        if block.size == 0:
-            continue
-        rows, row_of = np.unique(pred_idx[block], return_inverse=True)
-        cols, col_of = np.unique(true_idx[block], return_inverse=True)
-        not_a_pair = float(distance_A[block].sum()) + 1.0
-        cost = np.full((rows.size, cols.size), not_a_pair)
-        cost[row_of, col_of] = distance_A[block]
-        r, c = linear_sum_assignment(cost)
-        matches += int(np.count_nonzero(cost[r, c] < not_a_pair))
-    return matches
-
-
 def match_points(pred_A: np.ndarray, true_A: np.ndarray, radius_A: float = 0.5) -> tuple[int, int, int]:
     """One-to-one matching of predicted to true positions within a radius.
 
     Each true position matches at most one prediction and vice versa; a pair can match
     only if its distance is <= ``radius_A``. Among the matchings of largest size, the one
-    of smallest total distance is found (Hungarian algorithm per connected cluster of
-    candidate pairs, found with a KD-tree, so thousands of points take milliseconds).
+    of smallest total distance is found (:func:`datafactory.matching.match_pairs`).
 
     Parameters
     ----------
@@ -543,14 +488,11 @@ def match_points(pred_A: np.ndarray, true_A: np.ndarray, radius_A: float = 0.5) 
         (true_positives, false_positives, false_negatives): matched pairs, unmatched
         predictions, unmatched true positions.
     """
-    pred_A = _as_points(pred_A, "pred_A")
-    true_A = _as_points(true_A, "true_A")
+    pred_A = as_points(pred_A, "pred_A")
+    true_A = as_points(true_A, "true_A")
     if not radius_A >= 0:
         raise ValueError(f"radius_A must be >= 0, got {radius_A!r}")
-    if len(pred_A) == 0 or len(true_A) == 0:
-        return 0, len(pred_A), len(true_A)
-    pred_idx, true_idx, distance_A = _candidate_pairs(pred_A, true_A, radius_A)
-    tp = _max_matching_size(len(pred_A), len(true_A), pred_idx, true_idx, distance_A) if len(pred_idx) else 0
+    tp = len(match_pairs(pred_A, true_A, radius_A)[0])
     return tp, len(pred_A) - tp, len(true_A) - tp
 
 

@@ -325,3 +325,19 @@ def test_pixel_scores():
     batch = pixel_scores(np.stack([pred, true]), np.stack([true, true]))  # pooled over the batch
     np.testing.assert_allclose(batch["iou"], [5 / 7, 1.0, 1 / 3])
     np.testing.assert_allclose(batch["accuracy"], [0.75, 1.0, 0.5])
+
+
+def test_the_one_matcher_returns_its_pairs_and_prefers_more_pairs_to_closer_ones():
+    """datafactory.matching.match_pairs is what match_points and the column shift count."""
+    from datafactory.matching import match_pairs
+
+    a = np.array([[0.0, 0.0], [0.0, 0.9]])
+    b = np.array([[0.0, 0.4], [0.0, -0.45]])
+    # closest first pairs a0-b0 (0.4) and leaves both others alone; a0-b1 + a1-b0 makes two
+    ia, ib, d = match_pairs(a, b, 0.5)
+    assert ia.tolist() == [0, 1] and ib.tolist() == [1, 0] and np.allclose(d, [0.45, 0.5])
+    ia, ib, d = match_pairs(b, a, 0.5)  # the same pairs seen from the other side
+    assert ia.tolist() == [0, 1] and ib.tolist() == [1, 0]
+    assert all(len(x) == 0 for x in match_pairs(a, np.zeros((0, 2)), 0.5))
+    with pytest.raises(ValueError):
+        match_pairs(a, b, -1.0)

@@ -890,46 +890,6 @@ class ColumnShift:
         return out
 
 
-def _match(ref: np.ndarray, test: np.ndarray, radius_px: float) -> tuple[np.ndarray, np.ndarray]:
-    """One-to-one matching of two point sets within ``radius_px`` minimising the total distance.
-
-    Candidate pairs come from a k-d tree; the bipartite graph is split into connected
-    components and each component with more than one candidate pair is solved with
-    ``scipy.optimize.linear_sum_assignment`` (isolated pairs are taken as they are).
-    """
-    from scipy.optimize import linear_sum_assignment
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-    from scipy.spatial import cKDTree
-
-    empty = np.zeros(0, dtype=np.int64)
-    if len(ref) == 0 or len(test) == 0:
-        return empty, empty
-    near = cKDTree(ref).sparse_distance_matrix(cKDTree(test), radius_px, output_type="ndarray")
-    if len(near) == 0:
-        return empty, empty
-    rows, cols, vals = near["i"].astype(np.int64), near["j"].astype(np.int64), near["v"]
-    n_r, n_t = len(ref), len(test)
-    graph = coo_matrix((np.ones(len(rows)), (rows, cols + n_r)), shape=(n_r + n_t, n_r + n_t))
-    _, label = connected_components(graph, directed=False)
-    comp = label[rows]
-    comp_size = np.bincount(comp, minlength=label.max() + 1)
-    single = comp_size[comp] == 1
-    out_r, out_t = [rows[single]], [cols[single]]
-    for lab in np.unique(comp[~single]):
-        sel = comp == lab
-        r_ids, r_inv = np.unique(rows[sel], return_inverse=True)
-        t_ids, t_inv = np.unique(cols[sel], return_inverse=True)
-        big = 1e6 * (radius_px + 1.0)
-        cost = np.full((len(r_ids), len(t_ids)), big)
-        cost[r_inv, t_inv] = vals[sel]
-        ri, ti = linear_sum_assignment(cost)
-        good = cost[ri, ti] < big
-        out_r.append(r_ids[ri[good]])
-        out_t.append(t_ids[ti[good]])
-    return np.concatenate(out_r), np.concatenate(out_t)
-
-
 def column_shift(
     ref,
     test,
@@ -981,7 +941,9 @@ def column_shift(
 def _column_shift_from_positions(
     cols_ref: np.ndarray, cols_test: np.ndarray, pixel_size_A: float, radius_px: float
 ) -> ColumnShift:
-    i_ref, i_test = _match(cols_ref, cols_test, radius_px)
+    from datafactory.matching import match_pairs
+
+    i_ref, i_test, _ = match_pairs(cols_ref, cols_test, radius_px)
     n_ref, n_test, n_matched = len(cols_ref), len(cols_test), len(i_ref)
     fraction = n_matched / n_ref if n_ref else math.nan
     if n_matched == 0:
