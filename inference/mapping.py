@@ -42,6 +42,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from datafactory.checks import finite_positive
 from datafactory.errors import FactoryError
 
 __all__ = [
@@ -644,13 +645,7 @@ class _AtomicFiles:
 
 
 def _finite_positive(name: str, value: Any) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise MappingInputError(f"{name}: must be a number (got {value!r})") from None
-    if not (math.isfinite(value) and value > 0):
-        raise MappingInputError(f"{name}: must be a finite number > 0 (got {value})")
-    return value
+    return finite_positive(name, value, MappingInputError)
 
 
 def _safe_name(name: str) -> str:

@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from datafactory.checks import finite_positive
+
 __all__ = [
     "ColumnShift",
     "classifier_auc",
@@ -64,13 +66,7 @@ def _image(image, name: str = "image", min_size: int = 1) -> np.ndarray:
 
 
 def _positive(value, name: str) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be finite and > 0, got {value}")
-    return value
+    return finite_positive(name, value)
 
 
 def _count(value, name: str, minimum: int = 1) -> int:

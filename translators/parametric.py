@@ -68,6 +68,7 @@ from typing import Any, Sequence
 import numpy as np
 import scipy.fft
 
+from datafactory.checks import from_known_fields
 from datafactory.errors import FactoryError
 
 from .augment import ScanDistortion, displacement_field, warp_image
@@ -121,11 +122,7 @@ class StyleParameters:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "StyleParameters":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise FactoryError(f"style parameters: unknown keys {sorted(unknown)}")
-        return cls(**data)
+        return from_known_fields(cls, data, "style parameters", FactoryError)
 
 
 # --------------------------------------------------------------------------- small measurements

@@ -66,13 +66,15 @@ Discriminators (LeakyReLU 0.2, spectral norm on every layer, no other normalisat
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
+
+from datafactory.checks import from_known_fields
 
 from .losses import log_spectrum
 
@@ -139,11 +141,7 @@ class DritConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DritConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"DritConfig: unknown keys {sorted(unknown)}")
-        return cls(**d)
+        return from_known_fields(cls, d, "DritConfig")
 
 
 def _check_domain(domain: str) -> str:
