@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from datafactory.errors import FactoryError
-from inference import mapping
+from inference import map_writers
 from inference.mapping import (
     MapResult,
     extract_windows,
@@ -469,7 +469,7 @@ def test_write_regression_map_failure_leaves_the_previous_output_intact(tmp_path
     before = {name: path.read_bytes() for name, path in paths.items()}
 
     # 1. failure in the middle of writing the HDF5 file (after the coarse grid, before the fine one)
-    real_write_grid = mapping._write_grid
+    real_write_grid = map_writers._write_grid
     calls = []
 
     def failing_write_grid(*args, **kwargs):
@@ -478,21 +478,21 @@ def test_write_regression_map_failure_leaves_the_previous_output_intact(tmp_path
             raise OSError("disk full")
         return real_write_grid(*args, **kwargs)
 
-    monkeypatch.setattr(mapping, "_write_grid", failing_write_grid)
+    monkeypatch.setattr(map_writers, "_write_grid", failing_write_grid)
     with pytest.raises(OSError, match="disk full"):
         write_regression_map(tmp_path, result, image=image, pixel_size_A=0.5, value_names=names, units=units,
                              meta={"run": 2})
-    monkeypatch.setattr(mapping, "_write_grid", real_write_grid)
+    monkeypatch.setattr(map_writers, "_write_grid", real_write_grid)
 
     # 2. failure drawing the second PNG, after map.h5 and the first PNG were written
-    real_plot = mapping._plot_value_map
+    real_plot = map_writers._plot_value_map
 
     def failing_plot(path, image, grid, result, k, *args):
         if k == 1:
             raise RuntimeError("plot failed")
         return real_plot(path, image, grid, result, k, *args)
 
-    monkeypatch.setattr(mapping, "_plot_value_map", failing_plot)
+    monkeypatch.setattr(map_writers, "_plot_value_map", failing_plot)
     with pytest.raises(RuntimeError, match="plot failed"):
         write_regression_map(tmp_path, result, image=image, pixel_size_A=0.5, value_names=names, units=units,
                              meta={"run": 3})
@@ -532,7 +532,7 @@ def test_write_atom_table_failure_leaves_the_previous_table_intact(tmp_path, mon
     def failing_save(fig, path):
         raise OSError("disk full")
 
-    monkeypatch.setattr(mapping, "_save_png", failing_save)
+    monkeypatch.setattr(map_writers, "_save_png", failing_save)
     with pytest.raises(OSError, match="disk full"):
         write_atom_table(tmp_path, {"Mo": np.ones((5, 2)), "S": np.ones((2, 2))}, image=image, pixel_size_A=0.2, meta={})
     assert {name: path.read_bytes() for name, path in paths.items()} == before
