@@ -552,7 +552,7 @@ def _lognormal(rng: np.random.Generator, value: float, spread: float) -> float:
     return float(value * math.exp(spread * rng.standard_normal())) if value > 0 else 0.0
 
 
-def sample_parameters(p: StyleParameters, rng: np.random.Generator) -> StyleParameters:
+def draw_style_parameters(p: StyleParameters, rng: np.random.Generator) -> StyleParameters:
     """One draw of the parameters around their fitted values."""
     s = p.spread
     affine = np.asarray(p.affine, dtype=float)
@@ -617,7 +617,7 @@ def render(
     displacement (2, H, W) in pixels, or None when the draw has no geometric artefact;
     ``drawn`` holds the scalar values of the draw (:data:`RECORDED_PARAMETERS`).
     """
-    q = sample_parameters(p, rng)
+    q = draw_style_parameters(p, rng)
     shape = clean.shape
     distortion = scan_distortion(q, shape, pixel_size_A, rng)
     moved = distortion.jitter_px is not None or distortion.flyback_px != 0 or distortion.affine is not None

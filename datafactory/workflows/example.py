@@ -3,7 +3,7 @@
 ``factory example --out DIR`` writes ``DIR/example_mos2_haadf.tif``, so the whole pipeline
 (`fit-style`, `generate`, `validate`) runs on a fresh machine without real data. The twin
 is deliberately *not* made with the parametric style model, so fitting that model to it is
-a real test. Its corruption model (:func:`corrupt`) holds effects the parametric model
+a real test. Its corruption model (:func:`degrade_like_experiment`) holds effects the parametric model
 does not have:
 
 * a detector that saturates (intensity response ``x / (1 + x / x_sat)``);
@@ -42,7 +42,7 @@ EXAMPLE_CONFIG = {
 }
 
 
-def corrupt(clean: np.ndarray, pixel_size_A: float, rng: np.random.Generator) -> np.ndarray:
+def degrade_like_experiment(clean: np.ndarray, pixel_size_A: float, rng: np.random.Generator) -> np.ndarray:
     """The twin's corruption model (see the module docstring); returns counts as float."""
     import cv2
 
@@ -73,7 +73,7 @@ def make_example_experiment(out_dir: Path, seed: int = 0) -> Path:
 
     plan = Plan.from_config(validate_config(EXAMPLE_CONFIG, "built-in example"))
     clean = simulate_sample(plan, seed, 0).image
-    image = corrupt(clean, TRUE_PIXEL_SIZE_A, np.random.default_rng(seed))
+    image = degrade_like_experiment(clean, TRUE_PIXEL_SIZE_A, np.random.default_rng(seed))
     scaled = np.clip(1000 + 400 * image, 0, 65535).astype(np.uint16)  # detector offset and gain
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -64,7 +64,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 
 
 @dataclass(frozen=True)
-class TrainSettings:
+class DritSettings:
     """Training hyper-parameters. ``iterations`` counts generator updates (one batch each)."""
 
     crop_px: int = 96
@@ -97,7 +97,7 @@ class TrainSettings:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainSettings":
+    def from_dict(cls, data: dict[str, Any]) -> "DritSettings":
         return cls(**data)
 
 
@@ -108,9 +108,9 @@ class TrainSettings:
 #: 1024 px crops, batch 2, Adam, lr factor 1 for the first 20 % then linear decay to 0. The
 #: reference trains 3000 epochs over its few images; with crops drawn at random, 3000 epochs
 #: of 3 exp images at batch 2 are 4500 iterations.
-PRESETS: dict[str, TrainSettings] = {
-    "quick": TrainSettings(width=24, iterations=1200, spectrum_discriminator=True, physics_prior=True),
-    "paper": TrainSettings(crop_px=1024, batch=2, iterations=4500, width=64, checkpoint_every=100, spectrum_discriminator=True, physics_prior=True),
+PRESETS: dict[str, DritSettings] = {
+    "quick": DritSettings(width=24, iterations=1200, spectrum_discriminator=True, physics_prior=True),
+    "paper": DritSettings(crop_px=1024, batch=2, iterations=4500, width=64, checkpoint_every=100, spectrum_discriminator=True, physics_prior=True),
 }
 
 
@@ -199,7 +199,7 @@ def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 def train(
     sims: Sequence[np.ndarray],
     exps: Sequence[np.ndarray],
-    settings: TrainSettings,
+    settings: DritSettings,
     work_dir: Path,
     *,
     exp_range: tuple[float, float],
@@ -372,7 +372,7 @@ def train(
     return model, state.history
 
 
-def anchor_weight(settings: TrainSettings, iteration: int, total: int) -> float:
+def anchor_weight(settings: DritSettings, iteration: int, total: int) -> float:
     """The residual anchor's weight at ``iteration``: fixed, or linear from ``weights["residual"]``
     to ``residual_weight_end`` over the run (a strong anchor early, while the discriminators
     learn, that lets the residual depart later without running away from the start)."""
@@ -383,7 +383,7 @@ def anchor_weight(settings: TrainSettings, iteration: int, total: int) -> float:
     return start + (float(end) - start) * min(max(iteration / total, 0.0), 1.0)
 
 
-def settings_for(preset: str, iterations: int | None = None, **overrides: Any) -> TrainSettings:
+def settings_for(preset: str, iterations: int | None = None, **overrides: Any) -> DritSettings:
     if preset not in PRESETS:
         raise FactoryError(f"--preset: unknown preset '{preset}' (available: {', '.join(PRESETS)})")
     settings = PRESETS[preset]
