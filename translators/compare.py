@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics
+from .column_shift import column_shift_from_positions
+from .metric_inputs import as_count, as_image, as_positive, as_rng
 
 __all__ = ["AUC_KEY", "ROW_KEYS", "compare_images", "draw_comparison", "format_table"]
 
@@ -52,8 +54,8 @@ SAME_GRID_RTOL = 1e-3
 
 def _entries(reference, pixel_size_A, others) -> list[tuple[str, np.ndarray, float]]:
     """Validated ``(name, image, pixel_size_A)`` list, the reference first."""
-    ref = metrics._image(reference, "reference")
-    pixel_size_A = metrics._positive(pixel_size_A, "pixel_size_A")
+    ref = as_image(reference, "reference")
+    pixel_size_A = as_positive(pixel_size_A, "pixel_size_A")
     if isinstance(others, (str, bytes)) or not hasattr(others, "__iter__"):
         raise ValueError("others must be a list of (name, image, pixel_size_A) tuples")
     out = [("reference", ref, pixel_size_A)]
@@ -64,8 +66,8 @@ def _entries(reference, pixel_size_A, others) -> list[tuple[str, np.ndarray, flo
             raise ValueError(f"others[{k}] must be a (name, image, pixel_size_A) tuple") from None
         if not isinstance(name, str) or not name:
             raise ValueError(f"others[{k}]: name must be a non-empty string, got {name!r}")
-        image = metrics._image(image, f"others[{k}] ({name})")
-        out.append((name, image, metrics._positive(px, f"{name} pixel_size_A")))
+        image = as_image(image, f"others[{k}] ({name})")
+        out.append((name, image, as_positive(px, f"{name} pixel_size_A")))
     return out
 
 
@@ -146,11 +148,11 @@ def compare_images(
     from datafactory.grid import resample
 
     entries = _entries(reference, pixel_size_A, others)
-    rng = metrics._rng(rng)
+    rng = as_rng(rng)
     swd_seed = int(rng.integers(0, 2**63 - 1))
     auc_seed = int(rng.integers(0, 2**63 - 1)) if auc else None
     if auc:
-        auc_patch_px = metrics._count(auc_patch_px, "auc_patch_px", 8)
+        auc_patch_px = as_count(auc_patch_px, "auc_patch_px", 8)
     ref_name, ref, ref_px = entries[0]
     ref_norm = metrics.normalise_minmax(ref)
     ra_ref = metrics.line_profile_ra(ref)
@@ -178,7 +180,7 @@ def compare_images(
         }
         if same:
             columns = ref_columns if image is ref else metrics.find_columns(image, ref_px)
-            shift = metrics._column_shift_from_positions(ref_columns, columns, ref_px, radius_px)
+            shift = column_shift_from_positions(ref_columns, columns, ref_px, radius_px)
             row["column_fraction_matched"] = _nan_to_none(shift.fraction_matched)
             row["column_mean_pm"] = _nan_to_none(shift.mean_pm)
             row["column_p95_pm"] = _nan_to_none(shift.p95_pm)

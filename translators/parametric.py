@@ -344,7 +344,7 @@ def flyback_lag(image: np.ndarray, pixel_size_A: float, max_decay_A: float = 20.
     """
     from scipy.spatial import cKDTree
 
-    from .metrics import find_columns
+    from .column_shift import find_columns
 
     try:
         cols = find_columns(image, pixel_size_A)
