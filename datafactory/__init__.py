@@ -30,7 +30,11 @@ __all__, __getattr__, __dir__ = lazy_exports(
         "ShardWriter": "datafactory.shards",
         "load_manifest": "datafactory.dataset",
         "validate_dataset": "datafactory.validate",
+        "Micrograph": "datafactory.io",
+        "read_micrographs": "datafactory.io",
         "read_micrograph_files": "datafactory.io",
+        "lattice_vectors_A": "datafactory.lattice",
+        "calibrate_lattice": "datafactory.calibration",
         "resolve_device": "datafactory.device",
     },
 )

@@ -43,14 +43,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import FactoryError
-
-#: A spot counts when its power exceeds the local mean background by this factor.
-#: (The power of pure noise is exponentially distributed: exceeding 25× its mean has a
-#: probability of 1e-11 per pixel.)
-SPOT_SNR_MIN = 25.0
-
-#: Spots closer to the FFT origin than this (in frequency bins) are ignored (window leakage).
-MIN_RADIUS_BINS = 4.0
+from .fourier_spots import find_spots, Spots
+from .lattice import gauss_reduce, half_plane, reciprocal, reflections, shortest_g
 
 #: Largest scan anisotropy considered while indexing: ratio of P's singular values.
 MAX_ANISOTROPY = 1.3
@@ -65,221 +59,6 @@ AMBIGUITY_ANISOTROPY = 1.1
 _N_STRONGEST = 10  # measured spots paired into indexing hypotheses
 _N_INNERMOST = 8  # ... and the innermost measured spots too
 _N_LOW_ORDER = 16  # lattice reflections (one per ±pair) they may be assigned to
-_MAX_SPOTS = 60  # measured spots kept at most (strongest first)
-
-
-# --------------------------------------------------------------------------- lattice
-
-
-def lattice_vectors_A(spec: str) -> np.ndarray:
-    """In-plane primitive lattice vectors of a material, as rows ``[[a1x, a1y], [a2x, a2y]]`` in Å.
-
-    Parameters
-    ----------
-    spec : str
-        A built-in material name (``"MoS2"``, ``"WS2"``, ``"MoSe2"``, ``"WSe2"``, ``"graphene"``,
-        ``"hBN"``) or a structure file ASE can read (CIF, POSCAR, extxyz, ...).
-
-    Returns
-    -------
-    (2, 2) float array
-        The cell's in-plane vectors ``cell[0][:2]``, ``cell[1][:2]``. When the structure,
-        projected along z, repeats with a smaller in-plane period (a rectangular supercell,
-        say), the reduced vectors of that primitive projected lattice are returned
-        instead, since only they describe the spots an image can show.
-
-    Raises
-    ------
-    FactoryError
-        Unknown name, unreadable file, or in-plane vectors that do not span the plane.
-    """
-    from .structures import get_cell
-
-    atoms = get_cell(spec)
-    basis = np.asarray(atoms.cell[:2, :2], dtype=np.float64)
-    area = abs(float(np.linalg.det(basis)))
-    lengths = np.linalg.norm(basis, axis=1)
-    if not np.all(lengths > 1e-6) or area < 1e-3 * lengths[0] * lengths[1]:
-        raise FactoryError(
-            f"cell '{spec}': its first two cell vectors do not span the x-y plane "
-            "(the image plane); give a cell with a1, a2 in-plane and c along the beam"
-        )
-    return _primitive_projected_lattice(basis, atoms.get_positions()[:, :2], atoms.get_atomic_numbers())
-
-
-def _primitive_projected_lattice(basis: np.ndarray, xy_A: np.ndarray, numbers: np.ndarray, tol_A: float = 0.1) -> np.ndarray:
-    """Shortest in-plane translations of the projected structure; ``basis`` itself when primitive."""
-    inv = np.linalg.inv(basis)
-    frac = (xy_A @ inv) % 1.0
-
-    def wrapped_dist_A(d_frac: np.ndarray) -> np.ndarray:
-        d = d_frac - np.round(d_frac)
-        return np.linalg.norm(d @ basis, axis=-1)
-
-    same0 = np.flatnonzero(numbers == numbers[0])
-    translations = []
-    for j in same0[1:]:
-        t = (frac[j] - frac[0]) % 1.0
-        if wrapped_dist_A(t[None])[0] < tol_A:
-            continue
-        if any(wrapped_dist_A((t - u)[None])[0] < tol_A for u in translations):
-            continue
-        moved = (frac + t) % 1.0
-        ok = True
-        for z in np.unique(numbers):
-            a, b = moved[numbers == z], frac[numbers == z]
-            d = wrapped_dist_A(a[:, None, :] - b[None, :, :])
-            if not np.all(d.min(axis=1) < tol_A):
-                ok = False
-                break
-        if ok:
-            translations.append(t)
-    if not translations:
-        return basis.copy()
-    n_points = 1 + len(translations)
-    area = abs(np.linalg.det(basis)) / n_points
-    shifts = np.array(list(itertools.product(range(-2, 3), repeat=2)), dtype=np.float64)
-    cands = [shifts] + [shifts + t for t in translations]
-    vecs = np.concatenate(cands) @ basis
-    vecs = vecs[np.linalg.norm(vecs, axis=1) > tol_A]
-    vecs = vecs[np.argsort(np.linalg.norm(vecs, axis=1), kind="stable")]
-    v1 = vecs[0]
-    for v2 in vecs[1:]:
-        cross = v1[0] * v2[1] - v1[1] * v2[0]
-        if abs(abs(cross) - area) < 1e-3 * area:
-            return _gauss_reduce(np.array([v1, v2 if cross > 0 else -v2]))
-    return basis.copy()  # pragma: no cover - a valid translation set always yields a basis
-
-
-def _gauss_reduce(b: np.ndarray) -> np.ndarray:
-    """Lagrange–Gauss reduction of a 2-D basis (rows), keeping its handedness."""
-    u, v = b[0].copy(), b[1].copy()
-    for _ in range(100):
-        if u @ u > v @ v:
-            u, v = v, u
-        m = round(float(u @ v) / float(u @ u))
-        if m == 0:
-            break
-        v = v - m * u
-    out = np.array([u, v])
-    if np.linalg.det(out) * np.linalg.det(b) < 0:
-        out[1] = -out[1]
-    return out
-
-
-def _reciprocal(lattice_A: np.ndarray) -> np.ndarray:
-    """Reciprocal basis (rows b1, b2, 1/Å, no 2π) with ``a_i · b_j = δ_ij``."""
-    return np.linalg.inv(lattice_A).T
-
-
-def _reflections(bstar: np.ndarray, g_max: float) -> tuple[np.ndarray, np.ndarray]:
-    """Integer indices (n, 2) and vectors (n, 2) of all nonzero g with |g| ≤ g_max, sorted by |g|."""
-    lat = np.linalg.inv(bstar)  # [h, k] = g @ lat
-    hmax = int(math.ceil(g_max * np.linalg.norm(lat[:, 0]))) + 1
-    kmax = int(math.ceil(g_max * np.linalg.norm(lat[:, 1]))) + 1
-    h, k = np.meshgrid(np.arange(-hmax, hmax + 1), np.arange(-kmax, kmax + 1), indexing="ij")
-    hk = np.stack([h.ravel(), k.ravel()], axis=1)
-    hk = hk[np.any(hk != 0, axis=1)]
-    g = hk @ bstar
-    norm = np.linalg.norm(g, axis=1)
-    keep = norm <= g_max * (1 + 1e-9)
-    order = np.lexsort((hk[keep][:, 1], hk[keep][:, 0], np.round(norm[keep], 9)))
-    return hk[keep][order], g[keep][order]
-
-
-def _shortest_g(bstar: np.ndarray) -> float:
-    """Length of the shortest nonzero reciprocal lattice vector (1/Å)."""
-    return float(np.linalg.norm(_reflections(bstar, float(np.min(np.linalg.norm(bstar, axis=1))))[1][0]))
-
-
-def _half_plane(v: np.ndarray) -> np.ndarray:
-    """Mask of vectors in the half plane y > 0, or y == 0 and x > 0 (one of each ± pair)."""
-    eps = 1e-12
-    return (v[:, 1] > eps) | ((np.abs(v[:, 1]) <= eps) & (v[:, 0] > 0))
-
-
-# --------------------------------------------------------------------------- spots
-
-
-@dataclass(frozen=True)
-class _Spots:
-    q: np.ndarray  # (n, 2) [qx, qy] cycles/px, one per ± pair, strongest first
-    snr: np.ndarray  # (n,) peak power / local mean background power
-    bin_size: float  # largest frequency-bin size, cycles/px
-
-
-def _find_spots(image: np.ndarray) -> _Spots:
-    """Significant local maxima of the windowed power spectrum, refined to sub-bin precision."""
-    from scipy import ndimage
-
-    h, w = image.shape
-    win = np.outer(np.hanning(h), np.hanning(w))
-    wimg = (image - image.mean()) * win
-    power = np.fft.fftshift(np.abs(np.fft.fft2(wimg)) ** 2)
-    power = np.maximum(power, np.finfo(np.float64).tiny)
-    snr = power / _background_power(power)
-    fy = np.fft.fftshift(np.fft.fftfreq(h))
-    fx = np.fft.fftshift(np.fft.fftfreq(w))
-    radius_bins = np.hypot(fy[:, None] * h, fx[None, :] * w)
-    peaks = (power == ndimage.maximum_filter(power, size=5, mode="wrap")) & (snr >= SPOT_SNR_MIN)
-    peaks &= radius_bins >= MIN_RADIUS_BINS
-    rows, cols = np.nonzero(peaks)
-    q = np.stack([fx[cols], fy[rows]], axis=1)
-    s = snr[rows, cols]
-    keep = _half_plane(q)
-    q, s = q[keep], s[keep]
-    order = np.argsort(-s, kind="stable")[:_MAX_SPOTS]
-    q, s = q[order], s[order]
-    q = np.array([_refine_peak(wimg, qi) for qi in q]).reshape(-1, 2)
-    return _Spots(q=q, snr=s, bin_size=1.0 / min(h, w))
-
-
-def _background_power(power: np.ndarray) -> np.ndarray:
-    """Local mean power of the noise floor, robust to the sparse spots (a running median)."""
-    from scipy import ndimage
-
-    logp = np.log(power)
-    h, w = power.shape
-    if max(h, w) <= 640:
-        # The median of an exponential variable is ln 2 × its mean.
-        return np.exp(ndimage.median_filter(logp, size=11, mode="wrap")) / math.log(2.0)
-    # Large spectra: median of 4×4 block means of log power (E[log] = log mean − γ_Euler).
-    hb, wb = h // 4, w // 4
-    blocks = logp[: hb * 4, : wb * 4].reshape(hb, 4, wb, 4).mean(axis=(1, 3))
-    med = ndimage.median_filter(blocks, size=5, mode="wrap")
-    full = ndimage.zoom(med, (h / hb, w / wb), order=1, mode="nearest", grid_mode=True)[:h, :w]
-    if full.shape != (h, w):
-        full = np.pad(full, ((0, h - full.shape[0]), (0, w - full.shape[1])), mode="edge")
-    return np.exp(full + 0.5772156649)
-
-
-def _dft_power(wimg: np.ndarray, qx: np.ndarray, qy: np.ndarray) -> np.ndarray:
-    """|F(qx, qy)|² of a windowed image on a small grid of frequencies (rows: qy, cols: qx)."""
-    h, w = wimg.shape
-    er = np.exp(-2j * np.pi * np.outer(qy, np.arange(h)))
-    ec = np.exp(-2j * np.pi * np.outer(qx, np.arange(w)))
-    return np.abs(er @ wimg @ ec.T) ** 2
-
-
-def _refine_peak(wimg: np.ndarray, q0: np.ndarray) -> np.ndarray:
-    """Sub-bin position of a spectral peak: zoomed DFT in two stages, then a log-parabola vertex."""
-    h, w = wimg.shape
-    centre = np.asarray(q0, dtype=np.float64)
-    for half_width, n in ((1.0, 11), (0.2, 11)):
-        ux = centre[0] + np.linspace(-half_width, half_width, n) / w
-        uy = centre[1] + np.linspace(-half_width, half_width, n) / h
-        pw = _dft_power(wimg, ux, uy)
-        iy, ix = np.unravel_index(int(np.argmax(pw)), pw.shape)
-        iy, ix = min(max(iy, 1), n - 2), min(max(ix, 1), n - 2)
-        centre = np.array([ux[ix], uy[iy]])
-    lp = np.log(np.maximum(pw[iy - 1 : iy + 2, ix - 1 : ix + 2], np.finfo(np.float64).tiny))
-    step = np.array([ux[1] - ux[0], uy[1] - uy[0]])
-    offset = np.zeros(2)
-    for axis, (lo, mid, hi) in enumerate(((lp[1, 0], lp[1, 1], lp[1, 2]), (lp[0, 1], lp[1, 1], lp[2, 1]))):
-        curv = lo - 2 * mid + hi
-        if curv < 0:
-            offset[axis] = float(np.clip(0.5 * (lo - hi) / curv, -0.5, 0.5))
-    return centre + offset * step
 
 
 # --------------------------------------------------------------------------- fit
@@ -432,7 +211,7 @@ def _tolerance(q: np.ndarray, bin_size: float, abs_bins: float, rel: float) -> n
     return abs_bins * bin_size + rel * np.linalg.norm(q, axis=1)
 
 
-def _index(spots: _Spots, lat: np.ndarray) -> np.ndarray | None:
+def _index(spots: Spots, lat: np.ndarray) -> np.ndarray | None:
     """Choose the assignment of measured spots to reflections; returns a first ``P`` or None.
 
     Every pair of non-collinear measured spots among the strongest and the innermost ones
@@ -443,13 +222,13 @@ def _index(spots: _Spots, lat: np.ndarray) -> np.ndarray | None:
     distorted ``P`` (this rejects the unimodular re-indexings that fit the spots equally
     well).
     """
-    bstar = _reciprocal(lat)
+    bstar = reciprocal(lat)
     q_all, weight = spots.q, np.log10(spots.snr)
     radius = np.linalg.norm(q_all, axis=1)
     q_lim = 1.05 * float(radius.max())
-    g_min = _shortest_g(bstar)
-    _, g_low = _reflections(bstar, 2.05 * g_min)
-    g_low = g_low[_half_plane(g_low)][:_N_LOW_ORDER]
+    g_min = shortest_g(bstar)
+    _, g_low = reflections(bstar, 2.05 * g_min)
+    g_low = g_low[half_plane(g_low)][:_N_LOW_ORDER]
 
     # Measured pairs: the strongest spots and the innermost ones (the lowest orders).
     chosen = np.unique(np.concatenate([np.arange(min(_N_STRONGEST, len(q_all))), np.argsort(radius)[:_N_INNERMOST]]))
@@ -481,8 +260,8 @@ def _index(spots: _Spots, lat: np.ndarray) -> np.ndarray | None:
     P, cond, det, s_min = P[keep], cond[keep], det[keep], s_min[keep]
     if len(P) == 0:
         return None
-    _, g_master = _reflections(bstar, min(g_master_lim, q_lim / float(s_min.min())))
-    g_master = g_master[_half_plane(g_master)]
+    _, g_master = reflections(bstar, min(g_master_lim, q_lim / float(s_min.min())))
+    g_master = g_master[half_plane(g_master)]
     tol = _tolerance(q_all, spots.bin_size, 1.0, 0.02)
     total_w = float(weight.sum())
     qq, tol2 = np.sum(q_all**2, axis=1), tol**2
@@ -508,15 +287,15 @@ def _index(spots: _Spots, lat: np.ndarray) -> np.ndarray | None:
     return P[order[0]]
 
 
-def _fit(spots: _Spots, lat: np.ndarray, P: np.ndarray, max_order: int):
+def _fit(spots: Spots, lat: np.ndarray, P: np.ndarray, max_order: int):
     """Iterative matching + least squares of ``q = g @ P`` on reflections up to ``max_order``."""
-    bstar = _reciprocal(lat)
-    g_min = _shortest_g(bstar)
+    bstar = reciprocal(lat)
+    g_min = shortest_g(bstar)
     # Whatever max_order says, at least a reduced basis u, v and the shorter of u ± v.
-    u, v = _gauss_reduce(bstar)
+    u, v = gauss_reduce(bstar)
     g_third = float(min(np.linalg.norm(u + v), np.linalg.norm(u - v)))
-    hk_all, g_all = _reflections(bstar, max(max_order * g_min, g_third) * 1.02)
-    keep = _half_plane(g_all)
+    hk_all, g_all = reflections(bstar, max(max_order * g_min, g_third) * 1.02)
+    keep = half_plane(g_all)
     hk_all, g_all = hk_all[keep], g_all[keep]
     q = spots.q
     for abs_bins, rel in ((1.0, 0.02), (0.7, 0.01), (0.5, 0.006), (0.5, 0.006)):
@@ -552,7 +331,7 @@ def _reindexings(lat: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
     and the others (re-indexings that fit the same spots with a different distortion),
     from unimodular integer matrices with entries in −2..2.
     """
-    bstar = _reciprocal(lat)
+    bstar = reciprocal(lat)
     binv = np.linalg.inv(bstar)
     orthogonal, other = [], []
     for entries in itertools.product(range(-2, 3), repeat=4):
@@ -642,7 +421,7 @@ def calibrate_lattice(
     if file_pixel_size_A is not None and not (np.isfinite(file_pixel_size_A) and file_pixel_size_A > 0):
         raise FactoryError(f"file pixel size must be a positive number of Å, got {file_pixel_size_A!r}")
     name = _describe(lat, material)
-    g_min = _shortest_g(_reciprocal(lat))
+    g_min = shortest_g(reciprocal(lat))
 
     def not_found(reason: str) -> FactoryError:
         where = f"near {file_pixel_size_A * g_min:.4f} cycles/px at the file's {file_pixel_size_A:.5g} Å/px" if file_pixel_size_A else "in the FFT"
@@ -650,7 +429,7 @@ def calibrate_lattice(
             f"no {name} lattice found: expected its lowest-order spots (d = {1 / g_min:.3f} Å) {where}; {reason}"
         )
 
-    spots = _find_spots(img)
+    spots = find_spots(img)
     if len(spots.q) < 2:
         raise not_found(f"the image has {len(spots.q)} significant FFT spot(s)")
     P = _index(spots, lat)

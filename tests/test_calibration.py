@@ -13,8 +13,8 @@ from datafactory.calibration import (
     LatticeCalibration,
     calibrate_lattice,
     calibration_check,
-    lattice_vectors_A,
 )
+from datafactory.lattice import lattice_vectors_A
 from datafactory.errors import FactoryError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

@@ -269,7 +269,8 @@ def test_real_crops_fit_and_translate_closer_than_clean(run_cli, tmp_path):
 
 def test_fitted_scan_distortion_is_reproduced_by_translation(run_cli, tmp_path):
     """--material fits the lattice's scan distortion; translated images carry the same shear."""
-    from datafactory.calibration import calibrate_lattice, lattice_vectors_A
+    from datafactory.calibration import calibrate_lattice
+    from datafactory.lattice import lattice_vectors_A
     from translators.base import load_style
 
     plan = make_plan({"microscope": {"image_size_px": 384, "pixel_size_A": PIXEL_A, "source_size_A": 0.6}, "structure": {"rotation_deg": 11.0}})

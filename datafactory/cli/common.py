@@ -69,7 +69,7 @@ def device_name(device: str) -> str:
 
 def read_lattice(material: Optional[str], structure: Optional[Path]):
     """(name, in-plane lattice vectors) from --material / --structure, or (None, None)."""
-    from ..calibration import lattice_vectors_A
+    from ..lattice import lattice_vectors_A
 
     if material and structure:
         raise FactoryError("give either --material or --structure, not both")
