@@ -29,7 +29,7 @@ def gaussian(image: np.ndarray, sigma_px: float) -> np.ndarray:
 def levels(image: np.ndarray, pixel_size_A: float, flatten: bool = False) -> tuple[float, float]:
     """(P1, P99.5) of ``image`` denoised at :data:`DENOISE_SIGMA_A`.
 
-    With ``flatten``, the low-pass content (contamination, see :func:`translators.parametric.contamination_field`)
+    With ``flatten``, the low-pass content (contamination, see :func:`translators.style_measurements.contamination_field`)
     is removed first, so the levels describe the lattice alone.
     """
     smooth = gaussian(image, DENOISE_SIGMA_A / pixel_size_A)
