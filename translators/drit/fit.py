@@ -68,7 +68,8 @@ def simulation_pool(
 
 def select_pool(pool: Sequence[np.ndarray], exps: Sequence[np.ndarray], pixel_size_A: float, seed: int) -> tuple[list[np.ndarray], list[str]]:
     """Trident step I: keep the better half of the pool (at least 4) by joint t-SNE + k-means."""
-    from translators.selection import default_features, exp_patches, mask_undetectable, select_similar
+    from translators.selection import select_similar
+    from translators.selection_features import default_features, exp_patches, mask_undetectable
 
     shape = pool[0].shape
     patches = np.concatenate([exp_patches(e, shape) for e in exps if min(e.shape) >= min(shape)] or [np.zeros((0, *shape), np.float32)])
