@@ -45,7 +45,7 @@ def load_model(path: Path, device: str = "cpu"):
 
         return record, load_regressor(path, record, device)
     if record.get("task") == "segment":
-        from .segmenter import load_segmenter
+        from .segmentation import load_segmenter
 
         return record, load_segmenter(path, record, device)
     raise FactoryError(f"MODEL: '{path}' has an unknown task {record.get('task')!r}")
@@ -101,7 +101,7 @@ def evaluate_regression(regressor, data: Path, split: str, batch: int = 64, prog
 
 
 def true_points(mask: np.ndarray, max_value: float) -> np.ndarray:
-    from .segmentation import blob_centroids
+    from .atom_points import blob_centroids
 
     return blob_centroids(mask.astype(np.float32) / max_value, threshold=0.5, min_area_px=1)
 
@@ -118,7 +118,7 @@ def evaluate_segmentation(segmenter, data: Path, split: str, match_radius_A: flo
     from tqdm import tqdm
 
     from .data import ShardDataset
-    from .segmentation import atom_scores, match_points
+    from .atom_points import atom_scores, match_points
 
     record = segmenter.record
     ds = ShardDataset(data, split=split, fields=("image", "masks"))

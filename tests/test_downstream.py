@@ -49,7 +49,7 @@ def slip_model(slip_data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def unet_model(mono_data, tmp_path_factory):
-    from inference.segmenter import train_segmentation
+    from inference.segmentation import train_segmentation
 
     out = tmp_path_factory.mktemp("models") / "unet"
     return train_segmentation(mono_data, out, arch="unet", width=8, depth=2, settings=TrainSettings(epochs=8, lr=1e-2, **TINY), progress=False)
@@ -143,7 +143,7 @@ def test_regression_metrics_score_the_truth_and_its_mirror_as_exact(slip_model, 
 
 def test_unet_loop_learns_and_reloads_identically(unet_model, mono_data):
     from inference.evaluate import load_model
-    from inference.segmenter import Segmenter
+    from inference.segmentation import Segmenter
 
     path, record, model = unet_model
     losses = [h["loss"] for h in record["history"]]
@@ -156,7 +156,7 @@ def test_unet_loop_learns_and_reloads_identically(unet_model, mono_data):
 
 
 def test_gombnet_loop_learns(twist_data, tmp_path):
-    from inference.segmenter import train_segmentation
+    from inference.segmentation import train_segmentation
 
     _, record, model = train_segmentation(twist_data, tmp_path / "g", arch="gombnet", width=8, depth=2, settings=TrainSettings(epochs=8, lr=1e-2, **TINY), progress=False)
     losses = [h["loss"] for h in record["history"]]
@@ -168,7 +168,7 @@ class MaskOracle:
     """A stand-in segmenter whose probabilities are the true masks (optionally with the layers swapped)."""
 
     def __init__(self, data, record, swap=False, empty=False):
-        from inference.segmenter import Segmenter
+        from inference.segmentation import Segmenter
 
         self.ds = ShardDataset(data, split="test", fields=("masks",))
         self.seg = Segmenter(torch.nn.Identity(), record)
@@ -193,7 +193,7 @@ class MaskOracle:
 @pytest.mark.parametrize("swap", [False, True])
 def test_segmentation_metrics_score_the_truth_as_perfect_in_either_layer_order(twist_data, swap):
     from inference.evaluate import evaluate_segmentation
-    from inference.segmenter import layer_groups
+    from inference.segmentation import layer_groups
 
     names = ShardDataset(twist_data, split="test", fields=("image",)).channel_names
     layers, _, order = layer_groups(names)
@@ -220,7 +220,7 @@ def test_evaluate_cli_writes_metrics_and_plot(unet_model, mono_data, tmp_path, r
 
 
 def test_class_balance_weighs_rare_channels(unet_model):
-    from inference.segmenter import MAX_POS_WEIGHT, balanced_pos_weight
+    from inference.segmentation import MAX_POS_WEIGHT, balanced_pos_weight
 
     weights = balanced_pos_weight(np.array([0.1, 0.025, 0.001, 0.0]))
     np.testing.assert_allclose(weights.numpy(), [1.0, 2.0, 10.0, MAX_POS_WEIGHT])

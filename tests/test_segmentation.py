@@ -1,4 +1,4 @@
-"""Segmentation models, losses, blob centroids, point matching and scores (inference.segmentation)."""
+"""Segmentation networks, losses, blob centroids, point matching and scores."""
 
 from __future__ import annotations
 
@@ -8,17 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from inference.segmentation import (
-    GombNet,
-    UNet,
-    atom_scores,
-    blob_centroids,
-    dice_loss,
-    gomb_loss,
-    masks_to_points,
-    match_points,
-    pixel_scores,
-)
+from inference.atom_points import atom_scores, blob_centroids, masks_to_points, match_points, pixel_scores
+from inference.segmentation_losses import dice_loss, gomb_loss
+from inference.segmentation_nets import GombNet, UNet
 
 
 @pytest.fixture(autouse=True)

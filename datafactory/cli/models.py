@@ -76,7 +76,7 @@ def train_segment(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train a U-Net or a Gomb-Net to find the atom columns of every layer."""
-    from inference.segmenter import train_segmentation
+    from inference.segmentation import train_segmentation
 
     require_at_least("--width", width, 1)
     require_at_least("--depth", depth, 1)
