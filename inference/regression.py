@@ -27,7 +27,7 @@ from torch import nn
 
 from datafactory.errors import FactoryError
 
-from .augment import Augmentation, Standardise, augment_batch
+from .training_augment import Augmentation, Standardise, augment_batch
 from .targets import TARGETS, Target, rotational_order
 
 ARCHS = ("resnet18", "resnet34", "resnet50")

@@ -25,7 +25,7 @@ import torch
 
 from datafactory.errors import FactoryError
 
-from .augment import Augmentation, Standardise, corrupt, crop_size, random_crops
+from .training_augment import Augmentation, Standardise, corrupt, crop_size, random_crops
 
 ARCHS = ("unet", "gombnet")
 CLASS_MODES = ("exclusive", "independent")

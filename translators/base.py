@@ -16,7 +16,7 @@ this interface:
     experimental sources and a content hash) plus any weight files the method needs.
 
 Only the images change, with one exception: a geometric scan artefact is a displacement
-field (:mod:`translators.augment`), returned in :attr:`Translation.displacement` so that the
+field (:mod:`translators.scan_distortion`), returned in :attr:`Translation.displacement` so that the
 caller moves masks and atoms with the image.
 """
 

@@ -20,7 +20,7 @@ the detector's response time along each scan line (:mod:`translators.scan_respon
 causal one-pole low-pass acting on signal and noise together, as the detector and its
 amplifier see both.
 
-The displacement field ``d`` (see :mod:`translators.augment`) holds per-line jitter along
+The displacement field ``d`` (see :mod:`translators.scan_distortion`) holds per-line jitter along
 the fast-scan direction, flyback lag at the start of each line, and the linear scan
 distortion (slow drift: per-axis scale and shear). It is returned with the image so masks
 and atoms move with it.
@@ -69,7 +69,7 @@ import numpy as np
 from datafactory.checks import from_known_fields
 from datafactory.errors import FactoryError
 
-from .augment import ScanDistortion, displacement_field, warp_image
+from .scan_distortion import ScanDistortion, displacement_field, warp_image
 from .base import Translation, Translator, as_batch
 from .filters import gaussian, levels, smooth_random_field
 from .style_measurements import (

@@ -20,7 +20,7 @@ from datafactory.pipeline import Sample
 from datafactory.rng import sample_rng
 from datafactory.shards import SCHEMA_VERSION, ShardWriter, read_sample, sample_pixel_sizes_A
 
-from .augment import move_atoms, warp_masks
+from .scan_distortion import move_atoms, warp_masks
 from .base import Translation, Translator
 
 

@@ -46,7 +46,7 @@ def degrade_like_experiment(clean: np.ndarray, pixel_size_A: float, rng: np.rand
     """The twin's corruption model (see the module docstring); returns counts as float."""
     import cv2
 
-    from translators.augment import ScanDistortion, displacement_field, warp_image
+    from translators.scan_distortion import ScanDistortion, displacement_field, warp_image
 
     rows, cols = clean.shape
     line = np.arange(rows)
