@@ -89,7 +89,7 @@ def boundary_image(work: Path, size: int = 512) -> tuple[Path, int]:
 
     sys.path.insert(0, str(ROOT))
     from datafactory.config import validate_config
-    from datafactory.pipeline import Plan, simulate_sample
+    from datafactory.samples import Plan, simulate_sample
     from translators.base import load_style
 
     path = work / "boundary.tif"

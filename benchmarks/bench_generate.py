@@ -48,7 +48,7 @@ def fit_synthetic_style(out: Path) -> Path:
     """Fit a parametric style on a simulated 512² MoS2 image rendered with known artefacts."""
     from conftest import make_plan
 
-    from datafactory.pipeline import simulate_sample
+    from datafactory.samples import simulate_sample
     from translators.parametric import ParametricTranslator, StyleParameters, render
 
     plan = make_plan({"microscope": {"image_size_px": 512, "pixel_size_A": PIXEL_A, "source_size_A": 0.6}, "structure": {"rotation_deg": 7.0}})

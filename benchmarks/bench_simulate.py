@@ -20,7 +20,7 @@ from pathlib import Path
 from threadpoolctl import threadpool_limits
 
 from datafactory.config import load_config
-from datafactory.pipeline import Plan, simulate_sample, simulate_samples, write_simulation
+from datafactory.samples import Plan, simulate_sample, simulate_samples, write_simulation
 
 
 def main() -> None:

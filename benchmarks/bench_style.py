@@ -93,7 +93,7 @@ def main() -> None:
     import torch
 
     from datafactory.config import validate_config
-    from datafactory.pipeline import Plan, simulate_sample
+    from datafactory.samples import Plan, simulate_sample
     from translators.compare import compare_images
     from translators.drit.fit import select_pool
     from translators.drit.train import PRESETS

@@ -82,7 +82,7 @@ def main() -> None:
     from datafactory.config import load_config
     from datafactory.workflows.generate import augment_image
     from datafactory.io import read_micrographs
-    from datafactory.pipeline import Plan, simulate_sample
+    from datafactory.samples import Plan, simulate_sample
     from translators.base import load_style, read_style_record
     from translators.compare import compare_images
     from translators.contrast_calibration import simulation_overrides

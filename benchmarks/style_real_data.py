@@ -47,7 +47,7 @@ def main() -> None:
     from datafactory.cli import run
     from datafactory.config import load_config
     from datafactory.io import read_micrographs
-    from datafactory.pipeline import Plan, simulate_sample
+    from datafactory.samples import Plan, simulate_sample
     from translators.base import load_style
     from translators.compare import compare_images
 

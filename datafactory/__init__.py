@@ -8,7 +8,7 @@ The package is organised by concept:
 - :mod:`datafactory.labels` turns the same patch into atom tables, masks and stacking labels.
 - :mod:`datafactory.config` reads and validates YAML configs and samples their parameters.
 - :mod:`datafactory.shards` writes and reads the HDF5 schema.
-- :mod:`datafactory.pipeline` runs sample i of (config, seed) and many of them in parallel.
+- :mod:`datafactory.samples` runs sample i of (config, seed) and many of them in parallel.
 - :mod:`datafactory.cli` is the ``factory`` command.
 """
 
@@ -23,10 +23,10 @@ __all__, __getattr__, __dir__ = lazy_exports(
     {
         "FactoryError": "datafactory.errors",
         "load_config": "datafactory.config",
-        "Plan": "datafactory.pipeline",
-        "simulate_sample": "datafactory.pipeline",
-        "simulate_samples": "datafactory.pipeline",
-        "write_simulation": "datafactory.pipeline",
+        "Plan": "datafactory.samples",
+        "simulate_sample": "datafactory.samples",
+        "simulate_samples": "datafactory.samples",
+        "write_simulation": "datafactory.samples",
         "ShardWriter": "datafactory.shards",
         "load_manifest": "datafactory.dataset",
         "validate_dataset": "datafactory.validate",

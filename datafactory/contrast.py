@@ -361,7 +361,7 @@ def _element_images(plan, seed: int, index: int, source_sizes_A: Sequence[float]
     from .config import MICROSCOPE_KEYS, sample_parameters
     from .grid import PixelGrid
     from .microscope import Microscope, probe_margin_A
-    from .pipeline import build_sample_structure
+    from .samples import build_sample_structure
     from .rng import sample_rng
     from .simulation.incoherent import incoherent_image
     from .structures import displace_thermally
@@ -431,7 +431,7 @@ def fit_contrast(measured: ContrastMeasurement, config, pixel_size_A: float, *, 
     as the config says) are simulated at ``pixel_size_A``; they are measured with the
     experiment's matched filter, so both sides go through the same operator.
     """
-    from .pipeline import Plan
+    from .samples import Plan
 
     if not (math.isfinite(measured.chalcogen_to_metal) and math.isfinite(measured.column_sigma_A)):
         raise FactoryError("the experiment's column contrast could not be measured")

@@ -149,7 +149,7 @@ class ShardWriter:
         self._params = {name: np.zeros(n) for name in param_names}
 
     def write(self, sample) -> None:
-        """Write the next sample (a :class:`datafactory.pipeline.Sample`)."""
+        """Write the next sample (a :class:`datafactory.samples.Sample`)."""
         i = sample.index - self.first_index
         if i != self._next:
             raise RuntimeError(f"samples must be written in order: expected {self.first_index + self._next}, got {sample.index}")

@@ -54,7 +54,7 @@ def target_for(kind: str, manifest: dict, base_dir: Path | None = None) -> Targe
     import yaml
 
     from datafactory.config import validate_config
-    from datafactory.pipeline import Plan
+    from datafactory.samples import Plan
 
     if kind not in TARGETS:
         raise FactoryError(f"--target: must be one of {', '.join(TARGETS)} (got '{kind}')")

@@ -41,7 +41,7 @@ def make_config(update: dict | None = None):
 
 
 def make_plan(update: dict | None = None):
-    from datafactory.pipeline import Plan
+    from datafactory.samples import Plan
 
     return Plan.from_config(make_config(update))
 

@@ -11,7 +11,7 @@ import pytest
 import tifffile
 from conftest import make_plan
 
-from datafactory.pipeline import simulate_sample, write_simulation
+from datafactory.samples import simulate_sample, write_simulation
 from translators.parametric import StyleParameters, render
 
 PIXEL_A = 0.127

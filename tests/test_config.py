@@ -4,7 +4,7 @@ import pytest
 from conftest import make_config
 from datafactory.config import Param, load_config, preset_names, sample_parameters, validate_config
 from datafactory.errors import FactoryError
-from datafactory.pipeline import Plan
+from datafactory.samples import Plan
 
 
 def test_param_forms():

@@ -8,7 +8,7 @@ from conftest import make_config
 
 from datafactory.contrast import find_sites, fit_contrast, measure_contrast, pristine_config
 from datafactory.errors import FactoryError
-from datafactory.pipeline import Plan, simulate_sample
+from datafactory.samples import Plan, simulate_sample
 
 PIXEL_A = 0.13
 A_MOS2 = 3.16

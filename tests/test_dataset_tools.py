@@ -23,7 +23,7 @@ def dataset(tmp_path_factory) -> Path:
     """A real 30-sample, 3-shard dataset of 64 px bilayer images (made once per module)."""
     from datafactory.config import load_config
     from datafactory.workflows.generate import GenerateRequest, generate_dataset
-    from datafactory.pipeline import Plan
+    from datafactory.samples import Plan
 
     cfg, path = load_config("mos2_bilayer_slip", {"microscope.image_size_px": 64})
     plan = Plan.from_config(cfg, base_dir=path.parent)

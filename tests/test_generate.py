@@ -17,7 +17,7 @@ import pytest
 from conftest import assert_same_tree, h5_tree
 
 from datafactory.dataset import file_sha256, load_manifest, split_indices
-from datafactory.pipeline import simulate_sample
+from datafactory.samples import simulate_sample
 from translators.parametric import ParametricTranslator, StyleParameters
 
 FACTORY = [sys.executable, "-m", "datafactory.cli"]
@@ -188,7 +188,7 @@ def test_generated_sample_equals_the_simulation(run_cli, tmp_path):
     out = tmp_path / "ds"
     assert run_cli("generate", "--config", "mos2_monolayer", "--size", "48", "-q", "--n", 5, "--shard-size", 2, "--workers", 1, "--out", out)[0] == 0
     from datafactory.config import load_config
-    from datafactory.pipeline import Plan
+    from datafactory.samples import Plan
 
     config, path = load_config("mos2_monolayer", {"microscope.image_size_px": 48})
     plan = Plan.from_config(config, base_dir=path.parent)
@@ -291,7 +291,7 @@ def test_an_interrupted_run_cancels_cluster_tasks_and_leaves_a_local_pool_to_its
     InvalidStateError traceback under SIGTERM to the process group). A cluster's are cancelled."""
     from datafactory.config import load_config
     from datafactory.workflows.generate import GenerateRequest, _run_tasks
-    from datafactory.pipeline import Plan
+    from datafactory.samples import Plan
     from tqdm import tqdm
 
     cfg, path = load_config("mos2_monolayer", {"microscope.image_size_px": 32})

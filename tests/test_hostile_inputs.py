@@ -349,7 +349,7 @@ def suffix(fmt: str) -> str:
 def lattice_image() -> np.ndarray:
     """A 96×96 uint16 image of a noisy simulated MoS2 lattice at 0.1 Å/px (read and fitted fine)."""
     from conftest import make_plan
-    from datafactory.pipeline import simulate_sample
+    from datafactory.samples import simulate_sample
 
     plan = make_plan({"microscope": {"image_size_px": 96, "pixel_size_A": PIXEL_SIZE_A, "source_size_A": 0.5}})
     clean = simulate_sample(plan, 0, 0).image

@@ -344,7 +344,7 @@ def test_drit_fit_killed_between_checkpoints_resumes_to_the_same_weights(tmp_pat
     import torch
     from conftest import make_plan
 
-    from datafactory.pipeline import simulate_sample
+    from datafactory.samples import simulate_sample
     from translators.parametric import StyleParameters, render
 
     pixel_A = 0.12

@@ -10,7 +10,7 @@ from scipy.spatial import cKDTree
 
 from conftest import make_plan
 from datafactory.errors import FactoryError
-from datafactory.pipeline import simulate_sample
+from datafactory.samples import simulate_sample
 from datafactory.structures import (
     MX2_PARAMETERS,
     Interface,

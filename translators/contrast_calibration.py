@@ -119,7 +119,7 @@ def _clean_images(config, calibration: ContrastCalibration, pixel_size_A: float,
     """Pristine monolayers of the config's material at the fitted γ and source size."""
     from datafactory.config import validate_config
     from datafactory.contrast import pristine_config
-    from datafactory.pipeline import Plan, simulate_sample
+    from datafactory.samples import Plan, simulate_sample
 
     import yaml
 

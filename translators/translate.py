@@ -16,7 +16,7 @@ import numpy as np
 
 from datafactory.errors import FactoryError
 from datafactory.grid import resample, resampled_shape, same_pixel_size
-from datafactory.pipeline import Sample
+from datafactory.samples import Sample
 from datafactory.rng import sample_rng
 from datafactory.shards import SCHEMA_VERSION, ShardWriter, read_sample, sample_pixel_sizes_A
 

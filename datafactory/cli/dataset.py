@@ -38,7 +38,7 @@ def generate(
     from ..dataset import parse_split
     from ..workflows.generate import GenerateRequest, generate_dataset
     from ..grid import resampled_shape
-    from ..pipeline import Plan
+    from ..samples import Plan
 
     require_at_least("--n", n, 1)
     require_at_least("--seed", seed, 0)

@@ -24,7 +24,7 @@ def simulate(
 ) -> None:
     """Simulate N images with exact labels into one HDF5 file, plus a preview PNG."""
     from ..config import load_config
-    from ..pipeline import Plan, default_workers, write_simulation
+    from ..samples import Plan, default_workers, write_simulation
 
     require_at_least("--n", n, 1)
     require_at_least("--seed", seed, 0)

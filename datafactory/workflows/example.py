@@ -69,7 +69,7 @@ def make_example_experiment(out_dir: Path, seed: int = 0) -> Path:
     import tifffile
 
     from ..config import validate_config
-    from ..pipeline import Plan, simulate_sample
+    from ..samples import Plan, simulate_sample
 
     plan = Plan.from_config(validate_config(EXAMPLE_CONFIG, "built-in example"))
     clean = simulate_sample(plan, seed, 0).image

@@ -113,7 +113,7 @@ def make_shard(task: ShardTask) -> dict[str, Any]:
     import yaml
 
     from ..config import validate_config
-    from ..pipeline import Plan
+    from ..samples import Plan
 
     config = validate_config(yaml.safe_load(task.config_yaml), "config")
     plan = Plan.from_config(config, Path(task.base_dir) if task.base_dir else None)
@@ -134,7 +134,7 @@ def _write_shard(task: ShardTask, plan, config, translator, tmp: Path, final: Pa
 
     from translators.translate import resample_sample, translate_samples
 
-    from ..pipeline import simulate_sample
+    from ..samples import simulate_sample
     from ..rng import sample_rng
     from ..shards import ShardWriter
 

@@ -54,7 +54,7 @@ def simulation_pool(
     from tqdm import tqdm
 
     from datafactory.config import load_config
-    from datafactory.pipeline import Plan, simulate_samples
+    from datafactory.samples import Plan, simulate_samples
 
     cfg, path = load_config(config, {**(overrides or {}), "microscope.pixel_size_A": pixel_size_A, "microscope.image_size_px": size_px})
     plan = Plan.from_config(cfg, base_dir=path.parent)

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from conftest import assert_same_tree, h5_tree, make_plan
-from datafactory.pipeline import simulate_sample, simulate_samples, write_simulation
+from datafactory.samples import simulate_sample, simulate_samples, write_simulation
 from datafactory.shards import SCHEMA_VERSION, read_sample
 
 BILAYER = {
@@ -132,20 +132,20 @@ def test_monolayer_file_has_no_stacking_labels(tmp_path):
 
 
 def test_failed_run_leaves_no_partial_file_and_keeps_the_old_one(tmp_path, monkeypatch):
-    import datafactory.pipeline as pipeline
+    import datafactory.samples as samples_module
 
     plan = make_plan()
     out = tmp_path / "keep.h5"
     write_simulation(plan, 0, 2, out, progress=False)
     before = out.read_bytes()
-    original = pipeline.simulate_sample
+    original = samples_module.simulate_sample
 
     def failing(plan_, seed, index):
         if index == 2:
             raise KeyboardInterrupt
         return original(plan_, seed, index)
 
-    monkeypatch.setattr(pipeline, "simulate_sample", failing)
+    monkeypatch.setattr(samples_module, "simulate_sample", failing)
     with pytest.raises(KeyboardInterrupt):
         write_simulation(plan, 1, 4, out, progress=False)
     assert out.read_bytes() == before
