@@ -11,6 +11,7 @@ renamed into place, so an interrupted save leaves any earlier MODEL untouched.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 
 from datafactory import __version__
-from datafactory.dataset import replacing_directory
+from datafactory.records import RecordKind, read_record_file, refuse_foreign_directory, shown, write_record_directory
 from datafactory.errors import FactoryError
 
 WEIGHTS_FILE = "weights.pt"
@@ -35,25 +36,28 @@ def dataset_hash(manifest: dict) -> str:
     return h.hexdigest()
 
 
+#: A MODEL directory as a record directory.
+MODEL_RECORD = RecordKind(
+    name="a MODEL",
+    field="model",
+    record_file=RECORD_FILE,
+    files=(WEIGHTS_FILE,),
+    missing=f"a model directory written by 'factory train' (no {RECORD_FILE} and {WEIGHTS_FILE})",
+    remedy="train the model again",
+)
+
+
 def check_output(out: Path) -> None:
-    """Refuse an --out that is a file or a non-empty directory that is not a MODEL."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise FactoryError(f"--out: '{out}' is a file; give a directory for the MODEL")
-    if out.is_dir() and any(out.iterdir()) and not (out / RECORD_FILE).is_file():
-        raise FactoryError(f"--out: '{out}' is a non-empty directory that is not a MODEL; choose another")
+    """Refuse an ``out`` that is a file or a non-empty directory that is not a MODEL."""
+    refuse_foreign_directory(out, MODEL_RECORD)
 
 
 def save_model(out: Path, model: torch.nn.Module, record: dict[str, Any]) -> Path:
     """Write ``out`` (weights and record) atomically; returns ``out``."""
-    out = Path(out)
-    check_output(out)
-    with replacing_directory(out) as tmp:
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        torch.save(state, tmp / WEIGHTS_FILE)
-        full = {"format": FORMAT, "package_version": __version__, **record}
-        (tmp / RECORD_FILE).write_text(json.dumps(full, indent=1, default=float))
-    return out
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, buffer)
+    full = {"format": FORMAT, "package_version": __version__, **record}
+    return write_record_directory(Path(out), MODEL_RECORD, json.dumps(full, indent=1, default=float), {WEIGHTS_FILE: buffer.getvalue()})
 
 
 def _number(v: Any) -> bool:
@@ -97,8 +101,7 @@ def _field_problem(record: dict, name: str, kind: str, required: bool, prefix: s
     test, description = KINDS[kind]
     if test(record[name]):
         return None
-    shown = json.dumps(record[name]) if not isinstance(record[name], float) else str(record[name])
-    return f"field '{prefix}{name}' is {shown if len(shown) <= 40 else 'a ' + type(record[name]).__name__}, not {description}"
+    return f"field '{prefix}{name}' is {shown(record[name])}, not {description}"
 
 
 def record_problem(record: Any) -> str | None:
@@ -121,18 +124,7 @@ def record_problem(record: Any) -> str | None:
 
 def read_record(path: Path) -> dict[str, Any]:
     """The ``model.json`` of MODEL ``path``, checked field by field, with one-line errors for anything else."""
-    path = Path(path)
-    record_file = path / RECORD_FILE
-    if not record_file.is_file() or not (path / WEIGHTS_FILE).is_file():
-        raise FactoryError(f"MODEL: '{path}' is not a model directory written by 'factory train' (no {RECORD_FILE} and {WEIGHTS_FILE})")
-    try:
-        record = json.loads(record_file.read_text())
-    except (OSError, ValueError) as exc:
-        raise FactoryError(f"MODEL: '{record_file}' is unreadable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
-    problem = record_problem(record)
-    if problem:
-        raise FactoryError(f"MODEL: '{record_file}' is not a usable {FORMAT} record ({problem}); train the model again")
-    return record
+    return read_record_file(path, MODEL_RECORD, record_problem)
 
 
 def load_weights(path: Path, model: torch.nn.Module) -> torch.nn.Module:
@@ -140,5 +132,5 @@ def load_weights(path: Path, model: torch.nn.Module) -> torch.nn.Module:
         state = torch.load(Path(path) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: one line
-        raise FactoryError(f"MODEL: '{Path(path) / WEIGHTS_FILE}' does not load ({str(exc).splitlines()[0][:160]})") from None
+        raise FactoryError(f"'{Path(path) / WEIGHTS_FILE}' does not load ({str(exc).splitlines()[0][:160]})", field="model") from None
     return model.eval()

@@ -34,8 +34,19 @@ import numpy as np
 
 from datafactory import __version__
 from datafactory.errors import FactoryError
+from datafactory.records import RecordKind, read_record_file, shown, write_record_directory
 
 STYLE_FILE = "style.json"
+
+#: A STYLE bundle as a record directory (its weight files depend on the method).
+STYLE_RECORD = RecordKind(
+    name="a STYLE bundle",
+    field="style",
+    record_file=STYLE_FILE,
+    files=(),
+    missing=f"a STYLE bundle (no {STYLE_FILE}); make one with 'factory fit-style'",
+    remedy="fit the style again",
+)
 
 #: The bundle's report of how its translations compare with the experiments (``fit-style``).
 REPORT_FILE = "report.json"
@@ -164,16 +175,7 @@ def save_bundle(translator: Translator, directory: Path, *, sources: Sequence[di
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     record["content_hash"] = _content_hash(record, files)
-    directory = Path(directory)
-    if directory.exists() and any(directory.iterdir()) and not (directory / STYLE_FILE).is_file():
-        raise FactoryError(f"--out: '{directory}' exists and is not a STYLE bundle; choose a new directory")
-    from datafactory.dataset import replacing_directory
-
-    with replacing_directory(directory) as tmp:
-        (tmp / STYLE_FILE).write_text(json.dumps(record, indent=2) + "\n")
-        for name, content in files.items():
-            (tmp / name).write_bytes(content)
-    return directory
+    return write_record_directory(Path(directory), STYLE_RECORD, json.dumps(record, indent=2) + "\n", files)
 
 
 #: The fields of ``style.json``: name -> (JSON types, required). ``content_hash`` covers the
@@ -200,41 +202,24 @@ def _style_damage(record: Any) -> str | None:
             if required:
                 return f"field '{key}' is missing"
         elif not isinstance(record[key], types) or isinstance(record[key], bool):
-            return f"field '{key}' is {_shown(record[key])}, not {' or '.join(dict.fromkeys('null' if t is type(None) else _JSON_NAMES[t] for t in types))}"
+            return f"field '{key}' is {shown(record[key])}, not {' or '.join(dict.fromkeys('null' if t is type(None) else _JSON_NAMES[t] for t in types))}"
     px = record["pixel_size_A"]
     if not (math.isfinite(px) and px > 0):
-        return f"field 'pixel_size_A' is {_shown(px)}, not a positive number"
+        return f"field 'pixel_size_A' is {shown(px)}, not a positive number"
     return None
 
 
 _JSON_NAMES = {str: "a string", int: "a number", float: "a number", dict: "an object", list: "a list"}
 
 
-def _shown(value: Any) -> str:
-    """A short description of a JSON value for an error message."""
-    text = json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else str(value)
-    return text if len(text) <= 40 else f"a {type(value).__name__}"
-
-
 def read_style_record(directory: Path) -> dict[str, Any]:
     """``style.json`` of a bundle, checked against :data:`STYLE_SCHEMA` (not yet against its content hash)."""
-    directory = Path(directory)
-    path = directory / STYLE_FILE
-    if not directory.is_dir() or not path.is_file():
-        raise FactoryError(f"--style: '{directory}' is not a STYLE bundle (no {STYLE_FILE}); make one with 'factory fit-style'")
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise FactoryError(f"--style: '{path}' is damaged ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-    damage = _style_damage(record)
-    if damage:
-        raise FactoryError(f"--style: '{path}' is damaged ({damage}); fit the style again")
-    return record
+    return read_record_file(directory, STYLE_RECORD, _style_damage)
 
 
 def _check_hash(record: dict[str, Any], files: dict[str, bytes], directory: Path) -> None:
     if _content_hash(record, files) != record["content_hash"]:
-        raise FactoryError(f"--style: '{directory / STYLE_FILE}' does not match its content hash; it was modified or damaged — fit it again")
+        raise FactoryError(f"'{directory / STYLE_FILE}' does not match its content hash; it was modified or damaged — fit it again", field="style")
 
 
 def load_style(directory: Path) -> Translator:
@@ -250,7 +235,7 @@ def load_style(directory: Path) -> Translator:
     record = read_style_record(directory)
     cls = translator_class(record["method"])
     if cls is None:
-        raise FactoryError(f"--style: '{directory / STYLE_FILE}' field 'method' is '{record['method']}', not one of {', '.join(sorted(available()))}")
+        raise FactoryError(f"'{directory / STYLE_FILE}' field 'method' is '{record['method']}', not one of {', '.join(sorted(available()))}", field="style")
     has_files = cls.weight_files is not Translator.weight_files
     if not has_files:
         _check_hash(record, {}, directory)
@@ -258,7 +243,7 @@ def load_style(directory: Path) -> Translator:
         translator = cls.from_parameters(record["parameters"], directory)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        raise FactoryError(f"--style: '{directory / STYLE_FILE}' field 'parameters' does not make a {record['method']} style ({reason}); fit it again") from None
+        raise FactoryError(f"'{directory / STYLE_FILE}' field 'parameters' does not make a {record['method']} style ({reason}); fit it again", field="style") from None
     translator.pixel_size_A = float(record["pixel_size_A"])
     if has_files:
         _check_hash(record, translator.weight_files(), directory)
