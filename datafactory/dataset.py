@@ -161,9 +161,9 @@ def parse_split(text: str) -> tuple[float, float, float]:
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise FactoryError(f"--split: expected three fractions such as 0.8,0.1,0.1 (got '{text}')") from None
+        raise FactoryError(f"expected three fractions such as 0.8,0.1,0.1 (got '{text}')", field="split") from None
     if len(values) != 3 or any(v < 0 for v in values) or abs(sum(values) - 1) > 1e-6:
-        raise FactoryError(f"--split: expected three non-negative fractions summing to 1 (got '{text}')")
+        raise FactoryError(f"expected three non-negative fractions summing to 1 (got '{text}')", field="split")
     return values  # type: ignore[return-value]
 
 

@@ -17,9 +17,9 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise FactoryError("--device cuda: no CUDA device is available here (use --device cpu or auto)")
+        raise FactoryError("cuda: no CUDA device is available here (use `device='cpu'` or `device='auto'`)", field="device")
     if device not in ("cpu", "cuda"):
-        raise FactoryError(f"--device: must be auto, cpu or cuda (got '{device}')")
+        raise FactoryError(f"must be auto, cpu or cuda (got '{device}')", field="device")
     return device
 
 

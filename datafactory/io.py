@@ -157,7 +157,7 @@ def _colour_to_grey(data: np.ndarray, allow_rgb: bool) -> np.ndarray:
         raise _Unusable(f"has {channels} colour channels; expected a greyscale image")
     if not allow_rgb:
         kind = "an RGB" if channels == 3 else "an RGBA"
-        raise _Unusable(f"is {kind} image; STEM images are greyscale — pass --allow-rgb to convert it to grey")
+        raise _Unusable(f"is {kind} image; STEM images are greyscale — pass `allow_rgb=True` to convert it to grey")
     rgb = data[..., :3].astype(np.float32)
     return rgb @ np.asarray(_LUMINANCE, np.float32)
 
@@ -220,7 +220,7 @@ def _checked_override(pixel_size_A) -> float | None:
     except (TypeError, ValueError):
         value = math.nan
     if not (math.isfinite(value) and value > 0):
-        raise FactoryError(f"--pixel-size must be a positive number of Å per pixel, got {pixel_size_A!r}")
+        raise FactoryError(f"must be a positive number of Å per pixel, got {pixel_size_A!r}", field="pixel_size_A")
     return value
 
 
@@ -385,7 +385,7 @@ def read_micrograph_files(
     ------
     FactoryError
         As :func:`read_micrographs`; also for an empty ``paths`` and, with
-        ``require_pixel_size``, for an uncalibrated file (the message names ``--pixel-size``).
+        ``require_pixel_size``, for an uncalibrated file (the message names ``pixel_size_A``).
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -399,7 +399,7 @@ def read_micrograph_files(
         if require_pixel_size and uncalibrated:
             raise FactoryError(
                 f"'{path}' has no pixel-size calibration; "
-                "give it with --pixel-size (Å per pixel)"
+                "give it with `pixel_size_A` (Å per pixel)"
             )
         micrographs += read
     return micrographs

@@ -220,7 +220,7 @@ class ShardDataset(Dataset):
                 f"resume it by re-running the same command: {command}"
             )
         if "clean" in self.fields and not manifest.get("keep_clean"):
-            raise FactoryError(f"field 'clean' is not stored in '{self.root}' (it was generated without --keep-clean)")
+            raise FactoryError(f"field 'clean' is not stored in '{self.root}' (it was generated without `keep_clean=True`)")
         self.indices = split_indices(manifest, split)
         self.split = split
         self.channel_names = [str(c) for c in manifest.get("channel_names", [])]

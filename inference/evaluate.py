@@ -48,7 +48,7 @@ def load_model(path: Path, device: str = "cpu"):
         from .segmentation import load_segmenter
 
         return record, load_segmenter(path, record, device)
-    raise FactoryError(f"MODEL: '{path}' has an unknown task {record.get('task')!r}")
+    raise FactoryError(f"'{path}' has an unknown task {record.get('task')!r}", field="model")
 
 
 def _check_dataset(record: dict, dataset) -> None:
@@ -56,8 +56,8 @@ def _check_dataset(record: dict, dataset) -> None:
 
     if not same_pixel_size(dataset.pixel_size_A, record["pixel_size_A"]):
         raise FactoryError(
-            f"--data: pixel size {dataset.pixel_size_A:.5g} Å/px differs from the model's {record['pixel_size_A']:.5g} Å/px; "
-            "generate the test data at the model's pixel size"
+            f"pixel size {dataset.pixel_size_A:.5g} Å/px differs from the model's {record['pixel_size_A']:.5g} Å/px; "
+            "generate the test data at the model's pixel size", field="data"
         )
 
 
@@ -72,11 +72,11 @@ def evaluate_regression(regressor, data: Path, split: str, batch: int = 64, prog
     field = label_field(target)
     ds = ShardDataset(data, split=split, fields=("image", field))
     if len(ds) == 0:
-        raise FactoryError(f"--split {split}: '{data}' has no samples in it")
+        raise FactoryError(f"{split}: '{data}' has no samples in it", field="split")
     _check_dataset(regressor.record, ds)
     have = int(ds.manifest.get("n_interfaces") or 0)
     if have < target.n_interfaces:
-        raise FactoryError(f"--data: '{data}' has {have + 1} layer(s); the model reads {target.n_interfaces} interface(s) ({regressor.record.get('target_name', target.kind)})")
+        raise FactoryError(f"'{data}' has {have + 1} layer(s); the model reads {target.n_interfaces} interface(s) ({regressor.record.get('target_name', target.kind)})", field="data")
     predicted, true = [], []
     for lo in tqdm(range(0, len(ds), batch), desc="evaluate", unit="batch", disable=not progress):
         items = [ds[k] for k in range(lo, min(lo + batch, len(ds)))]
@@ -123,11 +123,11 @@ def evaluate_segmentation(segmenter, data: Path, split: str, match_radius_A: flo
     record = segmenter.record
     ds = ShardDataset(data, split=split, fields=("image", "masks"))
     if len(ds) == 0:
-        raise FactoryError(f"--split {split}: '{data}' has no samples in it")
+        raise FactoryError(f"{split}: '{data}' has no samples in it", field="split")
     _check_dataset(record, ds)
     names = record["output_channels"]
     if sorted(ds.channel_names) != sorted(names):
-        raise FactoryError(f"--data: mask channels {ds.channel_names} differ from the model's {names}")
+        raise FactoryError(f"mask channels {ds.channel_names} differ from the model's {names}", field="data")
     order = [ds.channel_names.index(n) for n in names]
     max_value = float(ds.mask_max_value)
     n_layers = max(1, int(record.get("n_layers", 1)))
@@ -269,10 +269,10 @@ def _segmentation_plot(path: Path, out: dict) -> None:
 def evaluate(model_path: Path, data: Path, split: str, out: Path, device: str = "cpu", progress: bool = True) -> dict:
     """Score MODEL on a split; writes ``out`` (JSON) and ``out`` with suffix .png (plots)."""
     if split not in ("train", "val", "test"):
-        raise FactoryError(f"--split: must be train, val or test (got '{split}')")
+        raise FactoryError(f"must be train, val or test (got '{split}')", field="split")
     out = Path(out)
     if out.is_dir():
-        raise FactoryError(f"--out: '{out}' is a directory; give a .json file name")
+        raise FactoryError(f"'{out}' is a directory; give a .json file name", field="out")
     record, model = load_model(model_path, device)
     if record["task"] == "regress":
         metrics, arrays = evaluate_regression(model, data, split, progress=progress)

@@ -100,9 +100,9 @@ def map_micrograph(
         train_side_px = int(min(record["image_shape"]))
         window_px = int(round(window_A / pixel_size_A)) if window_A else train_side_px
         if window_px < 32:
-            raise FactoryError(f"--window: {window_px} px is too small for the model (at least 32 px = {32 * pixel_size_A:.1f} Å)")
+            raise FactoryError(f"{window_px} px is too small for the model (at least 32 px = {32 * pixel_size_A:.1f} Å)", field="window")
         if window_px > min(image.shape):
-            raise FactoryError(f"--window: {window_px * pixel_size_A:.1f} Å is larger than the image ({image.shape[1]}x{image.shape[0]} px)")
+            raise FactoryError(f"{window_px * pixel_size_A:.1f} Å is larger than the image ({image.shape[1]}x{image.shape[0]} px)", field="window")
         stride_px = max(1, int(round(stride_A / pixel_size_A)))
         refine_px = max(1, int(round(refine_stride_A / pixel_size_A))) if refine_stride_A else None
         limit = threshold if threshold is not None else (2.0 if target.kind == "twist" else 0.3)

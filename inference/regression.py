@@ -38,7 +38,7 @@ def build_regressor(arch: str, n_outputs: int) -> nn.Module:
     import torchvision
 
     if arch not in ARCHS:
-        raise FactoryError(f"--arch: must be one of {', '.join(ARCHS)} (got '{arch}')")
+        raise FactoryError(f"must be one of {', '.join(ARCHS)} (got '{arch}')", field="arch")
     net = getattr(torchvision.models, arch)(weights=None)
     net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
     features = net.fc.in_features
@@ -57,12 +57,12 @@ def target_for(kind: str, manifest: dict, base_dir: Path | None = None) -> Targe
     from datafactory.samples import Plan
 
     if kind not in TARGETS:
-        raise FactoryError(f"--target: must be one of {', '.join(TARGETS)} (got '{kind}')")
+        raise FactoryError(f"must be one of {', '.join(TARGETS)} (got '{kind}')", field="target")
     n_interfaces = int(manifest.get("n_interfaces") or 0)
     need = 2 if kind == "slip2" else 1
     if n_interfaces < need:
         layers = n_interfaces + 1
-        raise FactoryError(f"--target {kind}: needs {need + 1} or more layers, the dataset has {layers}")
+        raise FactoryError(f"{kind} needs {need + 1} or more layers, the dataset has {layers}", field="target")
     plan = Plan.from_config(validate_config(yaml.safe_load(manifest["config"]), "dataset config"), base_dir)
     cell = plan.cell
     contents = {}
@@ -140,10 +140,10 @@ def train_regression(
     check_output(out)
     train_set = ShardDataset(data, split="train", fields=("image", "slip_frac", "twist_deg"))
     if len(train_set) == 0:
-        raise FactoryError(f"--data: '{data}' has no training samples")
+        raise FactoryError(f"'{data}' has no training samples", field="data")
     pixel_size_A = train_set.pixel_size_A
     if not math.isfinite(pixel_size_A):
-        raise FactoryError(f"--data: '{data}' mixes pixel sizes; regression needs one (generate it with --resample)")
+        raise FactoryError(f"'{data}' mixes pixel sizes; regression needs one (generate it with `resample=True`)", field="data")
     target = target_for(target_kind, train_set.manifest, Path(data))
     field = label_field(target)
     val_set = ShardDataset(data, split="val", fields=("image", field))

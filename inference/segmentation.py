@@ -49,7 +49,7 @@ def layer_groups(channel_names: list[str]) -> tuple[list[int], list[str], list[i
     for layer in layers:
         mine = [c for l2, c in parsed if l2 == layer]
         if sorted(mine) != sorted(contents):
-            raise FactoryError(f"--arch gombnet: layer {layer} has columns {mine}, layer {layers[0]} has {contents}; a Gomb-Net needs the same per layer")
+            raise FactoryError(f"gombnet: layer {layer} has columns {mine}, layer {layers[0]} has {contents}; a Gomb-Net needs the same per layer", field="arch")
         order += [index[(layer, c)] for c in contents]
     return layers, contents, order
 
@@ -62,7 +62,7 @@ def build_segmenter(arch: str, n_channels: int, n_layers: int, width: int, depth
     elif arch == "gombnet":
         net = GombNet(in_channels=1, classes_per_layer=n_channels // n_layers, n_layers=n_layers, base_width=width, depth=depth)
     else:
-        raise FactoryError(f"--arch: must be one of {', '.join(ARCHS)} (got '{arch}')")
+        raise FactoryError(f"must be one of {', '.join(ARCHS)} (got '{arch}')", field="arch")
     model = torch.nn.Sequential(Standardise(), net)
     model.size_multiple = net.size_multiple
     return model
@@ -197,22 +197,22 @@ def train_segmentation(
     seed_everything(settings.seed)
     augmentation = augmentation or Augmentation()
     if arch not in ARCHS:
-        raise FactoryError(f"--arch: must be one of {', '.join(ARCHS)} (got '{arch}')")
+        raise FactoryError(f"must be one of {', '.join(ARCHS)} (got '{arch}')", field="arch")
     if classes not in CLASS_MODES:
-        raise FactoryError(f"--classes: must be one of {', '.join(CLASS_MODES)} (got '{classes}')")
+        raise FactoryError(f"must be one of {', '.join(CLASS_MODES)} (got '{classes}')", field="classes")
     check_output(out)
     train_set = ShardDataset(data, split="train", fields=("image", "masks"))
     if len(train_set) == 0:
-        raise FactoryError(f"--data: '{data}' has no training samples")
+        raise FactoryError(f"'{data}' has no training samples", field="data")
     pixel_size_A = train_set.pixel_size_A
     if not math.isfinite(pixel_size_A):
-        raise FactoryError(f"--data: '{data}' mixes pixel sizes; segmentation needs one (generate it with --resample)")
+        raise FactoryError(f"'{data}' mixes pixel sizes; segmentation needs one (generate it with `resample=True`)", field="data")
     names = train_set.channel_names
     max_value = float(train_set.mask_max_value)
     if arch == "gombnet":
         layers, contents, order = layer_groups(names)
         if len(layers) < 2:
-            raise FactoryError("--arch gombnet: the dataset has one layer; use --arch unet")
+            raise FactoryError("gombnet: the dataset has one layer; use `arch='unet'`", field="arch")
     else:
         layers, order = sorted({int(_LAYER.match(n).group(1)) for n in names if _LAYER.match(n)}) or [1], list(range(len(names)))
     output_channels = [names[i] for i in order]

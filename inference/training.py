@@ -153,7 +153,7 @@ def _step(model, batch, loss_fn, optimiser, scaler, device: str, step: int) -> f
     with autocast(device):
         loss = loss_fn(model, batch, device)
     if not torch.isfinite(loss):
-        raise FactoryError(f"training diverged at step {step} (loss {loss.item()}); lower --lr")
+        raise FactoryError(f"training diverged at step {step} (loss {loss.item()}); lower `lr`")
     optimiser.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()

@@ -366,7 +366,7 @@ def test_override_keeps_file_calibration(tmp_path):
 def test_non_positive_override_refused(tmp_path, bad):
     path = tmp_path / "a.npy"
     np.save(path, image())
-    refused(path, "--pixel-size must be a positive", pixel_size_A=bad)
+    refused(path, "^must be a positive number of Å per pixel", pixel_size_A=bad)
 
 
 def test_read_micrograph_files(tmp_path):
@@ -377,7 +377,7 @@ def test_read_micrograph_files(tmp_path):
     iio.imwrite(png, (image() * 2).astype(np.uint8))
     with mrcfile.new(mrc, stack(2)) as f:
         f.voxel_size = 0.5
-    with pytest.raises(FactoryError, match="--pixel-size") as info:
+    with pytest.raises(FactoryError, match="`pixel_size_A`") as info:
         read_micrograph_files([mrc, png])
     assert "a.png" in str(info.value)
     loose = read_micrograph_files([mrc, png], require_pixel_size=False)
@@ -446,7 +446,7 @@ def test_rgb_refused_or_converted(tmp_path):
     rgb = np.random.default_rng(1).integers(0, 256, (40, 48, 3), dtype=np.uint8)
     path = tmp_path / "c.png"
     iio.imwrite(path, rgb)
-    refused(path, r"'.*c.png' is an RGB image; STEM images are greyscale — pass --allow-rgb")
+    refused(path, r"'.*c.png' is an RGB image; STEM images are greyscale — pass `allow_rgb=True`")
     (m,) = read_micrographs(path, allow_rgb=True)
     expected = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
     np.testing.assert_allclose(m.image, expected, rtol=1e-6)
@@ -457,7 +457,7 @@ def test_rgb_tiff_refused(tmp_path):
 
     path = tmp_path / "c.tif"
     tifffile.imwrite(path, np.random.default_rng(2).integers(0, 256, (40, 48, 4), dtype=np.uint8))
-    refused(path, "is an RGBA image; .* --allow-rgb")
+    refused(path, "is an RGBA image; .* `allow_rgb=True`")
 
 
 @pytest.mark.parametrize(

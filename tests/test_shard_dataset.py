@@ -158,7 +158,7 @@ def test_bad_input_raises_one_line_factory_errors(dataset, tmp_path):
 
     assert "'mask'" in message(root=dataset, fields=("image", "mask"))
     assert "'holdout'" in message(root=dataset, split="holdout")
-    assert "--keep-clean" in message(root=dataset, fields=("clean",))
+    assert "`keep_clean=True`" in message(root=dataset, fields=("clean",))
     assert "manifest.json" in message(root=tmp_path)
     assert "not a dataset directory" in message(root=tmp_path / "absent")
 

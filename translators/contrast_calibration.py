@@ -109,9 +109,9 @@ def simulation_overrides(block: dict[str, Any] | None) -> dict[str, Any]:
         g = [float(v) for v in block["gamma_range"]]
         s = [float(v) for v in block["source_size_range_A"]]
     except (KeyError, TypeError, ValueError, IndexError):
-        raise FactoryError("--style: the bundle's 'simulation' entry is damaged; fit the style again") from None
+        raise FactoryError("the bundle's 'simulation' entry is damaged; fit the style again", field="style") from None
     if not all(math.isfinite(v) and v >= 0 for v in g + s) or len(g) != 2 or len(s) != 2:
-        raise FactoryError("--style: the bundle's 'simulation' entry holds impossible values; fit the style again")
+        raise FactoryError("the bundle's 'simulation' entry holds impossible values; fit the style again", field="style")
     return {"simulation.gamma": g if g[1] > g[0] else g[0], "microscope.source_size_A": s if s[1] > s[0] else s[0]}
 
 

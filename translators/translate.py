@@ -81,14 +81,14 @@ def translate_samples(translator: Translator, samples: Sequence[Sample], seed: i
 def _open_input(path: Path) -> h5py.File:
     path = Path(path)
     if not path.is_file():
-        raise FactoryError(f"--in: '{path}' does not exist")
+        raise FactoryError(f"'{path}' does not exist", field="in")
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
-        raise FactoryError(f"--in: '{path}' is not a readable HDF5 file ({str(exc).splitlines()[0]})") from None
+        raise FactoryError(f"'{path}' is not a readable HDF5 file ({str(exc).splitlines()[0]})", field="in") from None
     if f.attrs.get("schema_version") != SCHEMA_VERSION or "images" not in f or "atoms" not in f:
         f.close()
-        raise FactoryError(f"--in: '{path}' is not a schema-v{SCHEMA_VERSION} file written by factory simulate")
+        raise FactoryError(f"'{path}' is not a schema-v{SCHEMA_VERSION} file written by factory simulate", field="in")
     return f
 
 
@@ -122,25 +122,25 @@ def translate_file(
 
     in_path, out_path = Path(in_path), Path(out_path)
     if in_path.resolve() == out_path.resolve():
-        raise FactoryError("--out must differ from --in (the input is never modified)")
+        raise FactoryError("must differ from `in` (the input is never modified)", field="out")
     if out_path.is_dir():
-        raise FactoryError(f"--out: '{out_path}' is a directory; give a file name")
+        raise FactoryError(f"'{out_path}' is a directory; give a file name", field="out")
     target = translator.pixel_size_A
     with _open_input(in_path) as f:
         n = f["images"].shape[0]
         try:
             sizes = sample_pixel_sizes_A(f)
         except KeyError:
-            raise FactoryError(f"--in: '{in_path}' records no params/pixel_size_A") from None
+            raise FactoryError(f"'{in_path}' records no params/pixel_size_A", field="in") from None
         mismatched = [s for s in np.unique(sizes) if not same_pixel_size(s, target)]
         if mismatched and not allow_resample:
             raise FactoryError(
                 f"'{in_path.name}' is at {mismatched[0]:.5g} Å/px but the style was fitted at {target:.5g} Å/px; "
-                f"simulate at --pixel-size {target:.5g} or pass --resample"
+                f"simulate at `pixel_size_A={target:.5g}` or pass `resample=True`"
             )
         rows, cols = resampled_shape(f["images"].shape[1:], float(sizes[0]), target)
         if len(np.unique(np.round(sizes / target, 9))) > 1 and mismatched:
-            raise FactoryError(f"'{in_path.name}' mixes pixel sizes; --resample needs one pixel size per file")
+            raise FactoryError(f"'{in_path.name}' mixes pixel sizes; `resample` needs one pixel size per file")
         mask_attrs = dict(f["masks"].attrs)
         channel_names = [str(c) for c in mask_attrs.pop("channel_names")]
         binary = int(mask_attrs.get("max_value", 255)) == 1

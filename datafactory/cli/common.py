@@ -5,6 +5,7 @@ micrographs with their calibration checked against the lattice."""
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -13,7 +14,7 @@ from ..errors import FactoryError
 from ..outputs import check_output, exclusive_output
 from ..workflows import notice
 
-__all__ = ["RESUME_HINT", "SESSION", "check_positive", "claim", "command_line", "device_name", "notice", "read_lattice", "read_experiments", "require_at_least"]
+__all__ = ["FLAGS", "RESUME_HINT", "SESSION", "check_positive", "claim", "command_line", "device_name", "flag_of", "notice", "read_lattice", "read_experiments", "require_at_least", "user_message"]
 
 #: What an interrupted command tells the user (a command that resumes differently sets its own).
 RESUME_HINT = "re-run the same command to resume"
@@ -31,6 +32,33 @@ class Session:
 
 #: The one running command of this process (:func:`datafactory.cli.run` starts it afresh).
 SESSION = Session()
+
+#: The flag (or argument) of each library parameter that errors name, where it is not
+#: simply ``--`` + the name with ``_`` as ``-``.
+FLAGS = {"model": "MODEL", "pixel_size_A": "--pixel-size"}
+
+_BACKTICKED = re.compile(r"`(\w+)(?:=([^`]*))?`")
+
+
+def flag_of(field: str) -> str:
+    """The command-line flag of library parameter ``field``: ``out`` -> ``--out``, ``model`` -> ``MODEL``."""
+    return FLAGS.get(field, "--" + field.replace("_", "-"))
+
+
+def _as_flag(match: re.Match) -> str:
+    name, value = match.group(1), match.group(2)
+    flag = flag_of(name)
+    if value is None or value == "True":
+        return flag
+    if value == "False":
+        return "--no-" + flag.removeprefix("--")
+    return f"{flag} {value.strip(chr(39) + chr(34))}"
+
+
+def user_message(exc: FactoryError) -> str:
+    """A library error as the command line says it: the field's flag in front, backticked parameters as flags."""
+    text = _BACKTICKED.sub(_as_flag, str(exc))
+    return f"{flag_of(exc.field)}: {text}" if exc.field else text
 
 
 def command_line() -> str:

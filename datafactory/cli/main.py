@@ -86,7 +86,7 @@ def run(argv: list[str] | None = None) -> int:
         if isinstance(result, int):  # click returns typer.Exit's code instead of raising it
             return result
     except FactoryError as exc:
-        typer.echo("error: " + " ".join(str(exc).split("\n")).replace("\r", " "), err=True)  # one line, whatever a file name holds
+        typer.echo("error: " + " ".join(common.user_message(exc).split("\n")).replace("\r", " "), err=True)  # one line, whatever a file name holds
         return 2
     except Interrupted as exc:
         typer.echo(f"interrupted ({exc}): {session.resume_hint}", err=True)

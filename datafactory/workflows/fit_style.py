@@ -50,11 +50,11 @@ def fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, c
     from ..grid import resample, same_pixel_size
 
     if sim is None and config is None:
-        raise FactoryError("--method drit needs a simulation pool: give --sim SIM.h5 or --config CONFIG")
+        raise FactoryError("drit needs a simulation pool: give `sim` (SIM.h5) or `config` (CONFIG)", field="method")
     overrides = {"crop_px": crop} if crop else {}
     if content_loss is not None:
         if content_loss not in ("structure", "plain"):
-            raise FactoryError(f"--content-loss: must be structure or plain (got '{content_loss}')")
+            raise FactoryError(f"must be structure or plain (got '{content_loss}')", field="content_loss")
         overrides["content_form"] = content_loss
     given = {"spectrum_discriminator": spectrum, "physics_prior": physics_prior, "threads": threads, "checkpoint_every": checkpoint_every}
     overrides |= {name: value for name, value in given.items() if value is not None}

@@ -78,7 +78,7 @@ def _translator(style: dict[str, Any] | None):
 
     cls = translator_class(style["method"])
     if cls is None:
-        raise FactoryError(f"--style: no style model is registered for method '{style['method']}'")
+        raise FactoryError(f"no style model is registered for method '{style['method']}'", field="style")
     translator = cls.from_parameters(style["parameters"], Path(style.get("path") or "."))
     translator.pixel_size_A = float(style["pixel_size_A"])
     return translator
@@ -303,26 +303,26 @@ def _prepare_directory(req: GenerateRequest, overwrite: bool) -> dict[str, Any]:
     out = req.out
     manifest_path = out / MANIFEST_FILE
     if out.exists() and not out.is_dir():
-        raise FactoryError(f"--out: '{out}' is a file; give a directory")
+        raise FactoryError(f"'{out}' is a file; give a directory", field="out")
     if manifest_path.exists():
         try:
             manifest = load_manifest(out)
         except FactoryError:
             if not overwrite:
-                raise FactoryError(f"--out: '{out}' holds a damaged manifest; pass --overwrite to start again") from None
+                raise FactoryError(f"'{out}' holds a damaged manifest; pass `overwrite=True` to start again", field="out") from None
             manifest = None
         if manifest is not None and manifest.get("identity") != req.identity():
             if not overwrite:
                 old, new = manifest.get("identity", {}), req.identity()
                 what = ", ".join(k for k in new if old.get(k) != new[k]) or "settings"
-                raise FactoryError(f"--out: '{out}' holds a dataset made with a different {what}; choose another directory or pass --overwrite")
+                raise FactoryError(f"'{out}' holds a dataset made with a different {what}; choose another directory or pass `overwrite=True`", field="out")
             manifest = None
         if manifest is not None:
             return manifest
         shutil.rmtree(out / SHARD_DIR, ignore_errors=True)
         manifest_path.unlink(missing_ok=True)
     elif out.exists() and any(out.iterdir()) and not overwrite:
-        raise FactoryError(f"--out: '{out}' exists and is not a dataset; choose an empty or new directory")
+        raise FactoryError(f"'{out}' exists and is not a dataset; choose an empty or new directory", field="out")
     out.mkdir(parents=True, exist_ok=True)
     (out / SHARD_DIR).mkdir(exist_ok=True)
     manifest = _new_manifest(req)
@@ -364,7 +364,7 @@ def check_scheduler(scheduler: str) -> None:
     try:
         parse_address(scheduler, strict=True)
     except (ValueError, TypeError) as exc:
-        raise FactoryError(f"--scheduler: '{scheduler}' is not a scheduler address such as tcp://host:8786 ({exc})") from None
+        raise FactoryError(f"'{scheduler}' is not a scheduler address such as tcp://host:8786 ({exc})", field="scheduler") from None
 
 
 def _executor(workers: int, scheduler: str | None) -> tuple[Executor, Any]:
@@ -373,12 +373,12 @@ def _executor(workers: int, scheduler: str | None) -> tuple[Executor, Any]:
         try:
             from distributed import Client
         except ImportError:
-            raise FactoryError("--scheduler needs dask.distributed (pip install 'dask[distributed]')") from None
+            raise FactoryError("needs dask.distributed (pip install 'dask[distributed]')", field="scheduler") from None
         check_scheduler(scheduler)
         try:
             client = Client(scheduler, timeout=10)
         except (OSError, TimeoutError, ValueError) as exc:
-            raise FactoryError(f"--scheduler: cannot reach {scheduler} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+            raise FactoryError(f"cannot reach {scheduler} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})", field="scheduler") from None
         return client.get_executor(pure=False), client
     import multiprocessing
 

@@ -39,18 +39,18 @@ def simulation_pool(
 
         sim_path = Path(sim_path)
         if not sim_path.is_file():
-            raise FactoryError(f"--sim: '{sim_path}' does not exist")
+            raise FactoryError(f"'{sim_path}' does not exist", field="sim")
         with h5py.File(sim_path, "r") as f:
             sizes = sample_pixel_sizes_A(f)
             wrong = [s for s in np.unique(sizes) if not same_pixel_size(s, pixel_size_A)]
             if wrong:
                 raise FactoryError(
-                    f"--sim: '{sim_path.name}' is at {wrong[0]:.5g} Å/px but the experiments are at {pixel_size_A:.5g} Å/px; "
-                    f"simulate at --pixel-size {pixel_size_A:.5g} (or give --config to simulate the pool here)"
+                    f"'{sim_path.name}' is at {wrong[0]:.5g} Å/px but the experiments are at {pixel_size_A:.5g} Å/px; "
+                    f"simulate at `pixel_size_A={pixel_size_A:.5g}` (or give `config` to simulate the pool here)", field="sim"
                 )
             return [np.asarray(im, dtype=np.float32) for im in f["images"][:]]
     if config is None:
-        raise FactoryError("--method drit needs a simulation pool: give --sim SIM.h5 or --config CONFIG")
+        raise FactoryError("drit needs a simulation pool: give `sim` (SIM.h5) or `config` (CONFIG)", field="method")
     from tqdm import tqdm
 
     from datafactory.config import load_config
@@ -80,7 +80,7 @@ def select_pool(pool: Sequence[np.ndarray], exps: Sequence[np.ndarray], pixel_si
     keep = max(4, len(pool) // 2) if len(pool) > 4 else len(pool)
     selection = select_similar(mask_undetectable(f_sim, f_exp), f_exp, keep=keep, seed=seed)
     if len(selection.kept) == 0:
-        raise FactoryError("selection left the simulation pool empty; run with --no-select or simulate a larger pool")
+        raise FactoryError("selection left the simulation pool empty; run with `select=False` or simulate a larger pool")
     return [pool[i] for i in selection.kept], selection.notices
 
 

@@ -164,7 +164,7 @@ def check_experiments(images: Sequence[np.ndarray], crop_px: int) -> None:
         raise FactoryError("fit-style: no experimental images")
     small = [im.shape for im in images if min(im.shape) < crop_px]
     if small:
-        raise FactoryError(f"fit-style: an experimental image of {small[0][0]}×{small[0][1]} px is smaller than the {crop_px} px training crop; give larger images or a smaller --crop")
+        raise FactoryError(f"an experimental image of {small[0][0]}×{small[0][1]} px is smaller than the {crop_px} px training crop; give larger images or a smaller `crop`", field="crop")
 
 
 # --------------------------------------------------------------------------- training
@@ -254,7 +254,7 @@ def train(
     if resume and checkpoint.exists():
         payload = torch.load(checkpoint, map_location=device, weights_only=False)
         if payload["settings"] != settings.to_dict():
-            raise FactoryError(f"--resume: the checkpoint in {work_dir} was made with other training settings; drop --resume to start again")
+            raise FactoryError(f"the checkpoint in {work_dir} was made with other training settings; drop `resume` to start again", field="resume")
         model.load_state_dict(payload["model"])
         discs.load_state_dict(payload["discs"])
         opt_g.load_state_dict(payload["opt_g"])
@@ -265,7 +265,7 @@ def train(
         torch.set_rng_state(payload["torch_rng"])
         state = TrainState(payload["iteration"], payload["history"])
     elif resume:
-        raise FactoryError(f"--resume: no checkpoint in {work_dir}")
+        raise FactoryError(f"no checkpoint in {work_dir}", field="resume")
 
     sim_norm = [normalise(s, *percentile_range([s])) for s in sims]
     exp_norm = [normalise(e, *exp_range) for e in exps]
@@ -385,7 +385,7 @@ def anchor_weight(settings: DritSettings, iteration: int, total: int) -> float:
 
 def settings_for(preset: str, iterations: int | None = None, **overrides: Any) -> DritSettings:
     if preset not in PRESETS:
-        raise FactoryError(f"--preset: unknown preset '{preset}' (available: {', '.join(PRESETS)})")
+        raise FactoryError(f"unknown preset '{preset}' (available: {', '.join(PRESETS)})", field="preset")
     settings = PRESETS[preset]
     if iterations is not None:
         settings = replace(settings, iterations=int(iterations))

@@ -248,7 +248,7 @@ class DritTranslator(Translator):
         directory = Path(directory)
         weights, codes = directory / WEIGHTS_FILE, directory / CODES_FILE
         if not weights.is_file() or not codes.is_file():
-            raise FactoryError(f"--style: '{directory}' lacks {WEIGHTS_FILE} or {CODES_FILE}; fit it again")
+            raise FactoryError(f"'{directory}' lacks {WEIGHTS_FILE} or {CODES_FILE}; fit it again", field="style")
         device = resolve_device("auto")
         try:
             model = Drit(DritConfig.from_dict(parameters["config"]))
@@ -256,7 +256,7 @@ class DritTranslator(Translator):
             codes_array = np.load(codes)
         except Exception as exc:  # noqa: BLE001 - any damaged bundle file is the user's to refit
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise FactoryError(f"--style: '{directory}' is damaged ({reason}); fit it again") from None
+            raise FactoryError(f"'{directory}' is damaged ({reason}); fit it again", field="style") from None
         model.to(device).eval()
         return cls(model, codes_array, parameters, pixel_size_A=1.0, device=device)
 
