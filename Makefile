@@ -9,7 +9,7 @@ MATERIAL ?= MoS2
 DEMO_CONFIG ?= configs/mos2_bilayer_slip.yaml
 DEMO_N ?= 256
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench docs clean
 
 install: $(STAMP)
 
@@ -52,6 +52,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_metrics.py
 	$(BIN)/python benchmarks/bench_generate.py
 	$(BIN)/python benchmarks/style_real_data.py
+
+# The documentation site (docs/, mkdocs.yml) into site/; --strict fails on any warning.
+docs: $(STAMP)
+	$(BIN)/python -m mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
