@@ -12,7 +12,7 @@ The package is organised by concept:
 - :mod:`datafactory.cli` is the ``factory`` command.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 from datafactory.lazy import lazy_exports  # noqa: E402

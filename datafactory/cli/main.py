@@ -28,7 +28,9 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"factory {__version__}")
+        from ..shards import SCHEMA_VERSION
+
+        typer.echo(f"factory {__version__} (stem-datafactory, HDF5 dataset schema v{SCHEMA_VERSION}, GPL-3.0-or-later)")
         raise typer.Exit()
 
 
