@@ -37,7 +37,7 @@ demo: $(STAMP)
 	@echo ""
 	@echo "Demo outputs:"
 	@echo "  style bundle     $(abspath $(DEMO_DIR))/style  (contrast.png: the column contrast it calibrated; report.png: how real its images look; detector.png: the detector response)"
-	@echo "  dataset          $(abspath $(DEMO_DIR))/dataset  (manifest.json, README.md dataset card, shards/)"
+	@echo "  dataset          $(abspath $(DEMO_DIR))/dataset  (manifest.json, README.md dataset card with preview.png, croissant.json + samples.csv, shards/)"
 	@echo "  preview          $(abspath $(DEMO_DIR))/preview.png"
 	@echo "  comparison       $(abspath $(DEMO_DIR))/compare.png"
 

@@ -1,8 +1,9 @@
 """The dataset card: ``DATASET/README.md``, written for a group that has only the files.
 
 It says what is inside and how it was made, defines every label with its units, lists the
-parameter ranges (as configured and as drawn), shows how to load the data in five lines,
-and leaves a licence field to fill in.
+parameter ranges (as configured and as drawn), shows the realism scores of the style and a
+preview of a few samples, shows how to load the data in five lines, and states the licence
+the dataset's owner chose (CC-BY-4.0 unless ``generate --license`` says otherwise).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .croissant import CROISSANT_FILE, DEFAULT_LICENSE, PREVIEW_FILE, SAMPLE_TABLE_FILE, license_url
 from .dataset import CARD_FILE
 
 
@@ -75,6 +77,7 @@ def card_text(root: Path, manifest: dict[str, Any]) -> str:
     """The Markdown text of the card."""
     root = Path(root)
     style = manifest.get("style")
+    license = manifest.get("license") or DEFAULT_LICENSE
     n, shape = manifest["n"], manifest["image_shape"]
     channels = manifest["channel_names"]
     n_interfaces = manifest["n_interfaces"]
@@ -113,7 +116,11 @@ def card_text(root: Path, manifest: dict[str, Any]) -> str:
         f"- Made by stem-datafactory {manifest['package_version']} with `{manifest.get('command') or 'factory generate'}`, "
         f"seed {manifest['seed']}, {manifest['created']}.",
         f"- Clean (pre-translation) images: {'included as `clean`' if manifest.get('keep_clean') else 'not included'}.",
+        f"- Metadata: `{CROISSANT_FILE}` describes the files, splits and per-sample fields in the Croissant format "
+        f"(MLCommons); `{SAMPLE_TABLE_FILE}` has one row per sample (labels, pixel size, energy, dose, source size, parameters).",
         "",
+        *([f"![Eight samples of the dataset, each as the image and the image with its mask overlay]({PREVIEW_FILE})", ""]
+          if (root / PREVIEW_FILE).is_file() else []),
         *(_realism_lines(style) if style else []),
         "## Labels and units",
         "",
@@ -168,7 +175,10 @@ def card_text(root: Path, manifest: dict[str, Any]) -> str:
         "",
         "## Licence",
         "",
-        "LICENCE: _to be filled in by the dataset's owner_",
+        f"{license} ({license_url(license)})." if license_url(license) != license else f"{license}.",
+        "",
+        (f"{DEFAULT_LICENSE} is the default of `factory generate`; the dataset's owner chooses its licence with `--license`."
+         if license == DEFAULT_LICENSE else "Chosen by the dataset's owner (`factory generate --license`)."),
         "",
     ]
     return "\n".join(lines)

@@ -27,6 +27,10 @@ Each shard
     mask channel.
 Splits
     ``split.codes`` has one valid character per sample and agrees with ``split.counts``.
+Description
+    The card exists; ``croissant.json`` parses, lists every shard of the manifest (checked
+    when the manifest-level checks found nothing), and the ``samples.csv`` it describes exists
+    with the sha256 it records.
 
 The atom/mask check asks, for every atom, whether the mask channel of its column class
 holds a non-zero pixel at the atom's rounded pixel or within a square around it of
@@ -208,6 +212,30 @@ def _check_split(manifest: dict[str, Any], n: int | None) -> list[str]:
 
 
 
+def _check_croissant(root: Path, entries: list[dict[str, Any]]) -> list[str]:
+    """croissant.json parses, lists every shard of ``entries``, and its samples.csv is the one on disk."""
+    import json
+
+    from .croissant import CROISSANT_FILE, SAMPLE_TABLE_FILE
+    from .dataset import file_sha256
+
+    again = "re-run the same 'factory generate' to write it again"
+    path = root / CROISSANT_FILE
+    if not path.is_file():
+        return [f"{CROISSANT_FILE}: missing; {again}"]
+    try:
+        listed = {item.get("@id"): item for item in json.loads(path.read_text())["distribution"]}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return [f"{CROISSANT_FILE}: not readable Croissant metadata ({first_line(exc)}); {again}"]
+    problems = [f"{CROISSANT_FILE}: does not list {e['file']}; {again}" for e in entries if e["file"] not in listed]
+    table = root / SAMPLE_TABLE_FILE
+    if not table.is_file():
+        problems.append(f"{SAMPLE_TABLE_FILE}: missing; {again}")
+    elif (listed.get(SAMPLE_TABLE_FILE) or {}).get("sha256") != file_sha256(table):
+        problems.append(f"{SAMPLE_TABLE_FILE}: differs from the sha256 in {CROISSANT_FILE}; {again}")
+    return problems
+
+
 # --------------------------------------------------------------------------- driver
 
 
@@ -261,6 +289,8 @@ def validate_dataset(root: Path, *, checksums: bool = True, progress: bool = Fal
     problems += guarded("split", _check_split, manifest, n) or []
     if not (root / CARD_FILE).is_file():
         problems.append(f"{CARD_FILE}: the dataset card is missing")
+    # the description is made from the manifest: its shard list is compared only with a sound manifest
+    problems += guarded("croissant.json", _check_croissant, root, entries if not problems else []) or []
 
     unique: dict[str, dict[str, Any]] = {}
     for e in entries:

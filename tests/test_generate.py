@@ -178,7 +178,7 @@ def test_manifest_splits_card_and_clean_without_style(run_cli, tmp_path):
     data = arrays(out)
     np.testing.assert_array_equal(data["images"], data["clean"])  # no style: clean is the image
     card = (out / "README.md").read_text()
-    assert "LICENCE" in card and "slip_frac" in card and "ShardDataset" in card and "30 simulated" in card
+    assert "## Licence\n\nCC-BY-4.0" in card and "slip_frac" in card and "ShardDataset" in card and "30 simulated" in card
     assert "Realism of the style" not in card  # no style, nothing to score
     code, _, err = run_cli("generate", *SMALL, "--n", 3, "--split", "0.5,0.5", "--out", tmp_path / "bad")
     assert code == 2 and "--split" in err

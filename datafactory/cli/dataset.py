@@ -27,6 +27,7 @@ def generate(
     keep_clean: bool = typer.Option(False, "--keep-clean", help="Also store the pre-translation images as 'clean'."),
     split: str = typer.Option("0.8,0.1,0.1", "--split", help="Train, val, test fractions."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset made with other settings."),
+    license: str = typer.Option("CC-BY-4.0", "--license", help="The dataset's licence, an SPDX id or a URL, for its card and croissant.json (yours to choose)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Simulate, translate and write N labelled samples as verified, resumable HDF5 shards with a manifest and a dataset card."""
@@ -35,6 +36,7 @@ def generate(
     from ..grid import same_pixel_size
 
     from ..config import load_config
+    from ..croissant import check_license
     from ..dataset import parse_split
     from ..workflows.generate import GenerateRequest, generate_dataset
     from ..grid import resampled_shape
@@ -46,6 +48,7 @@ def generate(
     require_at_least("--workers", workers, 1)
     check_positive("--pixel-size", pixel_size)
     fractions = parse_split(split)
+    license = check_license(license)
     claim(out, "dir")
     overrides: dict = {}
     if size is not None:
@@ -98,6 +101,7 @@ def generate(
         config_yaml=cfg.to_yaml(), base_dir=str(path.parent.resolve()), n=n, seed=seed, out=out, shard_size=shard_size,
         style=style_info, resample_to_A=resample_to, keep_clean=keep_clean, split=fractions, command=command_line(),
         pixel_size_A=pixel_A, image_shape=shape, channel_names=list(plan.channel_names), n_interfaces=plan.n_interfaces,
+        license=license,
     )
     manifest = generate_dataset(request, workers=workers or (os.cpu_count() or 1), scheduler=scheduler, overwrite=overwrite, progress=not quiet)
     counts = manifest["split"]["counts"]

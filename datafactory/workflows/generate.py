@@ -42,6 +42,7 @@ from ..dataset import (
     text_sha256,
     write_json_atomic,
 )
+from ..croissant import DEFAULT_LICENSE
 from ..errors import FactoryError
 from ..interrupt import init_worker_signals, partial_file, stop_pool
 from ..shards import SCHEMA_VERSION
@@ -251,6 +252,7 @@ class GenerateRequest:
     image_shape: tuple[int, int] = (0, 0)
     channel_names: list[str] = field(default_factory=list)
     n_interfaces: int = 0
+    license: str = DEFAULT_LICENSE  # the dataset's licence (card and croissant.json); not part of its identity
 
     def identity(self) -> dict[str, Any]:
         """What must match for a re-run to resume this dataset instead of being refused."""
@@ -436,11 +438,22 @@ def _run_tasks(req: GenerateRequest, executor: Executor, overwrite: bool, progre
     manifest["split"]["codes"] = codes
     manifest["split"]["counts"] = {name: codes.count(str(k)) for k, name in enumerate(SPLIT_NAMES)}
     manifest["completed"] = now_iso()
+    manifest["license"] = req.license
     write_json_atomic(req.out / MANIFEST_FILE, manifest)
-    from ..card import write_card
-
-    write_card(req.out, manifest)
+    describe_dataset(req.out, manifest)
     return manifest
+
+
+def describe_dataset(root: Path, manifest: dict[str, Any]) -> None:
+    """Write what describes a finished dataset, in order (each file lists the ones before it):
+    ``preview.png``, the card ``README.md``, then ``samples.csv`` and ``croissant.json``."""
+    from ..card import write_card
+    from ..croissant import PREVIEW_FILE, write_croissant
+    from ..report import preview_dataset
+
+    preview_dataset(root, root / PREVIEW_FILE, n=8, seed=0, columns=4)
+    write_card(root, manifest)
+    write_croissant(root, manifest)
 
 
 def projected_hours(n: int, samples_per_s: float) -> float:
