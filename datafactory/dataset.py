@@ -4,7 +4,10 @@ Layout::
 
     DATASET/
       manifest.json          what is inside, how it was made, checksums, splits
-      README.md              the dataset card for another group
+      README.md              the dataset card for another group (embeds preview.png)
+      preview.png            eight samples with their mask overlays
+      samples.csv            one row per sample: array addresses, labels, physical metadata, parameters
+      croissant.json         Croissant (MLCommons) metadata: files, splits, fields (see datafactory.croissant)
       shards/shard-00000.h5  schema-v1 shards (see :mod:`datafactory.shards`), samples start..stop-1
       shards/shard-00001.h5  ...
 
@@ -26,6 +29,9 @@ Layout::
 ``shards``
     One entry per finished shard, by index: ``{"index", "file" (relative path), "start",
     "stop", "bytes", "sha256"}``.
+``license``
+    The dataset's licence (an SPDX id or a URL; ``generate --license``, default CC-BY-4.0),
+    set when the dataset completes; absent in datasets made before 0.2.0.
 """
 
 from __future__ import annotations
