@@ -141,10 +141,16 @@ class Translator(ABC):
         return load_style(directory)
 
     def save(self, directory: Path, *, sources: Sequence[dict[str, Any]] = (), options: dict[str, Any] | None = None,
-             simulation: dict[str, Any] | None = None) -> Path:
+             simulation: dict[str, Any] | None = None, notes: dict[str, Any] | None = None) -> Path:
         """Write the STYLE bundle to ``directory`` (replaced atomically if it exists); ``simulation``
-        holds the simulation values calibrated to the experiment (see :mod:`translators.contrast_calibration`)."""
-        return save_bundle(self, Path(directory), sources=sources, options=options or {}, simulation=simulation)
+        holds the simulation values calibrated to the experiment (see :mod:`translators.contrast_calibration`);
+        ``notes`` are descriptive records beside them (``noise``: the measured noise correlations,
+        ``refinement``: what closing the loop on simulations changed), not part of the content hash."""
+        return save_bundle(self, Path(directory), sources=sources, options=options or {}, simulation=simulation, notes=notes)
+
+
+#: Descriptive records a bundle may carry beside its parameters (not covered by the content hash).
+NOTE_FIELDS = ("noise", "refinement")
 
 
 def _content_hash(record: dict[str, Any], files: dict[str, bytes]) -> str:
@@ -159,7 +165,7 @@ def _content_hash(record: dict[str, Any], files: dict[str, bytes]) -> str:
 
 
 def save_bundle(translator: Translator, directory: Path, *, sources: Sequence[dict[str, Any]], options: dict[str, Any],
-                simulation: dict[str, Any] | None = None) -> Path:
+                simulation: dict[str, Any] | None = None, notes: dict[str, Any] | None = None) -> Path:
     """Write ``style.json`` and weight files into a temporary directory, then rename it to ``directory``."""
     import datetime as dt
 
@@ -170,6 +176,7 @@ def save_bundle(translator: Translator, directory: Path, *, sources: Sequence[di
         "parameters": translator.parameters(),
         "options": options,
         **({"simulation": simulation} if simulation is not None else {}),
+        **{key: value for key, value in (notes or {}).items() if key in NOTE_FIELDS and value is not None},
         "sources": list(sources),
         "package_version": __version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -187,6 +194,8 @@ STYLE_SCHEMA: dict[str, tuple[tuple[type, ...], bool]] = {
     "content_hash": ((str,), True),
     "simulation": ((dict, type(None)), False),
     "options": ((dict,), False),
+    "noise": ((dict,), False),
+    "refinement": ((dict,), False),
     "sources": ((list,), False),
     "package_version": ((str,), False),
     "created": ((str,), False),

@@ -2,8 +2,8 @@
 
 Forward model (one image; ``s`` is the clean simulation at the style's pixel size)::
 
-    s_d   = s(p + d(p))                         geometric scan artefacts, one displacement field d
-    b     = G(σ_extra) * s_d                    extra probe / source blur
+    b     = (G(σ_extra) * s)(p + d(p))          extra probe / source blur, then the scan's geometric
+                                                 artefacts (one displacement field d)
     u     = (b − P1(b̃)) / (P99.5(b̃) − P1(b̃))   contrast normalised at the background and the brightest columns
     λ     = dose · (1 + ε_row) · (1 + μ·M) · (u + background + κ·C)
                                                  expected counts; ε_row scan-line gain streaks, M and C
@@ -21,8 +21,9 @@ causal one-pole low-pass acting on signal and noise together, as the detector an
 amplifier see both.
 
 The displacement field ``d`` (see :mod:`translators.scan_distortion`) holds per-line jitter along
-the fast-scan direction, flyback lag at the start of each line, and the linear scan
-distortion (slow drift: per-axis scale and shear). It is returned with the image so masks
+the fast-scan direction and across the lines (scan lines that are not evenly spaced),
+flyback lag at the start of each line, and the linear scan distortion (slow drift: per-axis
+scale and shear). It is returned with the image so masks
 and atoms move with it.
 
 Fitting (:func:`fit_image`), every parameter from the experimental image:
@@ -42,6 +43,9 @@ Fitting (:func:`fit_image`), every parameter from the experimental image:
   gives the extra blur needed to match;
 * jitter — row-to-row cross-correlation: the sub-pixel shift between neighbouring lines,
   minus the variance the noise alone would give, is twice the per-line jitter variance;
+* jitter across the lines — the correlation of the lattice-free residual along and across
+  the lines, matched by rendering the style on the experiment's own jitter-free lattice
+  (:func:`translators.noise_structure.fit_jitter_y`);
 * streaks — the white level of the row-mean sequence above the signal band;
 * contamination — amplitude and correlation length of the low-pass content, and its
   skewness: amorphous carbon and adsorbed molecules add scattering, so the field rises in
@@ -123,6 +127,7 @@ class StyleParameters:
     detector_tau_px: float = 0.0  # response time along the fast scan, in pixel dwell times (0: none)
     slow_gain: float = 0.0  # relative RMS of the slow multiplicative field M (correlation length: contamination_length_A)
     contamination_skew: float = 0.0  # σ of the log-normal transform of the contamination field (0: Gaussian, symmetric)
+    jitter_y_A: float = 0.0  # per-line jitter across the lines (RMS, Å): scan lines that are not evenly spaced
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -192,14 +197,16 @@ def fit_detector_response(image: np.ndarray, pixel_size_A: float):
 
 def fit_image(
     image: np.ndarray, pixel_size_A: float, affine: np.ndarray | None = None, detector_response: bool = True, slow_background: bool = True,
-    skewed_contamination: bool = True,
+    skewed_contamination: bool = True, jitter_y: bool = True,
 ) -> StyleParameters:
     """Fit every parameter of the model to one experimental image (see the module docstring).
 
     With ``detector_response`` the fast-scan response is fitted first and removed from the
     image before everything else is fitted; without, it is taken as none. Without
     ``slow_background`` the slow multiplicative field is left out (``slow_gain`` 0), without
-    ``skewed_contamination`` the contamination field stays Gaussian (``contamination_skew`` 0).
+    ``skewed_contamination`` the contamination field stays Gaussian (``contamination_skew`` 0),
+    without ``jitter_y`` the lines are taken as evenly spaced (``jitter_y_A`` 0; it is also 0
+    for an image without a lattice, which the fit needs).
     """
     from .scan_response import remove_response
     from .slow_background import contamination_skew, slow_gain
@@ -229,7 +236,7 @@ def fit_image(
     flyback_A, flyback_decay_A = flyback_lag(x, pixel_size_A)
     gain_rms = slow_gain(x, pixel_size_A, offset, contamination_length_A) if slow_background else 0.0
     skew_sigma = contamination_skew(x, pixel_size_A, contamination_length_A) if skewed_contamination else 0.0
-    return StyleParameters(
+    fitted = StyleParameters(
         gain=float(gain),
         offset=float(offset),
         readout_counts=float(readout),
@@ -249,6 +256,13 @@ def fit_image(
         slow_gain=float(gain_rms),
         contamination_skew=float(skew_sigma),
     )
+    if jitter_y:
+        from .noise_structure import fit_jitter_y
+
+        found = fit_jitter_y(image, fitted, pixel_size_A, render)
+        if found is not None:
+            fitted = replace(fitted, jitter_y_A=float(found.jitter_y_px * pixel_size_A))
+    return fitted
 
 
 def combine(fits: Sequence[StyleParameters], spread: float = DEFAULT_SPREAD) -> StyleParameters:
@@ -296,6 +310,7 @@ def draw_style_parameters(p: StyleParameters, rng: np.random.Generator) -> Style
         background=_lognormal(rng, p.background, s),
         readout_counts=_lognormal(rng, p.readout_counts, s),
         jitter_A=_lognormal(rng, p.jitter_A, s),
+        jitter_y_A=_lognormal(rng, p.jitter_y_A, s),
         streak=_lognormal(rng, p.streak, s),
         contamination=_lognormal(rng, p.contamination, s),
         contamination_length_A=_lognormal(rng, p.contamination_length_A, s),
@@ -310,11 +325,13 @@ def draw_style_parameters(p: StyleParameters, rng: np.random.Generator) -> Style
 
 
 def scan_distortion(p: StyleParameters, shape: tuple[int, int], pixel_size_A: float, rng: np.random.Generator) -> ScanDistortion:
-    """The geometric part of one draw: per-line jitter, flyback lag, affine drift."""
+    """The geometric part of one draw: per-line jitter along and across the lines, flyback lag, affine drift."""
     jitter = rng.standard_normal(shape[0]) * (p.jitter_A / pixel_size_A) if p.jitter_A > 0 else None
+    jitter_y = rng.standard_normal(shape[0]) * (p.jitter_y_A / pixel_size_A) if p.jitter_y_A > 0 else None
     affine = np.asarray(p.affine, dtype=float)
     return ScanDistortion(
         jitter_px=jitter,
+        jitter_y_px=jitter_y,
         flyback_px=p.flyback_A / pixel_size_A,
         flyback_decay_px=p.flyback_decay_A / pixel_size_A,
         affine=None if np.allclose(affine, np.eye(2)) else affine,
@@ -334,7 +351,7 @@ def extra_blur_sigma_A(clean: np.ndarray, p: StyleParameters, pixel_size_A: floa
 
 #: Scalar parameters of one draw recorded per translated sample (as ``params/style_<name>``).
 RECORDED_PARAMETERS = (
-    "dose_counts", "background", "readout_counts", "extra_blur_A", "jitter_A", "streak",
+    "dose_counts", "background", "readout_counts", "extra_blur_A", "jitter_A", "jitter_y_A", "streak",
     "contamination", "contamination_length_A", "slow_gain", "flyback_A", "flyback_decay_A", "adsorbate_layer_weight",
     "adsorbate_density_per_A2", "adsorbate_weight",
 )
@@ -352,11 +369,15 @@ def render(
     q = draw_style_parameters(p, rng)
     shape = clean.shape
     distortion = scan_distortion(q, shape, pixel_size_A, rng)
-    moved = distortion.jitter_px is not None or distortion.flyback_px != 0 or distortion.affine is not None
+    moved = distortion.jitter_px is not None or distortion.jitter_y_px is not None or distortion.flyback_px != 0 or distortion.affine is not None
     field_ = displacement_field(shape, distortion) if moved else None
+    # the probe and source blur the specimen's image before the scan samples it, so the extra
+    # blur acts on the clean image and the scan geometry (per-line jitter included) after it
+    extra_blur_A = extra_blur_sigma_A(clean, q, pixel_size_A)
+    blurred = gaussian(clean, extra_blur_A / pixel_size_A)
+    if moved:
+        blurred = warp_image(blurred, field_)
     displaced = warp_image(clean, field_) if moved else np.asarray(clean, dtype=np.float32)
-    extra_blur_A = extra_blur_sigma_A(displaced, q, pixel_size_A)
-    blurred = gaussian(displaced, extra_blur_A / pixel_size_A)
     lo, hi = levels(blurred, pixel_size_A)
     u = (blurred - lo) / (hi - lo) if hi > lo else np.zeros(shape, np.float32)
     lam = u + q.background
@@ -411,13 +432,15 @@ class ParametricTranslator(Translator):
         detector_response: bool = True,
         slow_background: bool = True,
         skewed_contamination: bool = True,
+        jitter_y: bool = True,
         **_: Any,
     ) -> "ParametricTranslator":
         """Fit every experimental image at ``pixel_size_A`` (default: the first image's) and combine.
 
         Images at another pixel size are resampled to it first. ``detector_response=False``
         leaves the fast-scan response out of the model, ``slow_background=False`` the slow
-        multiplicative field, ``skewed_contamination=False`` the contamination's skewness (for ablations).
+        multiplicative field, ``skewed_contamination=False`` the contamination's skewness,
+        ``jitter_y=False`` the jitter across the lines (for ablations).
         """
         from tqdm import tqdm
 
@@ -431,7 +454,7 @@ class ParametricTranslator(Translator):
             _check_magnitude(m.image, getattr(m, "name", "image"))
             image = m.image if same_pixel_size(m.pixel_size_A, target) else resample(m.image, m.pixel_size_A, target)
             try:
-                fits.append(fit_image(image, target, affine, detector_response, slow_background, skewed_contamination))
+                fits.append(fit_image(image, target, affine, detector_response, slow_background, skewed_contamination, jitter_y))
             except FactoryError as exc:
                 raise FactoryError(f"{getattr(m, 'name', 'image')}: {exc}") from None
         return cls(combine(fits, spread), target)
@@ -469,7 +492,7 @@ class ParametricTranslator(Translator):
             f"dose              {p.dose_counts:.1f} counts/px (background {p.background:.3f} of it)",
             f"gain / offset     {p.gain:.4g} per count / {p.offset:.4g}   readout {p.readout_counts:.2f} counts",
             f"blur              {p.blur_sigma_A:.3f} Å (Gaussian σ of the spectral fall-off; extra blur is set per image)",
-            f"line jitter       {p.jitter_A * 100:.2f} pm RMS",
+            f"line jitter       {p.jitter_A * 100:.2f} pm RMS along the lines, {p.jitter_y_A * 100:.2f} pm across them (line spacing)",
             f"flyback lag       {p.flyback_A * 100:.1f} pm, decay {p.flyback_decay_A:.2f} Å",
             f"scan-line streaks {p.streak * 100:.2f} % RMS gain",
             f"detector response {p.detector_tau_px:.2f} pixel dwell times along the fast scan (one-pole low-pass)"

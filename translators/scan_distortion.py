@@ -12,7 +12,12 @@ The same field moves the labels, so they stay exact:
 * masks are resampled with the same map as the image (:func:`warp_masks`);
 * an atom at clean-image position ``t`` appears at the recorded position ``p`` that solves
   ``p + d(p) = t`` (:func:`displace_points`, a fixed-point iteration that converges for
-  the smooth, small-gradient fields built here).
+  the smooth, small-gradient fields built here). Per-line jitter across the lines (the
+  slow-scan position of each line, :attr:`ScanDistortion.jitter_y_px`) is not smooth from one
+  line to the next: a column is then drawn by several lines that each saw it at another
+  height, and its intensity centroid moves by a weighted mean of their shifts; the row
+  component of the field is therefore averaged that way (:func:`line_averaged`) before it
+  moves atoms.
 
 Pixel coordinates follow :mod:`datafactory.grid`: ``[row, col]``, pixel centres at integers.
 Samples that the field pulls from outside the image reflect at the border, so a band of a
@@ -35,6 +40,9 @@ class ScanDistortion:
     ----------
     jitter_px : (H,) array or None
         Per-line shift of the probe along the fast-scan direction (columns), in pixels.
+    jitter_y_px : (H,) array or None
+        Per-line shift of the probe across the lines (rows, the slow-scan direction), in
+        pixels: scan lines that are not evenly spaced.
     flyback_px : float
         Displacement along the fast-scan direction at the start of every line, pixels,
         decaying as ``exp(-col / flyback_decay_px)`` (the probe lags after the flyback).
@@ -47,6 +55,7 @@ class ScanDistortion:
     """
 
     jitter_px: np.ndarray | None = None
+    jitter_y_px: np.ndarray | None = None
     flyback_px: float = 0.0
     flyback_decay_px: float = 1.0
     affine: np.ndarray | None = None
@@ -55,8 +64,9 @@ class ScanDistortion:
 def displacement_field(shape: tuple[int, int], distortion: ScanDistortion) -> np.ndarray:
     """Backward displacement field ``d`` (2, H, W) float32 in pixels for ``distortion``.
 
-    ``d = (A^-1 - I)(p - c) + [0, jitter(row) - flyback·exp(-col/decay)]``: the affine part
-    maps recorded to clean positions; jitter and flyback add a shift along the scan line.
+    ``d = (A^-1 - I)(p - c) + [jitter_y(row), jitter(row) - flyback·exp(-col/decay)]``: the
+    affine part maps recorded to clean positions; jitter and flyback add a shift along the
+    scan line, ``jitter_y`` one across the lines.
     """
     rows, cols = shape
     r = np.arange(rows, dtype=np.float32)[:, None]
@@ -69,6 +79,8 @@ def displacement_field(shape: tuple[int, int], distortion: ScanDistortion) -> np
         field[1] += inv[1, 0] * pr + inv[1, 1] * pc
     if distortion.jitter_px is not None:
         field[1] += np.asarray(distortion.jitter_px, dtype=np.float32)[:, None]
+    if distortion.jitter_y_px is not None:
+        field[0] += np.asarray(distortion.jitter_y_px, dtype=np.float32)[:, None]
     if distortion.flyback_px:
         lag = distortion.flyback_px * np.exp(-c / max(distortion.flyback_decay_px, 1e-6))
         field[1] -= lag.astype(np.float32)
@@ -126,15 +138,54 @@ def sample_field(field: np.ndarray, points_px: np.ndarray) -> np.ndarray:
     return out
 
 
-def displace_points(points_px: np.ndarray, field: np.ndarray, iterations: int = 12) -> np.ndarray:
+#: Width (Gaussian σ, Å) of an atom column's image, over which the row component of a field
+#: is averaged before it moves atoms (the shared real crops' columns: 0.44 Å).
+COLUMN_SIGMA_A = 0.45
+#: The same in pixels when the pixel size is not known.
+LINE_AVERAGE_PX = 1.5
+
+
+def line_averaged(field: np.ndarray, sigma_px: float = LINE_AVERAGE_PX) -> np.ndarray:
+    """``field`` with its row component averaged as a column of Gaussian width ``sigma_px`` (lines) sees it.
+
+    The linear part of the row component (drift, shear, per-axis scale) is kept exactly. What
+    is left, per-line jitter across the lines ``d_r``, moves the intensity centroid of a column
+    centred on line ``t`` by ``−Σ_r ω_r d_r`` with ``ω_r ∝ (r − t)²·exp(−(r − t)²/2σ²)`` (to
+    first order in ``d``: the flanks of the column move its centroid, its flat top does not),
+    which is this average.
+    """
+    from scipy.ndimage import convolve1d
+
+    out = np.array(field, dtype=np.float32, copy=True)
+    rows, cols = out.shape[1:]
+    if rows < 3 or sigma_px < 0.5:  # below half a line there is nothing to average
+        return out
+    r = np.arange(rows, dtype=np.float64)[:, None] - (rows - 1) / 2
+    c = np.arange(cols, dtype=np.float64)[None, :] - (cols - 1) / 2
+    d = out[0].astype(np.float64)
+    # least-squares plane a + b·r + e·c (r and c are centred, so the three terms are orthogonal)
+    plane = d.mean() + r * ((d * r).sum() / max((r * r).sum() * cols, 1e-12)) + c * ((d * c).sum() / max((c * c).sum() * rows, 1e-12))
+    rest = d - plane
+    if np.abs(rest).max() > 1e-6:
+        u = np.arange(-int(np.ceil(4 * sigma_px)), int(np.ceil(4 * sigma_px)) + 1, dtype=np.float64)
+        kernel = u**2 * np.exp(-0.5 * (u / sigma_px) ** 2)
+        out[0] = (plane + convolve1d(rest, kernel / kernel.sum(), axis=0, mode="nearest")).astype(np.float32)
+    return out
+
+
+def displace_points(points_px: np.ndarray, field: np.ndarray, iterations: int = 12, line_sigma_px: float = LINE_AVERAGE_PX) -> np.ndarray:
     """Recorded positions of specimen points at clean positions ``points_px`` (N, 2) ``[row, col]``.
 
     Solves ``p + d(p) = t`` for each point ``t`` by the fixed-point iteration
     ``p ← t − d(p)``, which converges when the field's gradient is well below 1 (always the
-    case for scan artefacts: line jitter of a fraction of a pixel per line, percent-level
-    drift).
+    case for scan artefacts: line jitter along the lines of a fraction of a pixel, percent-level
+    drift). The row component is first averaged over the lines that cross a column
+    (:func:`line_averaged` with ``line_sigma_px``, the column's width in lines), so per-line
+    jitter across the lines moves a point to where its column appears rather than to one
+    line's position.
     """
     t = np.asarray(points_px, dtype=np.float64).reshape(-1, 2)
+    field = line_averaged(field, line_sigma_px)
     p = t.copy()
     for _ in range(iterations):
         p = t - sample_field(field, p)
@@ -149,7 +200,7 @@ def move_atoms(atoms: dict[str, np.ndarray], field: np.ndarray, pixel_size_A: fl
     """
     from datafactory.grid import PixelGrid
 
-    moved = displace_points(atoms["position_px"], field)
+    moved = displace_points(atoms["position_px"], field, line_sigma_px=COLUMN_SIGMA_A / pixel_size_A)
     keep = PixelGrid(tuple(field.shape[1:]), pixel_size_A).contains(moved)
     out = {name: np.asarray(values)[keep] for name, values in atoms.items()}
     out["position_px"] = moved[keep].astype(atoms["position_px"].dtype)

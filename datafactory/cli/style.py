@@ -44,6 +44,8 @@ def fit_style(
     detector_response: bool = typer.Option(True, "--detector-response/--no-detector-response", help="parametric (and the DRIT prior): fit the detector's response time along the fast scan."),
     slow_background: bool = typer.Option(True, "--slow-background/--no-slow-background", help="parametric (and the DRIT prior): fit the slow multiplicative variation of the signal."),
     skewed_contamination: bool = typer.Option(True, "--skewed-contamination/--no-skewed-contamination", help="parametric (and the DRIT prior): fit the skewness of the contamination field (it rises in patches more than it dips)."),
+    jitter_y: bool = typer.Option(True, "--jitter-y/--no-jitter-y", help="parametric (and the DRIT prior): fit the per-line jitter across the scan lines (unevenly spaced lines) from the noise correlations."),
+    refine: bool = typer.Option(True, "--refine/--no-refine", help="With the contrast calibration: render the fitted style on simulations of the experiment and correct its levels and line jitter until they match."),
     allow_rgb: bool = typer.Option(False, "--allow-rgb", help="Convert colour images to grey instead of refusing them."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -56,7 +58,7 @@ def fit_style(
 
     from ..dataset import replacing_directory
     from ..grid import same_pixel_size
-    from ..workflows.fit_style import calibrate_contrast, drit_report, fit_adsorbates, fit_drit, parametric_report
+    from ..workflows.fit_style import calibrate_contrast, drit_report, fit_adsorbates, fit_drit, parametric_report, refine_on_simulations, template_noise_record
 
     def resume_from(work_dir: Path) -> None:
         SESSION.resume_hint = f"re-run the same command with --resume to continue from the last checkpoint in {work_dir}"
@@ -92,22 +94,29 @@ def fit_style(
     affine = np.median(np.stack(found), axis=0) if found else None
     if method == "drit" and sim is None and config is None:
         raise FactoryError("--method drit needs a simulation pool: give --sim SIM.h5 or --config CONFIG")
-    calibration, not_calibrated = calibrate_contrast(micrographs, target, *read_lattice(material, structure), config, seed, spread) if contrast else (None, None)
+    lattice = read_lattice(material, structure)
+    calibration, not_calibrated = calibrate_contrast(micrographs, target, *lattice, config, seed, spread) if contrast else (None, None)
     if calibration is not None and not adsorbates:
         calibration.with_adsorbates = False
-    spreads = None
+    spreads, refinement, noise = None, None, None
+    terms = {"detector_response": detector_response, "slow_background": slow_background, "skewed_contamination": skewed_contamination, "jitter_y": jitter_y}
     if method == "drit":
-        translator, spreads = fit_drit(
+        translator, spreads, refinement, noise = fit_drit(
             micrographs, out, sim=sim, config=config, preset=preset, iterations=iterations, crop=crop, content_loss=content_loss,
             spectrum=spectrum, physics_prior=physics_prior, residual_weight=residual_weight, residual_weight_end=residual_weight_end, threads=threads, device=device, resume=resume, checkpoint_every=checkpoint_every, on_training=resume_from,
-            select=select, pool=pool, seed=seed, quiet=quiet, affine=affine, calibration=calibration,
-            physics_terms={"detector_response": detector_response, "slow_background": slow_background, "skewed_contamination": skewed_contamination},
+            select=select, pool=pool, seed=seed, quiet=quiet, affine=affine, calibration=calibration, physics_terms=terms,
+            lattice=lattice if lattice[0] is not None else None, refine=refine,
         )
     else:
-        translator = translator_class(method).fit(micrographs, affine=affine, spread=spread, progress=not quiet,
-                                         detector_response=detector_response, slow_background=slow_background, skewed_contamination=skewed_contamination)
+        translator = translator_class(method).fit(micrographs, affine=affine, spread=spread, progress=not quiet, **terms)
         if calibration is not None:
             translator.params, spreads = fit_adsorbates(translator.params, calibration, target, seed)
+        if method == "parametric":
+            if refine and calibration is not None:
+                translator.params, refinement, noise = refine_on_simulations(translator.params, micrographs, target, lattice, config, calibration, seed,
+                                                                             jitter_y=jitter_y)
+            else:
+                noise = template_noise_record(translator.params, micrographs, target, seed)
     digests = {path: hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in {m.source for m in micrographs}}
     sources = [
         {"name": m.name, "sha256": digests[m.source], "pixel_size_A": m.pixel_size_A, "calibration": m.calibration}
@@ -116,10 +125,11 @@ def fit_style(
     options = {"method": method, "material": material, "structure": str(structure) if structure else None, "calibrate": calibrate}
     options |= {"spread": spread} if method == "parametric" else {"preset": preset, "select": select, "sim": str(sim) if sim else None, "config": config, "seed": seed}
     options["contrast"] = calibration is not None
-    options |= {"detector_response": detector_response, "slow_background": slow_background, "skewed_contamination": skewed_contamination}
+    options |= terms | {"refine": refine and refinement is not None}
     lines = []
     with replacing_directory(out) as staging:  # the bundle and its reports appear together, or not at all
-        translator.save(staging, sources=sources, options=options, simulation=None if calibration is None else calibration.record.simulation_block())
+        translator.save(staging, sources=sources, options=options, simulation=None if calibration is None else calibration.record.simulation_block(),
+                        notes={"noise": noise, "refinement": refinement})
         if method == "drit":
             lines.append(drit_report(translator, micrographs, staging, config=config, sim=sim, seed=seed,
                                       overrides=None if calibration is None else calibration.overrides))

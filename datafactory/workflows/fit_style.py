@@ -37,8 +37,77 @@ def fit_adsorbates(params, calibration, pixel_size_A, seed):
     return params, spreads
 
 
-def fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, content_loss, spectrum, physics_prior, residual_weight, threads, device, resume, select, pool, seed, quiet, affine, calibration=None, physics_terms=None, residual_weight_end=None, checkpoint_every=None, on_training=None):
-    """Pool, selection and training of ``fit-style --method drit``: (translator, adsorbate report or None)."""
+#: Simulations of the experiment on which the style is refined (see :mod:`translators.style_refinement`).
+REFINE_SIMULATIONS = 2
+
+
+def refine_on_simulations(params, micrographs, pixel_size_A, lattice, config, calibration, seed, *, jitter_y=True):
+    """Close the loop of a fitted parametric style on simulations of the experiment (its size up to
+    512 px, pixel size, lattice orientation, calibrated column contrast): (params, refinement record,
+    noise record), or (params, None, None) without a lattice or contrast calibration."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from translators.drit.fit import simulation_pool
+    from translators.noise_structure import correlation_record
+    from translators.parametric import render
+    from translators.style_refinement import refine
+
+    from ..calibration import calibrate_lattice
+    from ..grid import resample, same_pixel_size
+
+    if lattice is None or lattice[1] is None or config is None or calibration is None:
+        return params, None, None
+    experiments = [m.image if same_pixel_size(m.pixel_size_A, pixel_size_A) else resample(m.image, m.pixel_size_A, pixel_size_A) for m in micrographs]
+    overrides = dict(calibration.overrides)
+    try:
+        overrides["structure.rotation_deg"] = float(calibrate_lattice(experiments[0], lattice[1], material=lattice[0]).rotation_deg)
+    except FactoryError:
+        pass  # the config's orientations then; the levels do not depend on them
+    size = min(512, *(min(e.shape) for e in experiments))
+    size -= size % 4
+    clean = simulation_pool(sim_path=None, config=config, pixel_size_A=pixel_size_A, n=REFINE_SIMULATIONS, size_px=size, seed=seed + 20_000,
+                            workers=1, progress=False, overrides=overrides)
+    params, refinement = refine(params, experiments, clean, pixel_size_A, seed=seed, jitter_y=jitter_y)
+    rendered = [render(c, replace(params, spread=0.0), pixel_size_A, np.random.default_rng([seed, 7, k]))[0] for k, c in enumerate(clean)]
+    noise = correlation_record(experiments, rendered)
+    r = refinement
+    typer.echo(f"refined on {len(clean)} simulations of the experiment: levels {r.levels_before[0]:.2f}-{r.levels_before[1]:.2f} -> "
+               f"{r.levels_after[0]:.2f}-{r.levels_after[1]:.2f} counts (experiment {r.levels_experiment[0]:.2f}-{r.levels_experiment[1]:.2f}); "
+               f"dose {r.dose_counts[0]:.1f} -> {r.dose_counts[1]:.1f}, background {r.background[0]:.3f} -> {r.background[1]:.3f}, "
+               f"jitter across lines {100 * r.jitter_y_A[0]:.1f} -> {100 * r.jitter_y_A[1]:.1f} pm"
+               + ("" if noise["rms_difference"] is None else f"; noise correlation within {noise['rms_difference']:.3f} of the experiment's (RMS over lags 1-6, x and y)"))
+    return params, refinement.to_dict(), noise
+
+
+def template_noise_record(params, micrographs, pixel_size_A, seed):
+    """The ``noise`` record without simulations: the style rendered on the first experiment's own lattice."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from translators.noise_structure import correlation_record, lattice_template
+    from translators.parametric import render
+    from translators.scan_response import remove_response
+
+    from ..grid import resample, same_pixel_size
+
+    experiments = [m.image if same_pixel_size(m.pixel_size_A, pixel_size_A) else resample(m.image, m.pixel_size_A, pixel_size_A) for m in micrographs]
+    first = np.asarray(experiments[0], dtype=np.float64)
+    template = lattice_template(remove_response(first, params.detector_tau_px).astype(np.float64) if params.detector_tau_px > 0 else first)
+    if template is None:
+        return correlation_record(experiments, [])
+    q = replace(params, spread=0.0, affine=[[1.0, 0.0], [0.0, 1.0]], psd_slope_A2=None)
+    rendered = [render(template.astype(np.float32), q, pixel_size_A, np.random.default_rng([seed, 7, k]))[0] for k in range(2)]
+    return correlation_record(experiments, rendered) | {"model_rendered_on": "the experiment's own lattice (no simulations were given)"}
+
+
+def fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, content_loss, spectrum, physics_prior, residual_weight, threads, device, resume, select, pool, seed, quiet, affine, calibration=None, physics_terms=None, residual_weight_end=None, checkpoint_every=None, on_training=None,
+             lattice=None, refine=True):
+    """Pool, selection and training of ``fit-style --method drit``: (translator, adsorbate report or None,
+    refinement record or None, noise record or None); with the physics prior, the prior is refined on
+    simulations of the experiment as the parametric style is (``refine``)."""
     import dataclasses
 
     from translators.drit.fit import select_pool, simulation_pool
@@ -79,19 +148,22 @@ def fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, c
         images, notices = select_pool(images, exps, target, seed)
         for message in notices:
             notice(message)
-    prior, spreads = None, None
+    prior, spreads, refinement, noise = None, None, None, None
     if settings.physics_prior:
         from translators.parametric import ParametricTranslator
 
         prior = ParametricTranslator.fit(micrographs, pixel_size_A=target, affine=affine, **(physics_terms or {})).params
         if calibration is not None:
             prior, spreads = fit_adsorbates(prior, calibration, target, seed)
+        if refine:
+            prior, refinement, noise = refine_on_simulations(prior, micrographs, target, lattice, config, calibration, seed,
+                                                             jitter_y=(physics_terms or {}).get("jitter_y", True))
     work_dir = out.with_name(out.name + ".training")
     if on_training is not None:  # from here on, an interrupted run resumes from work_dir
         on_training(work_dir)
     translator = DritTranslator.fit(micrographs, sims=images, settings=settings, work_dir=work_dir, pixel_size_A=target, device=device, resume=resume,
                                     seed=seed, progress=not quiet, affine=affine, prior=prior)
-    return translator, spreads
+    return translator, spreads, refinement, noise
 
 
 #: Held-out simulations of the fit-style report's classifier AUC (each row translates all of them).
