@@ -317,6 +317,15 @@ def test_fit_style_calibrates_contrast_and_generate_simulates_with_it(run_cli, e
     assert rows["parametric"]["hist_kl"] < rows["clean simulation"]["hist_kl"]
     assert rows["parametric"]["psd_distance"] < rows["clean simulation"]["psd_distance"]
     assert rows["clean simulation"]["classifier_auc"] > 0.9 and 0 <= rows["parametric"]["classifier_auc"] <= 1
+    # the loop closed on simulations of the experiment (its lattice orientation): levels onto the
+    # experiment's, the noise correlations recorded beside the parameters and drawn in report.png
+    refinement, noise = record["refinement"], record["noise"]
+    levels = refinement["levels_counts"]
+    assert "refined on 2 simulations" in out
+    assert abs(levels["rendered_after"][1] - levels["experiment"][1]) < abs(levels["rendered_before"][1] - levels["experiment"][1]) + 0.05
+    assert len(noise["experiment_mean"]["acf_x"]) == 6 and len(noise["model"]["acf_y"]) == 6 and noise["rms_difference"] < 0.05
+    assert set(report["noise_correlation"]) == {"experiment", "parametric"}
+    assert record["parameters"]["jitter_y_A"] < 0.03  # the experiment's lines are evenly spaced
 
     data = tmp_path / "data"
     code, out, err = run_cli("generate", "--config", config, "--style", style, "--n", 6, "--size", 64, "--out", data, "--workers", 1, "-q")
@@ -359,3 +368,13 @@ def test_fit_style_contrast_with_a_bad_config_is_an_error_and_without_a_lattice_
     code, out, err = run_cli("fit-style", noise, "--method", "parametric", "--material", "MoS2", "--config", "mos2_monolayer",
                              "--out", tmp_path / "n", "-q")
     assert "column contrast not calibrated" in err and "monolayers of MoS2" in err
+
+
+def test_fit_style_without_refinement_or_jitter_across_lines(run_cli, experiment, tmp_path):
+    style = tmp_path / "style"
+    code, out, err = run_cli("fit-style", experiment, "--method", "parametric", "--no-jitter-y", "--no-refine", "--out", style, "-q")
+    assert code == 0, err
+    record = json.loads((style / "style.json").read_text())
+    assert "refinement" not in record and record["parameters"]["jitter_y_A"] == 0.0
+    assert record["options"]["jitter_y"] is False and record["options"]["refine"] is False
+    assert record["noise"]["model_rendered_on"].startswith("the experiment's own lattice") and len(record["noise"]["model"]["acf_x"]) == 6

@@ -296,7 +296,7 @@ def _draw_scale_bar(ax, shape, pixel_size_A: float) -> None:
     )
 
 
-def draw_comparison(reference, pixel_size_A: float, others, out_png, *, reference_name: str = "reference") -> Path:
+def draw_comparison(reference, pixel_size_A: float, others, out_png, *, reference_name: str = "reference", noise=None) -> Path:
     """Draw the images side by side with their histograms, line profiles and power spectra.
 
     The figure has a top row of images (grey scale, each with its name and a scale bar in Å
@@ -318,6 +318,9 @@ def draw_comparison(reference, pixel_size_A: float, others, out_png, *, referenc
         Where to write the PNG (parent folders are created).
     reference_name : str
         Label of the reference image.
+    noise : (NoiseCorrelation, dict of name -> NoiseCorrelation), optional
+        The residual correlations (:mod:`translators.noise_structure`) of the reference and of
+        each named set; drawn in two more panels, per lag along x and along y.
 
     Returns
     -------
@@ -335,10 +338,15 @@ def draw_comparison(reference, pixel_size_A: float, others, out_png, *, referenc
 
     n = len(entries)
     colours = [f"C{i % 10}" for i in range(n)]
-    fig = Figure(figsize=(max(3.0 * n, 10.5), 6.6), layout="constrained")
+    panels = 3 if noise is None else 5
+    fig = Figure(figsize=(max(3.0 * n, 3.5 * panels), 6.6), layout="constrained")
     top, bottom = fig.subfigures(2, 1, height_ratios=[1.15, 1.0])
     img_axes = np.atleast_1d(top.subplots(1, n))
-    hist_ax, prof_ax, psd_ax = bottom.subplots(1, 3)
+    hist_ax, prof_ax, psd_ax, *noise_axes = bottom.subplots(1, panels)
+    if noise is not None:
+        from .noise_structure import draw_noise_correlation
+
+        draw_noise_correlation(*noise_axes, noise[0], noise[1])
 
     for ax, (name, image, px), colour in zip(img_axes, entries, colours):
         ax.imshow(image, cmap="gray", interpolation="nearest")

@@ -259,6 +259,17 @@ def draw_noise_correlation(ax_x, ax_y, experiment: NoiseCorrelation, models: dic
         ax.legend(fontsize=7)
 
 
+def set_correlations(experiments: Sequence[np.ndarray], sets: dict[str, Sequence[np.ndarray]]):
+    """(the experiments' mean residual correlation, {set name: its images' mean}), all with the
+    first experiment's cut; sets of images too small for the lags, and the clean simulations
+    (whose residual is the lattice, not noise), are left out."""
+    cut = residual_cut(_centre(np.asarray(experiments[0], dtype=np.float64), FIT_SIDE_PX))
+    experiment = NoiseCorrelation.mean([noise_correlation(e, cut) for e in experiments])
+    models = {name: NoiseCorrelation.mean([noise_correlation(im, cut) for im in images])
+              for name, images in sets.items() if len(images) and min(np.shape(images[0])) > 2 * (LAGS + BORDER_PX) + 8 and not name.startswith("clean")}
+    return experiment, models
+
+
 def correlation_record(experiments: Sequence[np.ndarray], model_images: Sequence[np.ndarray]) -> dict:
     """The ``noise`` block of a STYLE bundle's ``style.json``: the residual correlations of the
     experiments (each, and their mean) and of images of the fitted model, with one cut (the first

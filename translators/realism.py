@@ -44,21 +44,25 @@ def realism_rows(experiments: Sequence[np.ndarray], pixel_size_A: float, sets: d
     return rows
 
 
-def write_realism_report(directory: Path, experiment: np.ndarray, pixel_size_A: float, sets: dict[str, Sequence[np.ndarray]], rows: list[dict]) -> Path:
+def write_realism_report(directory: Path, experiment: np.ndarray, pixel_size_A: float, sets: dict[str, Sequence[np.ndarray]], rows: list[dict],
+                         experiments: Sequence[np.ndarray] | None = None) -> Path:
     """``report.png`` (the experiment beside the first image of every set, with histograms,
-    profiles and spectra) and the ``metrics`` entry of ``report.json`` (other entries kept);
-    returns the PNG's path."""
+    profiles, spectra and the noise correlations along and across lines) and the ``metrics`` and
+    ``noise_correlation`` entries of ``report.json`` (other entries kept); returns the PNG's path."""
     from datafactory.dataset import write_json_atomic
 
     from .compare import draw_comparison
+    from .noise_structure import set_correlations
 
     directory = Path(directory)
     png = directory / "report.png"
     titled = [(f"{name} (AUC {row['classifier_auc']:.2f})" if row["classifier_auc"] is not None else name, images[0], pixel_size_A)
               for (name, images), row in zip(sets.items(), rows)]
-    draw_comparison(experiment, pixel_size_A, titled, png, reference_name="experiment")
+    noise = set_correlations(list(experiments) if experiments is not None else [experiment], sets)
+    draw_comparison(experiment, pixel_size_A, titled, png, reference_name="experiment", noise=noise)
     report_path = directory / "report.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    report["noise_correlation"] = {"experiment": noise[0].to_dict(), **{name: corr.to_dict() for name, corr in noise[1].items()}}
     report["metrics"] = [{"name": "experiment", **{key: 0.0 for key in PAIR_KEYS}, "classifier_auc": None}, *rows]
     report["realism"] = {"against": "the experiments the style was fitted on", "pixel_size_A": pixel_size_A,
                          "n_images": {row["name"]: row["n_images"] for row in rows}}

@@ -193,7 +193,7 @@ def parametric_report(translator, micrographs, path: Path, *, config, seed, over
     styled = translator.translate(np.stack(clean), [np.random.default_rng([seed, k]) for k in range(len(clean))]).images
     sets = {"clean simulation": clean, "parametric": list(styled)}
     rows = realism_rows(experiments, px, sets, seed=seed)
-    png = write_realism_report(Path(path), experiments[0], px, sets, rows)
+    png = write_realism_report(Path(path), experiments[0], px, sets, rows, experiments)
     draw_response(Path(path) / "detector.png", fit_detector_response(experiments[0], px), micrographs[0].name)
     style = rows[-1]
     auc = "" if style["classifier_auc"] is None else f", classifier AUC {style['classifier_auc']:.2f} (0.5: indistinguishable; clean {rows[0]['classifier_auc']:.2f})"

@@ -120,6 +120,7 @@ def write_report(
     """
     from translators.compare import compare_images, draw_comparison
     from translators.metrics import classifier_auc, column_shift
+    from translators.noise_structure import set_correlations
 
     others = [("clean simulation", clean, pixel_size_A), ("parametric", parametric, pixel_size_A), ("DRIT", drit, pixel_size_A)]
     rows = compare_images(experiment, pixel_size_A, others)
@@ -133,12 +134,14 @@ def write_report(
         row["classifier_auc"] = None if patch_px is None else classifier_auc(real, sets[row["name"]], patch_px=patch_px, rng=rng)
     shift = column_shift(clean if drit_clean is None else drit_clean, drit, pixel_size_A).to_dict()
     auc_info = {"patch_px": patch_px, "n_experiments": len(real), "n_generated": {name: len(images) for name, images in sets.items()}}
-    record = {"metrics": rows, "column_shift_clean_vs_drit": shift, "classifier_auc": auc_info}
+    noise = set_correlations(real, sets)
+    record = {"metrics": rows, "column_shift_clean_vs_drit": shift, "classifier_auc": auc_info,
+              "noise_correlation": {"experiment": noise[0].to_dict(), **{name: corr.to_dict() for name, corr in noise[1].items()}}}
     directory = Path(directory)
     (directory / "report.json").write_text(json.dumps(record, indent=2, default=float) + "\n")
     titled = [
         (name if row["classifier_auc"] is None else f"{name} (AUC {row['classifier_auc']:.2f})", image, px)
         for (name, image, px), row in zip(others, rows[1:])
     ]
-    draw_comparison(experiment, pixel_size_A, titled, directory / "report.png", reference_name="experiment")
+    draw_comparison(experiment, pixel_size_A, titled, directory / "report.png", reference_name="experiment", noise=noise)
     return record
