@@ -59,16 +59,19 @@ def _realism_lines(style: dict[str, Any]) -> list[str]:
         "Measured by `factory fit-style` on held-out simulations against the experiments the style was fitted on "
         "(the STYLE bundle's `report.json`):",
         "",
-        "| images | hist_kl | psd_distance | swd | classifier AUC |",
-        "| --- | --- | --- | --- | --- |",
-        *(f"| {name} | " + " | ".join(_score(scores.get(k)) for k in ("hist_kl", "psd_distance", "swd", "classifier_auc")) + " |" for name, scores in rows),
+        "| images | hist_kl | psd_distance | swd | classifier AUC | noise correlation (RMS difference) |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *(f"| {name} | " + " | ".join(_score(scores.get(k)) for k in ("hist_kl", "psd_distance", "swd", "classifier_auc", "noise_correlation_rms")) + " |"
+          for name, scores in rows),
         "",
         "hist_kl (grey-level histograms), psd_distance (log radial power spectra) and swd (multi-scale patch texture) "
         "compare held-out images with the experiments (the parametric report averages over several, the DRIT report uses one): "
         "lower is closer, 0 is identical. The classifier AUC is "
         "how well a small CNN, trained on patches of a few held-out images and of all the experiments, tells the two "
         "apart on patches it did not see: 0.5 is indistinguishable, 1 always separable (values below 0.5 are chance). "
-        "Definitions: `translators/metrics.py` of stem-datafactory.",
+        "The noise correlation compares how the noise is correlated along and across the scan lines (the autocorrelation "
+        "of each image above its lattice's reflections, lags 1–6 px): the RMS difference from the experiments' (0: the same). "
+        "Definitions: `translators/metrics.py` and `translators/noise_structure.py` of stem-datafactory.",
         "",
     ]
 

@@ -36,10 +36,10 @@ def _weights(model) -> dict:
 def test_resume_continues_exactly_where_it_stopped(data, tmp_path):
     sims, exps = data
     kwargs = dict(exp_range=(0.0, 60.0), pixel_size_A=PIXEL_A, progress=False)
-    full, history = train(sims, exps, TINY, tmp_path / "a", **kwargs)
+    full, history, _ = train(sims, exps, TINY, tmp_path / "a", **kwargs)
     assert len(history) == 6 and all(np.isfinite(list(h.values())).all() for h in history)
     train(sims, exps, TINY, tmp_path / "b", budget_iterations=4, **kwargs)  # interrupted after 4 (checkpoint at 3 and 4)
-    resumed, history_b = train(sims, exps, TINY, tmp_path / "b", resume=True, **kwargs)
+    resumed, history_b, _ = train(sims, exps, TINY, tmp_path / "b", resume=True, **kwargs)
     assert len(history_b) == 6
     a, b = _weights(full), _weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -240,9 +240,9 @@ def test_resume_with_the_physics_prior_is_exact(data, tmp_path):
     prior = prior_renderer(StyleParameters(gain=1.0, dose_counts=30.0, background=0.3, jitter_A=0.02, spread=0.1), PIXEL_A, (0.0, 60.0))
     settings = replace(TINY, physics_prior=True)
     kwargs = dict(exp_range=(0.0, 60.0), pixel_size_A=PIXEL_A, progress=False, prior=prior)
-    full, _ = train(sims, exps, settings, tmp_path / "a", **kwargs)
+    full, _, _ = train(sims, exps, settings, tmp_path / "a", **kwargs)
     train(sims, exps, settings, tmp_path / "b", budget_iterations=4, **kwargs)
-    resumed, _ = train(sims, exps, settings, tmp_path / "b", resume=True, **kwargs)
+    resumed, _, _ = train(sims, exps, settings, tmp_path / "b", resume=True, **kwargs)
     a, b = _weights(full), _weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["gen.exp.out.weight"], torch.zeros_like(a["gen.exp.out.weight"]))  # the residual did train
@@ -269,7 +269,7 @@ def test_prior_without_exp_reconstructions(data, tmp_path, monkeypatch):
     assert len(exp_calls) == 4  # v, v_z, and the exp cross-cycle and self reconstructions
     exp_calls.clear()
     settings = replace(TINY, iterations=2, physics_prior=True, prior_exp_recon="none")
-    _, history = train(sims, exps, settings, tmp_path / "a", **kwargs)
+    _, history, _ = train(sims, exps, settings, tmp_path / "a", **kwargs)
     assert exp_calls == [True, True] * 2  # only v and v_z, both on the prior's rendering
     assert len(history) == 2 and all(np.isfinite(list(h.values())).all() for h in history)
     with pytest.raises(ValueError, match="prior_exp_recon"):
@@ -284,12 +284,65 @@ def test_residual_penalty_term(data, tmp_path):
     prior = prior_renderer(StyleParameters(gain=1.0, dose_counts=30.0, background=0.3, spread=0.0), PIXEL_A, (0.0, 60.0))
     kwargs = dict(exp_range=(0.0, 60.0), pixel_size_A=PIXEL_A, progress=False, prior=prior)
     settings = replace(TINY, iterations=4, physics_prior=True, prior_exp_recon="none", weights={**TINY.weights, "residual": 3.0})
-    _, history = train(sims, exps, settings, tmp_path / "a", **kwargs)
+    _, history, _ = train(sims, exps, settings, tmp_path / "a", **kwargs)
     assert history[0]["residual"] == 0.0  # the exp generator's last conv starts at zero
     assert history[-1]["residual"] > 0.0
     assert TINY.weights["residual"] == 10.0 and TINY.prior_exp_recon == "none"  # the presets' anchor
-    _, history = train(sims, exps, replace(settings, weights={**TINY.weights, "residual": 0.0}), tmp_path / "b", **kwargs)
+    _, history, _ = train(sims, exps, replace(settings, weights={**TINY.weights, "residual": 0.0}), tmp_path / "b", **kwargs)
     assert "residual" not in history[0]
+
+
+def test_the_residual_discriminator_scores_the_noise_space(data, tmp_path):
+    from translators.drit.model import noise_space
+
+    sims, exps = data
+    kwargs = dict(exp_range=(0.0, 60.0), pixel_size_A=PIXEL_A, progress=False)
+    assert TINY.residual_discriminator  # on in the quick preset
+    _, history, _ = train(sims, exps, replace(TINY, iterations=2), tmp_path / "a", **kwargs)
+    assert "noise" in history[0] and np.isfinite([h["noise"] for h in history]).all()
+    _, history, _ = train(sims, exps, replace(TINY, iterations=2, residual_discriminator=False), tmp_path / "b", **kwargs)
+    assert "noise" not in history[0]
+    x = torch.rand(2, 1, 32, 32)
+    space = noise_space(x)
+    assert space.shape == (2, 2, 32, 32) and torch.allclose(space[:, :1] + space[:, 1:], x, atol=1e-6)
+    assert space[:, 0].abs().mean() > 0.05 and space[:, 1].std() < x.std()  # the fine part and the local level
+
+
+def test_the_monitor_runs_at_the_start_every_n_iterations_and_at_the_end_without_changing_the_run(data, tmp_path):
+    sims, exps = data
+    kwargs = dict(exp_range=(0.0, 60.0), pixel_size_A=PIXEL_A, progress=False)
+    calls = []
+
+    def monitor(model):
+        calls.append(model.training)
+        torch.rand(3)  # a monitor that draws random numbers must not change the training's stream
+        return {"auc": 0.9}
+
+    settings = replace(TINY, monitor_every=2)
+    plain, _, none = train(sims, exps, settings, tmp_path / "a", **kwargs)
+    watched, _, records = train(sims, exps, settings, tmp_path / "b", monitor=monitor, **kwargs)
+    assert none == [] and [r["iteration"] for r in records] == [0, 2, 4, 6] and records[0]["auc"] == 0.9
+    assert not any(calls)  # run in eval mode
+    a, b = _weights(plain), _weights(watched)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    train(sims, exps, settings, tmp_path / "c", budget_iterations=3, monitor=monitor, **kwargs)  # checkpoint at 3 holds [0, 2]
+    _, _, resumed = train(sims, exps, settings, tmp_path / "c", resume=True, monitor=monitor, **kwargs)
+    assert [r["iteration"] for r in resumed] == [0, 2, 4, 6]
+    # how often a run is monitored is not part of what it trains: a checkpoint resumes under another interval
+    train(sims, exps, replace(settings, monitor_every=5), tmp_path / "c", resume=True, **kwargs)
+
+
+def test_the_auc_monitor_scores_the_prior_and_the_translations(data):
+    from translators.drit.model import Drit, DritConfig
+    from translators.drit.translator import auc_monitor
+
+    sims, exps = data
+    torch.manual_seed(0)
+    model = Drit(DritConfig(width=8, residual_prior=True)).eval()  # untrained: returns its base, the prior's rendering, exactly
+    prior = StyleParameters(gain=1.0, dose_counts=30.0, background=0.3, spread=0.0)
+    out = auc_monitor(sims, exps, prior, PIXEL_A, (0.0, 60.0), 32, "cpu", seed=0)(model)
+    assert set(out) == {"auc", "auc_prior"} and 0.0 <= out["auc"] <= 1.0
+    assert out["auc"] == pytest.approx(out["auc_prior"], abs=0.02)
 
 
 def test_translation_sees_a_reflected_margin_at_the_bottom_and_right(data, monkeypatch):

@@ -338,6 +338,21 @@ def test_classifier_auc_separates_clean_from_noisy():
     assert classifier_auc(clean, noisy, rng=np.random.default_rng(0), **QUICK) > 0.95
 
 
+def test_classifier_test_log_loss_keeps_ranking_once_the_auc_saturates():
+    """Both noise levels are told apart from the clean images every time (AUC 1), but the critic
+    is surer of the noisier set: the held-out cross-entropy ranks what the AUC cannot."""
+    from translators.metrics import classifier_test
+
+    rng = np.random.default_rng(23)
+    clean = [cosine_lattice((96, 96), rng) for _ in range(4)]
+    same = classifier_test(clean, [cosine_lattice((96, 96), rng) for _ in range(4)], rng=np.random.default_rng(0), **QUICK)
+    mild = classifier_test(clean, [rng.poisson(40.0 * image).astype(float) for image in clean], rng=np.random.default_rng(0), **QUICK)
+    strong = classifier_test(clean, [rng.poisson(4.0 * image).astype(float) for image in clean], rng=np.random.default_rng(0), **QUICK)
+    assert mild.auc > 0.95 and strong.auc > 0.95
+    assert strong.log_loss < mild.log_loss < same.log_loss
+    assert same.log_loss > 0.5  # near ln 2 = 0.69 for a critic that cannot tell
+
+
 def test_classifier_auc_ignores_gain_and_offset_but_sees_the_scan_direction():
     from scipy.signal import lfilter
 

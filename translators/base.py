@@ -271,11 +271,15 @@ def style_realism(directory: Path, method: str) -> dict[str, Any] | None:
     :data:`REALISM_KEYS` of the report row of ``method``'s translations and of the clean
     simulation (values may be None), or None when the bundle has no readable report with
     such a row (a parametric fit writes one only when it was given a config to simulate).
+    The style's scores also hold ``noise_correlation_rms``: the RMS difference of the residual
+    correlations (lags 1–6, along and across lines) of its translations and of the experiments,
+    when the report has them (None otherwise).
     """
     path = Path(directory) / REPORT_FILE
     row_name = _REPORT_ROWS.get(method)
     try:
-        rows = json.loads(path.read_text())["metrics"]
+        report = json.loads(path.read_text())
+        rows = report["metrics"]
         by_name = {row["name"]: row for row in rows}
     except (OSError, ValueError, TypeError, KeyError):
         return None
@@ -286,4 +290,15 @@ def style_realism(directory: Path, method: str) -> dict[str, Any] | None:
         return {key: (float(row[key]) if isinstance(row.get(key), (int, float)) else None) for key in REALISM_KEYS}
 
     clean = by_name.get("clean simulation")
-    return {"row": row_name, "style": scores(by_name[row_name]), "clean": scores(clean) if clean else None}
+    style = scores(by_name[row_name]) | {"noise_correlation_rms": _noise_rms(report.get("noise_correlation"), row_name)}
+    return {"row": row_name, "style": style, "clean": scores(clean) if clean else None}
+
+
+def _noise_rms(record: Any, row_name: str) -> float | None:
+    """RMS difference of the ``acf_x``/``acf_y`` lists of ``record[row_name]`` and ``record["experiment"]`` (None if absent or malformed)."""
+    try:
+        a, b = record["experiment"], record[row_name]
+        diff = [float(x) - float(y) for key in ("acf_x", "acf_y") for x, y in zip(a[key], b[key], strict=True)]
+    except (TypeError, KeyError, ValueError):
+        return None
+    return math.sqrt(sum(d * d for d in diff) / len(diff)) if diff else None

@@ -296,7 +296,7 @@ def _draw_scale_bar(ax, shape, pixel_size_A: float) -> None:
     )
 
 
-def draw_comparison(reference, pixel_size_A: float, others, out_png, *, reference_name: str = "reference", noise=None) -> Path:
+def draw_comparison(reference, pixel_size_A: float, others, out_png, *, reference_name: str = "reference", noise=None, curve=None) -> Path:
     """Draw the images side by side with their histograms, line profiles and power spectra.
 
     The figure has a top row of images (grey scale, each with its name and a scale bar in Å
@@ -321,6 +321,9 @@ def draw_comparison(reference, pixel_size_A: float, others, out_png, *, referenc
     noise : (NoiseCorrelation, dict of name -> NoiseCorrelation), optional
         The residual correlations (:mod:`translators.noise_structure`) of the reference and of
         each named set; drawn in two more panels, per lag along x and along y.
+    curve : dict, optional
+        One more panel of curves: ``{"title", "xlabel", "ylabel", "x": [...], "series": {name: [...]}}``
+        (e.g. the classifier AUC along a translator's training).
 
     Returns
     -------
@@ -338,15 +341,21 @@ def draw_comparison(reference, pixel_size_A: float, others, out_png, *, referenc
 
     n = len(entries)
     colours = [f"C{i % 10}" for i in range(n)]
-    panels = 3 if noise is None else 5
+    panels = 3 + (0 if noise is None else 2) + (0 if curve is None else 1)
     fig = Figure(figsize=(max(3.0 * n, 3.5 * panels), 6.6), layout="constrained")
     top, bottom = fig.subfigures(2, 1, height_ratios=[1.15, 1.0])
     img_axes = np.atleast_1d(top.subplots(1, n))
-    hist_ax, prof_ax, psd_ax, *noise_axes = bottom.subplots(1, panels)
+    hist_ax, prof_ax, psd_ax, *extra_axes = bottom.subplots(1, panels)
     if noise is not None:
         from .noise_structure import draw_noise_correlation
 
-        draw_noise_correlation(*noise_axes, noise[0], noise[1])
+        draw_noise_correlation(extra_axes[0], extra_axes[1], noise[0], noise[1])
+    if curve is not None:
+        ax = extra_axes[-1]
+        for name, values in curve["series"].items():
+            ax.plot(curve["x"], values, "o-" if len(values) < 30 else "-", ms=3, lw=1.2, label=name)
+        ax.set(xlabel=curve.get("xlabel", ""), ylabel=curve.get("ylabel", ""), title=curve.get("title", ""))
+        ax.legend(fontsize=7)
 
     for ax, (name, image, px), colour in zip(img_axes, entries, colours):
         ax.imshow(image, cmap="gray", interpolation="nearest")

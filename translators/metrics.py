@@ -31,13 +31,15 @@ import math
 
 import numpy as np
 
-from .classifier import classifier_auc
+from .classifier import ClassifierTest, classifier_auc, classifier_test
 from .column_shift import ColumnShift, column_shift, find_columns
 from .metric_inputs import as_count, as_image, as_positive, as_rng
 
 __all__ = [
+    "ClassifierTest",
     "ColumnShift",
     "classifier_auc",
+    "classifier_test",
     "column_shift",
     "find_columns",
     "hist_kl",

@@ -26,6 +26,8 @@ def fit_style(
     physics_prior: Optional[bool] = typer.Option(None, "--physics-prior/--no-physics-prior", help="drit: start from the fitted parametric model and learn a residual on top (on in both presets)."),
     residual_weight: Optional[float] = typer.Option(None, "--residual-weight", help="drit with the prior: weight of the L1 penalty holding the learned residual near the physics model (preset: 10; lower lets it depart further, and at 3 it ran away in long runs)."),
     residual_weight_end: Optional[float] = typer.Option(None, "--residual-weight-end", help="drit with the prior: anchor schedule, the residual weight moves linearly from --residual-weight to this over the run."),
+    residual_discriminator: Optional[bool] = typer.Option(None, "--residual-discriminator/--no-residual-discriminator", help="drit: a discriminator on the noise space (the image minus its 1 px blur, beside the blur), so the learned residual is paid for the noise itself (preset: quick on, paper on)."),
+    auc_every: Optional[int] = typer.Option(None, "--auc-every", help="drit: measure the classifier AUC of held-out translations every N iterations (preset: 100; 0 never); the curve goes into report.png."),
     device: str = typer.Option("auto", "--device", help="drit: auto, cpu or cuda."),
     threads: Optional[int] = typer.Option(None, "--threads", help="drit: CPU threads for training (default: the preset's, 2)."),
     resume: bool = typer.Option(False, "--resume", help="drit: continue from the checkpoint in OUT.training/."),
@@ -75,6 +77,7 @@ def fit_style(
     require_at_least("--seed", seed, 0)
     require_at_least("--threads", threads, 1)
     require_at_least("--checkpoint-every", checkpoint_every, 1)
+    require_at_least("--auc-every", auc_every, 0)
     for flag, value in (("--residual-weight", residual_weight), ("--residual-weight-end", residual_weight_end)):
         if value is not None and not (value >= 0 and np.isfinite(value)):
             raise FactoryError(f"{flag}: must be a finite number ≥ 0 (got {value})")
@@ -105,7 +108,7 @@ def fit_style(
             micrographs, out, sim=sim, config=config, preset=preset, iterations=iterations, crop=crop, content_loss=content_loss,
             spectrum=spectrum, physics_prior=physics_prior, residual_weight=residual_weight, residual_weight_end=residual_weight_end, threads=threads, device=device, resume=resume, checkpoint_every=checkpoint_every, on_training=resume_from,
             select=select, pool=pool, seed=seed, quiet=quiet, affine=affine, calibration=calibration, physics_terms=terms,
-            lattice=lattice if lattice[0] is not None else None, refine=refine,
+            lattice=lattice if lattice[0] is not None else None, refine=refine, residual_discriminator=residual_discriminator, auc_every=auc_every,
         )
     else:
         translator = translator_class(method).fit(micrographs, affine=affine, spread=spread, progress=not quiet, **terms)

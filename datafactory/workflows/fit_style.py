@@ -103,8 +103,12 @@ def template_noise_record(params, micrographs, pixel_size_A, seed):
     return correlation_record(experiments, rendered) | {"model_rendered_on": "the experiment's own lattice (no simulations were given)"}
 
 
+#: Held-out simulations whose translations the classifier scores along DRIT's training.
+MONITOR_SIMULATIONS = 4
+
+
 def fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, content_loss, spectrum, physics_prior, residual_weight, threads, device, resume, select, pool, seed, quiet, affine, calibration=None, physics_terms=None, residual_weight_end=None, checkpoint_every=None, on_training=None,
-             lattice=None, refine=True):
+             lattice=None, refine=True, residual_discriminator=None, auc_every=None):
     """Pool, selection and training of ``fit-style --method drit``: (translator, adsorbate report or None,
     refinement record or None, noise record or None); with the physics prior, the prior is refined on
     simulations of the experiment as the parametric style is (``refine``)."""
@@ -125,7 +129,8 @@ def fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, c
         if content_loss not in ("structure", "plain"):
             raise FactoryError(f"must be structure or plain (got '{content_loss}')", field="content_loss")
         overrides["content_form"] = content_loss
-    given = {"spectrum_discriminator": spectrum, "physics_prior": physics_prior, "threads": threads, "checkpoint_every": checkpoint_every}
+    given = {"spectrum_discriminator": spectrum, "physics_prior": physics_prior, "threads": threads, "checkpoint_every": checkpoint_every,
+             "residual_discriminator": residual_discriminator, "monitor_every": auc_every}
     overrides |= {name: value for name, value in given.items() if value is not None}
     settings = settings_for(preset, iterations, **overrides)
     if residual_weight is not None:
@@ -144,6 +149,13 @@ def fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, c
     n_pool = pool or max(8, 10 * crops)
     images = simulation_pool(sim_path=sim, config=config, pixel_size_A=target, n=n_pool, size_px=2 * settings.crop_px, seed=seed, workers=os.cpu_count() or 1,
                              progress=not quiet, overrides=None if calibration is None else calibration.overrides)
+    held_out = None
+    if settings.monitor_every > 0:  # simulations the training never sees, scored along it
+        if config is not None:
+            held_out = simulation_pool(sim_path=None, config=config, pixel_size_A=target, n=MONITOR_SIMULATIONS, size_px=2 * settings.crop_px,
+                                       seed=seed + 30_000, workers=1, progress=False, overrides=None if calibration is None else calibration.overrides)
+        elif len(images) > 2 * MONITOR_SIMULATIONS:
+            images, held_out = images[:-MONITOR_SIMULATIONS], images[-MONITOR_SIMULATIONS:]
     if select:
         images, notices = select_pool(images, exps, target, seed)
         for message in notices:
@@ -162,7 +174,7 @@ def fit_drit(micrographs, out: Path, *, sim, config, preset, iterations, crop, c
     if on_training is not None:  # from here on, an interrupted run resumes from work_dir
         on_training(work_dir)
     translator = DritTranslator.fit(micrographs, sims=images, settings=settings, work_dir=work_dir, pixel_size_A=target, device=device, resume=resume,
-                                    seed=seed, progress=not quiet, affine=affine, prior=prior)
+                                    seed=seed, progress=not quiet, affine=affine, prior=prior, held_out=held_out)
     return translator, spreads, refinement, noise
 
 
@@ -239,7 +251,7 @@ def drit_report(translator, micrographs, path: Path, *, config, sim, seed, overr
     # with the physics prior the DRIT image carries the parametric scan geometry: its atoms are in d_translation.clean
     record = write_report(path, experiment, held_out[0], p_images[0], d_translation.images[0], px, drit_clean=d_translation.clean[0],
                           experiments=experiments, auc_sets={"clean simulation": held_out, "parametric": list(p_images), "DRIT": list(d_translation.images)},
-                          seed=seed)
+                          seed=seed, monitor=translator.parameters().get("monitor"))
     shift = record["column_shift_clean_vs_drit"]
     auc = ", ".join(f"{row['name']} {row['classifier_auc']:.2f}" for row in record["metrics"][1:] if row["classifier_auc"] is not None)
     return (f"report: {Path(path) / 'report.png'}; DRIT keeps {100 * shift['fraction_matched']:.1f} % of columns within 0.5 Å (mean {shift['mean_pm']:.1f} pm)"

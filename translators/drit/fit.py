@@ -106,7 +106,7 @@ def auc_patch_px(*image_sets: Sequence[np.ndarray]) -> int | None:
 def write_report(
     directory: Path, experiment: np.ndarray, clean: np.ndarray, parametric: np.ndarray, drit: np.ndarray, pixel_size_A: float,
     drit_clean: np.ndarray | None = None, experiments: Sequence[np.ndarray] | None = None,
-    auc_sets: dict[str, Sequence[np.ndarray]] | None = None, seed: int = 0,
+    auc_sets: dict[str, Sequence[np.ndarray]] | None = None, seed: int = 0, monitor: Sequence[dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """``report.png`` and ``report.json`` in the bundle directory; returns the JSON record.
 
@@ -116,7 +116,9 @@ def write_report(
     (default ``[experiment]``; real) against ``auc_sets[row name]`` (generated; default the
     row's one image), with the largest patch of :data:`AUC_PATCH_PX` that fits and a
     generator seeded with ``seed``; None for the experiment row, and where no patch fits.
-    ``report.png`` shows it in the image titles.
+    ``report.png`` shows it in the image titles; ``monitor`` (the records of
+    :func:`translators.drit.translator.auc_monitor` along training) is drawn as the AUC curve of
+    the translations and of their physics prior, and kept in ``report.json``.
     """
     from translators.compare import compare_images, draw_comparison
     from translators.metrics import classifier_auc, column_shift
@@ -137,11 +139,16 @@ def write_report(
     noise = set_correlations(real, sets)
     record = {"metrics": rows, "column_shift_clean_vs_drit": shift, "classifier_auc": auc_info,
               "noise_correlation": {"experiment": noise[0].to_dict(), **{name: corr.to_dict() for name, corr in noise[1].items()}}}
+    curve = None
+    if monitor:
+        record["training_auc"] = list(monitor)
+        curve = {"title": "classifier AUC along training (held out)", "xlabel": "iteration", "ylabel": "AUC (0.5: indistinguishable)",
+                 "x": [m["iteration"] for m in monitor], "series": {"DRIT": [m["auc"] for m in monitor], "its physics prior": [m["auc_prior"] for m in monitor]}}
     directory = Path(directory)
     (directory / "report.json").write_text(json.dumps(record, indent=2, default=float) + "\n")
     titled = [
         (name if row["classifier_auc"] is None else f"{name} (AUC {row['classifier_auc']:.2f})", image, px)
         for (name, image, px), row in zip(others, rows[1:])
     ]
-    draw_comparison(experiment, pixel_size_A, titled, directory / "report.png", reference_name="experiment", noise=noise)
+    draw_comparison(experiment, pixel_size_A, titled, directory / "report.png", reference_name="experiment", noise=noise, curve=curve)
     return record

@@ -76,7 +76,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from datafactory.checks import from_known_fields
 
-from .losses import log_spectrum
+from .losses import log_spectrum, lowpass
 
 __all__ = [
     "DOMAINS",
@@ -117,6 +117,7 @@ class DritConfig:
     spectrum_discriminator: bool = False  # extra discriminator on the log power spectrum (exp domain)
     residual_prior: bool = False  # generators add a bounded residual to a given base image
     noise_inputs: bool = False  # generators add learned-scale per-pixel noise in the upsampling stages
+    residual_discriminator: bool = False  # extra PatchGAN on the noise space (image minus its 1 px blur, and the blur)
 
     def __post_init__(self) -> None:
         for name in ("width", "content_blocks", "attr_dim", "disc_scales", "disc_layers"):
@@ -474,6 +475,7 @@ class Discriminators(nn.Module):
         self.content_d = _PooledCritic([ch, ch, ch, ch], [2, 2, 1])
         w = cfg.width
         self.spectrum_d = _PooledCritic([4, w, 2 * w, 4 * w, 4 * w], [2, 2, 2, 1]) if cfg.spectrum_discriminator else None
+        self.residual_d = _PatchGAN(2, w, cfg.disc_layers) if cfg.residual_discriminator else None
 
     def domain(self, x: torch.Tensor, domain: str) -> list[torch.Tensor]:
         """PatchGAN logits of a ``domain`` image at each scale: [(B, 1, h0, w0), (B, 1, h1, w1), …]."""
@@ -492,6 +494,19 @@ class Discriminators(nn.Module):
         return self.spectrum_d(torch.cat([s, coords], dim=1)).float()
 
 
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """PatchGAN logits (B, 1, h, w) on the noise space of ``x``: is this a real exp-domain image's noise?"""
+        if self.residual_d is None:
+            raise RuntimeError("residual discriminator is off (DritConfig.residual_discriminator=False)")
+        return self.residual_d(noise_space(x)).float()
+
+
+def noise_space(x: torch.Tensor, sigma_px: float = 1.0) -> torch.Tensor:
+    """(B, 2, H, W): ``x − G_σ * x`` (noise and the finest structure) and ``G_σ * x`` (the local level)."""
+    smooth = lowpass(x, sigma_px)
+    return torch.cat([x - smooth, smooth], dim=1)
+
+
 def parameter_counts(cfg: DritConfig | None = None) -> dict[str, int]:
     """Trainable parameters by part, for a config (default: ``DritConfig()``)."""
     cfg = cfg or DritConfig()
@@ -507,5 +522,7 @@ def parameter_counts(cfg: DritConfig | None = None) -> dict[str, int]:
     }
     if d.spectrum_d is not None:
         counts["spectrum_discriminator"] = count_parameters(d.spectrum_d)
+    if d.residual_d is not None:
+        counts["residual_discriminator"] = count_parameters(d.residual_d)
     counts["discriminators_total"] = count_parameters(d)
     return counts

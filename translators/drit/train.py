@@ -80,7 +80,7 @@ class DritSettings:
     weights: dict[str, float] = field(
         default_factory=lambda: {
             "domain": 1.0, "content_adv": 1.0, "cross_cycle": 10.0, "self_recon": 10.0,
-            "kl": 0.01, "latent": 10.0, "consistency": 10.0, "spectrum": 1.0, "residual": 10.0,
+            "kl": 0.01, "latent": 10.0, "consistency": 10.0, "spectrum": 1.0, "residual": 10.0, "noise": 1.0,
         }
     )
     checkpoint_every: int = 50
@@ -92,6 +92,8 @@ class DritSettings:
     prior_exp_recon: str = "none"  # under the prior, exp reconstructions: "none" (left out) or "self" (the real image as its own base; collapses the residual)
     mixed_precision: bool = True  # bfloat16 autocast on CPUs with native bf16, float16 on cuda; float32 otherwise
     residual_weight_end: float | None = None  # anchor schedule: the residual weight moves linearly from weights["residual"] to this over the run
+    residual_discriminator: bool = False  # a PatchGAN on the noise space of v (image minus its 1 px blur), weight weights["noise"]
+    monitor_every: int = 0  # every this many iterations (and at the end) the monitor (e.g. the classifier AUC of held-out translations) runs; 0: never
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,6 +101,14 @@ class DritSettings:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "DritSettings":
         return cls(**data)
+
+    def same_training(self, other: dict[str, Any]) -> bool:
+        """Whether a checkpoint's ``settings`` describe this training: every field equal (a field
+        the checkpoint predates counts as its default), except how often the run is monitored."""
+        mine, theirs = self.to_dict(), {**asdict(DritSettings()), **dict(other)}
+        mine.pop("monitor_every")
+        theirs.pop("monitor_every", None)
+        return mine == theirs
 
 
 #: Both presets use the spectrum discriminator and the physics prior, the two levers the
@@ -109,8 +119,9 @@ class DritSettings:
 #: reference trains 3000 epochs over its few images; with crops drawn at random, 3000 epochs
 #: of 3 exp images at batch 2 are 4500 iterations.
 PRESETS: dict[str, DritSettings] = {
-    "quick": DritSettings(width=24, iterations=1200, spectrum_discriminator=True, physics_prior=True),
-    "paper": DritSettings(crop_px=1024, batch=2, iterations=4500, width=64, checkpoint_every=100, spectrum_discriminator=True, physics_prior=True),
+    "quick": DritSettings(width=24, iterations=1200, spectrum_discriminator=True, physics_prior=True, residual_discriminator=True, monitor_every=100),
+    "paper": DritSettings(crop_px=1024, batch=2, iterations=4500, width=64, checkpoint_every=100, spectrum_discriminator=True, physics_prior=True,
+                          residual_discriminator=True, monitor_every=250),
 }
 
 
@@ -176,6 +187,7 @@ class TrainState:
 
     iteration: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    monitor: list[dict[str, float]] = field(default_factory=list)  # {"iteration": i, ...} of each monitor run
 
 
 def lr_factor(iteration: int, total: int, constant_fraction: float) -> float:
@@ -210,13 +222,17 @@ def train(
     progress: bool = True,
     budget_iterations: int | None = None,
     prior=None,
+    monitor=None,
 ):
-    """Train a DRIT model; returns (model, history). Checkpoints go to ``work_dir``.
+    """Train a DRIT model; returns (model, history, monitor records). Checkpoints go to ``work_dir``.
 
     ``budget_iterations`` stops this call after that many new iterations (checkpointed),
     for training in time slices; a later call with ``resume`` continues. ``prior`` (needed
     with ``settings.physics_prior``) renders a normalised sim crop as the parametric model
-    would: ``prior(crop, rng) -> (rendered, displaced_crop)``, both normalised.
+    would: ``prior(crop, rng) -> (rendered, displaced_crop)``, both normalised. ``monitor``
+    (``monitor(model) -> dict of floats``, e.g. the classifier AUC of held-out translations)
+    runs before the first iteration, every ``settings.monitor_every`` iterations and at the
+    end; its records (with ``iteration``) are checkpointed with the rest.
     """
     import torch
     from tqdm import tqdm
@@ -238,7 +254,8 @@ def train(
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = work_dir / CHECKPOINT_FILE
-    cfg = DritConfig(width=settings.width, spectrum_discriminator=settings.spectrum_discriminator, residual_prior=settings.physics_prior)
+    cfg = DritConfig(width=settings.width, spectrum_discriminator=settings.spectrum_discriminator, residual_prior=settings.physics_prior,
+                     residual_discriminator=settings.residual_discriminator)
     torch.manual_seed(seed)
     model, discs = Drit(cfg).to(device), Discriminators(cfg).to(device)
     opt_g = torch.optim.Adam(model.parameters(), lr=settings.lr, betas=(settings.beta1, settings.beta2))
@@ -253,7 +270,7 @@ def train(
     state = TrainState()
     if resume and checkpoint.exists():
         payload = torch.load(checkpoint, map_location=device, weights_only=False)
-        if payload["settings"] != settings.to_dict():
+        if not settings.same_training(payload["settings"]):
             raise FactoryError(f"the checkpoint in {work_dir} was made with other training settings; drop `resume` to start again", field="resume")
         model.load_state_dict(payload["model"])
         discs.load_state_dict(payload["discs"])
@@ -263,7 +280,7 @@ def train(
         if payload.get("scaler"):
             scaler.load_state_dict(payload["scaler"])
         torch.set_rng_state(payload["torch_rng"])
-        state = TrainState(payload["iteration"], payload["history"])
+        state = TrainState(payload["iteration"], payload["history"], payload.get("monitor", []))
     elif resume:
         raise FactoryError(f"no checkpoint in {work_dir}", field="resume")
 
@@ -290,11 +307,23 @@ def train(
         _save_checkpoint(checkpoint, {
             "settings": settings.to_dict(), "config": cfg.to_dict(), "model": model.state_dict(), "discs": discs.state_dict(),
             "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "iteration": state.iteration, "history": state.history,
-            "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "scaler": scaler.state_dict(),
+            "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "scaler": scaler.state_dict(), "monitor": state.monitor,
         })
+
+    def run_monitor():
+        if monitor is None or any(m["iteration"] == state.iteration for m in state.monitor):
+            return
+        model.eval()
+        with torch.random.fork_rng(devices=[]):  # the monitor must not change the training's random stream
+            values = monitor(model)
+        model.train()
+        state.monitor.append({"iteration": state.iteration, **{k: float(v) for k, v in values.items()}})
 
     total = settings.iterations
     stop_at = total if budget_iterations is None else min(total, state.iteration + int(budget_iterations))
+    every = settings.monitor_every
+    if every > 0 and state.iteration == 0:
+        run_monitor()
     with tqdm(total=total, initial=state.iteration, desc="fit-style[drit]", unit="it", disable=not progress, dynamic_ncols=True) as bar:
         while state.iteration < stop_at:
             factor = lr_factor(state.iteration, total, settings.constant_fraction)
@@ -335,6 +364,8 @@ def train(
                     terms["spectrum"] = gan_g_loss(discs.spectrum(v))
                 if settings.physics_prior and w.get("residual", 0.0) > 0:
                     terms["residual"] = l1(v, base_x) + l1(v_z, base_x)
+                if cfg.residual_discriminator:
+                    terms["noise"] = gan_g_loss(discs.residual(v)) + gan_g_loss(discs.residual(v_z))
             loss_g = sum(anchor_weight(settings, state.iteration, total) * t if k == "residual" else w[k] * t for k, t in terms.items())
             bad = [k for k, t in terms.items() if not torch.isfinite(t)]
             if bad:
@@ -354,6 +385,9 @@ def train(
                 )
                 if cfg.spectrum_discriminator:
                     loss_d = loss_d + gan_d_loss(discs.spectrum(y), discs.spectrum(fake_v))
+                if cfg.residual_discriminator:
+                    real_noise = discs.residual(y)
+                    loss_d = loss_d + gan_d_loss(real_noise, discs.residual(fake_v)) + gan_d_loss(real_noise, discs.residual(fake_vz))
             if not torch.isfinite(loss_d):
                 raise FactoryError(f"training diverged at iteration {state.iteration}: the discriminator loss became non-finite; the last good checkpoint is kept in {work_dir}")
             opt_d.zero_grad(set_to_none=True)
@@ -366,10 +400,12 @@ def train(
             state.iteration += 1
             bar.set_postfix({k: f"{val:.3g}" for k, val in record.items() if k in ("domain", "consistency", "cross_cycle", "D")})
             bar.update()
+            if every > 0 and (state.iteration % every == 0 or state.iteration == total):
+                run_monitor()
             if state.iteration % settings.checkpoint_every == 0 or state.iteration == stop_at:
                 save()
     model.eval()
-    return model, state.history
+    return model, state.history, state.monitor
 
 
 def anchor_weight(settings: DritSettings, iteration: int, total: int) -> float:

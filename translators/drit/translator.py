@@ -105,13 +105,17 @@ class DritTranslator(Translator):
         progress: bool = True,
         affine: np.ndarray | None = None,
         prior: Any = None,
+        held_out: Sequence[np.ndarray] | None = None,
         **_: Any,
     ) -> "DritTranslator":
         """Train on experimental ``micrographs`` and clean ``sims`` (both at ``pixel_size_A``).
 
         With ``settings.physics_prior`` the parametric model is fitted first (``affine``: the
         lattice-derived scan distortion, as for ``--method parametric``) and used as the base;
-        ``prior`` (StyleParameters) gives one fitted already (e.g. with adsorbates).
+        ``prior`` (StyleParameters) gives one fitted already (e.g. with adsorbates). With
+        ``settings.monitor_every`` and ``held_out`` (clean simulations not in ``sims``), the
+        classifier AUC of their translations against the experiments is measured along training
+        (:func:`auc_monitor`) and kept in the parameters (``monitor``).
         """
         from .train import PRESETS, percentile_range, train
 
@@ -126,10 +130,13 @@ class DritTranslator(Translator):
             from ..parametric import ParametricTranslator
 
             prior = ParametricTranslator.fit(micrographs, pixel_size_A=pixel_size_A, affine=affine).params
-        model, history = train(
+        monitor = None
+        if settings.monitor_every > 0 and held_out:
+            monitor = auc_monitor(held_out, exps, prior, pixel_size_A, exp_range, settings.crop_px, device, seed)
+        model, history, monitored = train(
             list(sims or []), exps, settings, Path(work_dir or "drit-training"), exp_range=exp_range,
             pixel_size_A=pixel_size_A, seed=seed, device=device, resume=resume, progress=progress,
-            prior=None if prior is None else prior_renderer(prior, pixel_size_A, exp_range),
+            prior=None if prior is None else prior_renderer(prior, pixel_size_A, exp_range), monitor=monitor,
         )
         codes = experimental_codes(model, exps, exp_range, settings.crop_px, device)
         last = history[-min(len(history), 50):]
@@ -143,6 +150,8 @@ class DritTranslator(Translator):
         }
         if prior is not None:
             parameters["prior"] = prior.to_dict()
+        if monitored:
+            parameters["monitor"] = monitored
         return cls(model, codes, parameters, pixel_size_A, device)
 
     # ---------------------------------------------------------------- translation
@@ -317,3 +326,57 @@ def experimental_codes(model, exps: Sequence[np.ndarray], exp_range: tuple[float
             t = torch.from_numpy(np.stack(tiles[k : k + 16])[:, None]).to(device)
             codes.append(model.attribute(t, "exp")[0].float().cpu().numpy())
     return np.concatenate(codes)
+
+
+def auc_monitor(held_out: Sequence[np.ndarray], exps: Sequence[np.ndarray], prior, pixel_size_A: float, exp_range: tuple[float, float],
+                crop_px: int, device: str, seed: int):
+    """``monitor(model) -> {"auc": …, "auc_prior": …}`` for :func:`translators.drit.train.train`.
+
+    The held-out clean images are rendered once by the prior (one fixed draw each, the same
+    at every call) and translated by the model being trained, with the attribute code of the
+    experimental tiles (image ``k`` takes code ``k``); ``auc`` is
+    :func:`translators.metrics.classifier_auc` of the experiments against those translations,
+    ``auc_prior`` the same of the prior's renderings alone (measured once): the learned
+    residual pays when ``auc`` falls below ``auc_prior``. Without a prior, ``auc_prior`` is
+    that of the clean images.
+    """
+    import torch
+
+    from ..metrics import classifier_auc
+    from .fit import auc_patch_px
+    from .train import normalise
+
+    lo, hi = exp_range
+    stride = 4
+    images = [np.asarray(im, dtype=np.float32)[: im.shape[0] - im.shape[0] % stride, : im.shape[1] - im.shape[1] % stride] for im in held_out]
+    if prior is not None:
+        from ..parametric import render
+
+        draws = [render(im, prior, pixel_size_A, np.random.default_rng([seed, 31, k])) for k, im in enumerate(images)]
+        start = [d[0] for d in draws]
+        x = [d[1] for d in draws]
+        base = [normalise(r, lo, hi) for r in start]
+    else:
+        start, x, base = images, images, None
+    x = [((im - np.percentile(im, 0.5)) / max(np.percentile(im, 99.5) - np.percentile(im, 0.5), 1e-12)).astype(np.float32) for im in x]
+    experiments = [np.asarray(e, dtype=np.float32) for e in exps]
+    patch = auc_patch_px(experiments, images) or 32
+
+    def auc(generated):
+        return classifier_auc(experiments, generated, patch_px=patch, rng=np.random.default_rng(seed))
+
+    prior_auc = auc(start)
+
+    def monitor(model) -> dict[str, float]:
+        codes = experimental_codes(model, experiments, exp_range, crop_px, device)
+        out = []
+        with torch.inference_mode():
+            for k, xi in enumerate(x):
+                xt = torch.from_numpy(xi[None, None]).to(device)
+                bt = None if base is None else torch.from_numpy(base[k][None, None]).to(device)
+                at = torch.from_numpy(codes[k % len(codes)][None]).to(device)
+                v = model.generate(model.content(xt, "sim"), at, "exp", bt).float().cpu().numpy()[0, 0]
+                out.append(lo + (hi - lo) * v)
+        return {"auc": auc(out), "auc_prior": prior_auc}
+
+    return monitor
