@@ -34,10 +34,12 @@ def cpu_bf16_supported() -> bool:
 
 
 def autocast_dtype(device: str):
-    """Mixed-precision dtype on ``device``: float16 on cuda, bfloat16 on CPUs with native
-    bf16 (AVX512-BF16/AMX), else None (float32). Training and translation both use it."""
+    """Mixed-precision dtype on ``device``: on cuda bfloat16 where the GPU has it (Ampere and
+    later: no gradient scaler, no float16 overflow in the adversarial losses), else float16;
+    bfloat16 on CPUs with native bf16 (AVX512-BF16/AMX), else None (float32). Training and
+    translation both use it."""
     import torch
 
     if str(device).startswith("cuda"):
-        return torch.float16
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if cpu_bf16_supported() else None

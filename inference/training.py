@@ -7,7 +7,7 @@ short by ``max_minutes`` still ends at a learning rate of 0 instead of mid-sched
 
 On the CPU the networks run in channels_last under bfloat16 autocast where the CPU has
 native bf16 (1.9x faster for a ResNet-18 here: 108 against 57 samples/s of 128² in a separate check); on CUDA
-in channels_last under float16 autocast with a gradient scaler.
+in channels_last under bfloat16 autocast (float16 with a gradient scaler on GPUs without bf16).
 
 A run is reproducible bit for bit for the same seed, data, device and thread count: the
 trainers call :func:`seed_everything` before building the network (its initial weights come
@@ -192,7 +192,7 @@ def fit(
     model.to(device).to(memory_format=torch.channels_last)
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = Schedule(settings.epochs * steps_per_epoch, settings.warmup_fraction, settings.max_minutes * 60 if settings.max_minutes else None)
-    scaler = torch.amp.GradScaler("cuda") if device == "cuda" else None
+    scaler = torch.amp.GradScaler("cuda") if device == "cuda" and autocast_dtype(device) == torch.float16 else None
     history: list[dict] = []
     step = 0
     t0 = time.monotonic()

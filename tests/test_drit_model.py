@@ -319,13 +319,17 @@ def test_time_full_generator_step(spectrum):
     )
 
 
-def test_inference_settings_channels_last_fp16_on_cuda_bf16_on_capable_cpus():
+def test_inference_settings_channels_last_bf16_on_cuda_and_capable_cpus(monkeypatch):
     from datafactory.device import cpu_bf16_supported
     from translators.drit.translator import inference_settings
 
     assert inference_settings("cpu") == (torch.contiguous_format, torch.bfloat16 if cpu_bf16_supported() else None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # Ampere and later (the H200)
+    assert inference_settings("cuda") == (torch.channels_last, torch.bfloat16)
+    assert inference_settings("cuda:1") == (torch.channels_last, torch.bfloat16)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # older GPUs: float16 (with a gradient scaler)
     assert inference_settings("cuda") == (torch.channels_last, torch.float16)
-    assert inference_settings("cuda:1") == (torch.channels_last, torch.float16)
     # the networks give the same result in channels_last (the layout the cuda path uses)
     model = Drit(SMALL).eval()
     x = torch.rand(2, 1, 32, 32)

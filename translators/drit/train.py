@@ -39,7 +39,7 @@ fitted blur).
 
 Mixed precision (``mixed_precision``, on by default): the forward passes run under
 bfloat16 autocast on CPUs with native bf16 (AVX512-BF16/AMX; 0.52 against 0.68 s per
-iteration of the quick preset here), under float16 autocast with a gradient scaler on cuda, and in float32
+iteration of the quick preset here), under bfloat16 autocast on cuda (float16 with a gradient scaler on GPUs without bf16), and in float32
 elsewhere. Losses, discriminator logits and attribute codes are float32.
 
 Checkpoints (everything: weights, optimisers, iteration, generator states) are written

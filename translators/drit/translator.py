@@ -52,7 +52,8 @@ BORDER_PX = 16
 def inference_settings(device: str) -> tuple[Any, Any]:
     """(memory format, autocast dtype or None) for translation on ``device``.
 
-    On CUDA the networks run in channels_last with float16 autocast (tensor-core friendly).
+    On CUDA the networks run in channels_last under bfloat16 autocast (float16 on GPUs
+    without bf16; tensor-core friendly).
     On a CPU with native bfloat16 (AVX512-BF16/AMX, as on this project's machines) they
     run under bfloat16 autocast: twice as fast here (18 against 9 images/s of 256², two
     threads, the networks alone), deviating from float32 by about 2–3 % of the network
