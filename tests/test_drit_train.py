@@ -201,7 +201,7 @@ def test_fit_style_drit_with_physics_prior_end_to_end(data, run_cli, tmp_path):
     auc = {row["name"]: row["classifier_auc"] for row in report["metrics"]}
     assert auc["experiment"] is None and all(0 <= auc[name] <= 1 for name in ("parametric", "DRIT"))
     assert auc["clean simulation"] > 0.9  # noise-free images are told apart from the noisy experiment
-    assert report["classifier_auc"] == {"patch_px": 16, "n_experiments": 1, "n_generated": {"clean simulation": 4, "parametric": 4, "DRIT": 4}}
+    assert report["classifier_auc"] == {"patch_px": 16, "critics": 3, "n_experiments": 1, "n_generated": {"clean simulation": 4, "parametric": 4, "DRIT": 4}}
     assert "classifier AUC against the experiments" in out
     assert (style / "report.png").stat().st_size > 10_000
     assert "physics prior     parametric model + learned residual (L1 anchor weight 7, exp reconstructions off)" in out

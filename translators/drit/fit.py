@@ -88,6 +88,10 @@ def select_pool(pool: Sequence[np.ndarray], exps: Sequence[np.ndarray], pixel_si
 AUC_PATCH_PX = (64, 48, 32, 24, 16)
 
 
+#: Critics (classifier seeds) whose AUCs the report averages.
+REPORT_CRITICS = 3
+
+
 def auc_patch_px(*image_sets: Sequence[np.ndarray]) -> int | None:
     """The largest patch side of :data:`AUC_PATCH_PX` at most half the shorter side of every region
     :func:`~translators.metrics.classifier_auc` cuts patches from (the images of a set, or the top
@@ -114,8 +118,8 @@ def write_report(
     translation's scan geometry; default ``clean``). Every metrics row gets
     ``classifier_auc``: :func:`~translators.metrics.classifier_auc` of ``experiments``
     (default ``[experiment]``; real) against ``auc_sets[row name]`` (generated; default the
-    row's one image), with the largest patch of :data:`AUC_PATCH_PX` that fits and a
-    generator seeded with ``seed``; None for the experiment row, and where no patch fits.
+    row's one image), with the largest patch of :data:`AUC_PATCH_PX` that fits, the mean of
+    :data:`REPORT_CRITICS` critics seeded with ``[seed, k]``; None for the experiment row, and where no patch fits.
     ``report.png`` shows it in the image titles; ``monitor`` (the records of
     :func:`translators.drit.translator.auc_monitor` along training) is drawn as the AUC curve of
     the translations and of their physics prior, and kept in ``report.json``.
@@ -131,11 +135,11 @@ def write_report(
     sets = {name: list((auc_sets or {}).get(name, [image])) for name, image, _ in others}
     patch_px = auc_patch_px(real, *sets.values())
     rows[0]["classifier_auc"] = None
-    for row in rows[1:]:
-        rng = np.random.default_rng(seed)
-        row["classifier_auc"] = None if patch_px is None else classifier_auc(real, sets[row["name"]], patch_px=patch_px, rng=rng)
+    for row in rows[1:]:  # one critic on a few images scatters by ±0.1: the mean of REPORT_CRITICS
+        row["classifier_auc"] = None if patch_px is None else float(np.mean([
+            classifier_auc(real, sets[row["name"]], patch_px=patch_px, rng=np.random.default_rng([seed, k])) for k in range(REPORT_CRITICS)]))
     shift = column_shift(clean if drit_clean is None else drit_clean, drit, pixel_size_A).to_dict()
-    auc_info = {"patch_px": patch_px, "n_experiments": len(real), "n_generated": {name: len(images) for name, images in sets.items()}}
+    auc_info = {"patch_px": patch_px, "critics": REPORT_CRITICS, "n_experiments": len(real), "n_generated": {name: len(images) for name, images in sets.items()}}
     noise = set_correlations(real, sets)
     record = {"metrics": rows, "column_shift_clean_vs_drit": shift, "classifier_auc": auc_info,
               "noise_correlation": {"experiment": noise[0].to_dict(), **{name: corr.to_dict() for name, corr in noise[1].items()}}}

@@ -119,7 +119,7 @@ class DritSettings:
 #: reference trains 3000 epochs over its few images; with crops drawn at random, 3000 epochs
 #: of 3 exp images at batch 2 are 4500 iterations.
 PRESETS: dict[str, DritSettings] = {
-    "quick": DritSettings(width=24, iterations=1200, spectrum_discriminator=True, physics_prior=True, residual_discriminator=True, monitor_every=100),
+    "quick": DritSettings(width=24, iterations=1200, spectrum_discriminator=True, physics_prior=True, residual_discriminator=True, monitor_every=200),
     "paper": DritSettings(crop_px=1024, batch=2, iterations=4500, width=64, checkpoint_every=100, spectrum_discriminator=True, physics_prior=True,
                           residual_discriminator=True, monitor_every=250),
 }

@@ -329,14 +329,19 @@ def experimental_codes(model, exps: Sequence[np.ndarray], exp_range: tuple[float
     return np.concatenate(codes)
 
 
+#: Critics (seeds of :func:`~translators.metrics.classifier_auc`) averaged at each point of the monitor's curve.
+MONITOR_CRITICS = 3
+
+
 def auc_monitor(held_out: Sequence[np.ndarray], exps: Sequence[np.ndarray], prior, pixel_size_A: float, exp_range: tuple[float, float],
                 crop_px: int, device: str, seed: int):
     """``monitor(model) -> {"auc": …, "auc_prior": …}`` for :func:`translators.drit.train.train`.
 
     The held-out clean images are rendered once by the prior (one fixed draw each, the same
     at every call) and translated by the model being trained, with the attribute code of the
-    experimental tiles (image ``k`` takes code ``k``); ``auc`` is
-    :func:`translators.metrics.classifier_auc` of the experiments against those translations,
+    experimental tiles (image ``k`` takes code ``k``); ``auc`` is the mean over
+    :data:`MONITOR_CRITICS` critic seeds of :func:`translators.metrics.classifier_auc` of the
+    experiments against those translations,
     ``auc_prior`` the same of the prior's renderings alone (measured once): the learned
     residual pays when ``auc`` falls below ``auc_prior``. Without a prior, ``auc_prior`` is
     that of the clean images.
@@ -363,8 +368,9 @@ def auc_monitor(held_out: Sequence[np.ndarray], exps: Sequence[np.ndarray], prio
     experiments = [np.asarray(e, dtype=np.float32) for e in exps]
     patch = auc_patch_px(experiments, images) or 32
 
-    def auc(generated):
-        return classifier_auc(experiments, generated, patch_px=patch, rng=np.random.default_rng(seed))
+    def auc(generated):  # one critic is noisy on a few images (±0.1): the mean of MONITOR_CRITICS
+        return float(np.mean([classifier_auc(experiments, generated, patch_px=patch, rng=np.random.default_rng([seed, k]))
+                              for k in range(MONITOR_CRITICS)]))
 
     prior_auc = auc(start)
 
