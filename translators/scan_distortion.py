@@ -9,7 +9,8 @@ displacement field ``d`` (pixels, shape ``(2, H, W)``, components ``[d_row, d_co
 
 The same field moves the labels, so they stay exact:
 
-* masks are resampled with the same map as the image (:func:`warp_masks`);
+* masks are resampled with the same map as the image (:func:`warp_masks`), except for the
+  line-to-line part of the row component (see below);
 * an atom at clean-image position ``t`` appears at the recorded position ``p`` that solves
   ``p + d(p) = t`` (:func:`displace_points`, a fixed-point iteration that converges for
   the smooth, small-gradient fields built here). Per-line jitter across the lines (the
@@ -17,7 +18,9 @@ The same field moves the labels, so they stay exact:
   line to the next: a column is then drawn by several lines that each saw it at another
   height, and its intensity centroid moves by a weighted mean of their shifts; the row
   component of the field is therefore averaged that way (:func:`line_averaged`) before it
-  moves atoms.
+  moves atoms, and before it moves masks (:func:`warp_labels`): warped line by line, a
+  column's mask would tear into stripes (lines repeated or skipped) and a model trained on it
+  learns to split real columns in two.
 
 Pixel coordinates follow :mod:`datafactory.grid`: ``[row, col]``, pixel centres at integers.
 Samples that the field pulls from outside the image reflect at the border, so a band of a
@@ -206,3 +209,17 @@ def move_atoms(atoms: dict[str, np.ndarray], field: np.ndarray, pixel_size_A: fl
     out["position_px"] = moved[keep].astype(atoms["position_px"].dtype)
     out["position_A"] = (moved[keep] * pixel_size_A).astype(atoms["position_A"].dtype)
     return out
+
+
+def warp_labels(masks: np.ndarray, atoms: dict[str, np.ndarray], field: np.ndarray, pixel_size_A: float,
+                binary: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Masks and atom rows of one sample moved by ``field``, consistently.
+
+    Both follow the field with its row component averaged over the lines that draw a column
+    (:func:`line_averaged`, width :data:`COLUMN_SIGMA_A`): a mask keeps one compact blob per
+    column, centred where its atom goes (:func:`move_atoms`), while the image keeps every line's
+    own shift. For smooth fields (line jitter along the lines, drift, shear, flyback) the
+    average changes nothing.
+    """
+    sigma_px = COLUMN_SIGMA_A / pixel_size_A
+    return warp_masks(masks, line_averaged(field, sigma_px), binary=binary), move_atoms(atoms, field, pixel_size_A)

@@ -20,7 +20,7 @@ from datafactory.samples import Sample
 from datafactory.rng import sample_rng
 from datafactory.shards import SCHEMA_VERSION, ShardWriter, read_sample, sample_pixel_sizes_A
 
-from .scan_distortion import move_atoms, warp_masks
+from .scan_distortion import warp_labels
 from .base import Translation, Translator
 
 
@@ -58,8 +58,7 @@ def apply_translation(samples: Sequence[Sample], translation: Translation, pixel
         if translation.displacement is not None:
             field = translation.displacement[k]
             if np.any(field):
-                masks = warp_masks(masks, field, binary=binary_masks)
-                atoms = move_atoms(atoms, field, pixel_size_A)
+                masks, atoms = warp_labels(masks, atoms, field, pixel_size_A, binary=binary_masks)
         params = dict(sample.params)
         if translation.params is not None:
             params.update({f"style_{name}": value for name, value in translation.params[k].items()})
