@@ -220,11 +220,15 @@ class Row:
 
 
 # the rows of issue 13 were fitted before the detector response and the slow background existed
-BEFORE_14 = ("--no-detector-response", "--no-slow-background", "--no-skewed-contamination")
+BEFORE_14 = ("--no-detector-response", "--no-slow-background", "--no-skewed-contamination", "--no-jitter-y", "--no-refine")
+# and those of issue 14 before the jitter across lines and the loop closed on simulations (issue 25)
+BEFORE_25 = ("--no-jitter-y", "--no-refine")
 PARAMETRIC = ("--method", "parametric", "--material", "MoS2", "--calibrate", *BEFORE_14)
 DRIT = ("--method", "drit", "--material", "MoS2", "--calibrate", "--config", "mos2_monolayer", "--threads", "1", *BEFORE_14)
 CALIBRATED = (*PARAMETRIC, "--config", "mos2_monolayer")
-ALL_TERMS = ("--method", "parametric", "--material", "MoS2", "--calibrate", "--config", "mos2_monolayer")
+ALL_TERMS = ("--method", "parametric", "--material", "MoS2", "--calibrate", "--config", "mos2_monolayer", *BEFORE_25)
+DEFAULT_PARAMETRIC = ("--method", "parametric", "--material", "MoS2", "--calibrate", "--config", "mos2_monolayer")
+DEFAULT_DRIT = ("--method", "drit", "--material", "MoS2", "--calibrate", "--config", "mos2_monolayer")
 OLD_TRAINING = ("--no-class-balance", "--classes", "independent")
 ROWS: dict[str, Row] = {
     # the recipes of the issue's table, trained as then (independent sigmoid channels, no class balance)
@@ -245,7 +249,10 @@ ROWS: dict[str, Row] = {
     # issue 14's physics terms, one at a time on the full calibration (the rows above were fitted without them)
     "detector_response": Row((*ALL_TERMS, "--no-slow-background", "--no-skewed-contamination"), note="full calibration + detector fast-scan response"),
     "slow_background": Row((*ALL_TERMS, "--no-skewed-contamination"), note="+ slow multiplicative background"),
-    "skewed_contamination": Row(ALL_TERMS, note="+ skewed contamination (all terms)"),
+    "skewed_contamination": Row(ALL_TERMS, note="+ skewed contamination (all of issue 14's terms)"),
+    # issue 25: the jitter across lines and the closed loop, and DRIT with a noise discriminator (today's defaults)
+    "closed_loop": Row(DEFAULT_PARAMETRIC, note="+ jitter across lines, loop closed on simulations (the parametric default)"),
+    "drit_noise": Row(DEFAULT_DRIT, note="DRIT quick preset with the noise discriminator (the fit-style default)"),
 }
 
 
