@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .croissant import CROISSANT_FILE, DEFAULT_LICENSE, PREVIEW_FILE, SAMPLE_TABLE_FILE, license_url
+from .croissant import CROISSANT_FILE, DEFAULT_LICENSE, PREVIEW_FILE, SAMPLE_TABLE_FILE, license_url, stack_materials, stack_sentence
 from .dataset import CARD_FILE
 
 
@@ -85,6 +85,7 @@ def card_text(root: Path, manifest: dict[str, Any]) -> str:
     channels = manifest["channel_names"]
     n_interfaces = manifest["n_interfaces"]
     counts = manifest["split"].get("counts") or {}
+    materials = stack_materials(manifest)
     size_bytes = sum(s["bytes"] for s in manifest["shards"])
     how = (
         f"restyled with the `{style['method']}` style (bundle hash `{style['hash'][:16]}…`, fitted at "
@@ -110,6 +111,9 @@ def card_text(root: Path, manifest: dict[str, Any]) -> str:
         f"from atomic models and {how}. Translation changes only the images, except that a geometric scan "
         "artefact's displacement field moves masks and atoms with the image, so the labels stay exact.",
         "",
+        *([f"- {stack_sentence(materials)} Each layer is built from its own unit cell, with its own lattice constant, "
+           "so a lattice mismatch gives the stack's real moiré; the mask channels name each layer's own elements."]
+          if materials else []),
         f"- Shards: {len(manifest['shards'])} HDF5 files in `shards/` ({size_bytes / 1e6:.1f} MB, "
         f"{size_bytes / max(n, 1) / 1e3:.0f} kB per sample), {manifest['shard_size']} samples each; "
         "`manifest.json` lists their sample ranges and sha256 checksums.",
@@ -144,7 +148,7 @@ def card_text(root: Path, manifest: dict[str, Any]) -> str:
     if n_interfaces:
         lines += [
             "| `labels/slip_frac` | (N, L−1, 2) | slip of layer k+1 over layer k as fractions (Da, Db) of layer k's a1, a2; periodic with period 1 |",
-            "| `labels/slip_A` | (N, L−1, 2) | the same slip in Å, in the cell's crystal frame |",
+            f"| `labels/slip_A` | (N, L−1, 2) | the same slip in Å, in {'layer k' if materials else 'the cell'}'s crystal frame |",
             "| `labels/twist_deg` | (N, L−1) | twist of layer k+1 over layer k about z, degrees |",
         ]
     lines += [

@@ -108,8 +108,26 @@ class EdgeConfig(_Model):
     layers: list[int] | None = None
 
 
+def _cell_spec(raw: Any) -> Any:
+    """``structure.cell``: one material (built-in name or structure file) or a list of one per layer."""
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, list):
+        for i, spec in enumerate(raw):
+            if not isinstance(spec, str) or not spec.strip():
+                raise ValueError(f"item {i} must name a built-in material or a structure file (got {_shown(spec)})")
+        return raw
+    raise ValueError(f"must be a material (MoS2, graphene, a CIF/POSCAR path) or a list of one per layer, e.g. [MoS2, WS2] (got {_shown(raw)})")
+
+
+CellSpec = Annotated[Union[str, list[str]], BeforeValidator(_cell_spec)]
+
+
 class StructureConfig(_Model):
-    cell: str = "MoS2"
+    """The stack: ``cell`` is one material (or structure file) for every layer, or a list with
+    one per layer (a hetero-stack, e.g. ``[MoS2, WS2]``)."""
+
+    cell: CellSpec = "MoS2"
     layers: int = 1
     interlayer_distance_A: PositiveParam = 6.15
     slip_a: AnyParam = 0.0
@@ -131,6 +149,12 @@ class StructureConfig(_Model):
     def _consistent(self) -> "StructureConfig":
         if not 1 <= self.layers <= 3:
             raise ValueError(f"layers must be 1, 2 or 3 (got {self.layers})")
+        if isinstance(self.cell, list):
+            if len(self.cell) != self.layers:
+                raise ValueError(
+                    f"cell lists {len(self.cell)} material{'s' if len(self.cell) != 1 else ''} for {self.layers} "
+                    f"layer{'s' if self.layers != 1 else ''}; give one per layer (e.g. cell: [MoS2, WS2] with layers: 2) or one name for all"
+                )
         if self.interfaces is not None and len(self.interfaces) != self.layers - 1:
             raise ValueError(f"interfaces must list layers - 1 = {self.layers - 1} entries (got {len(self.interfaces)})")
         named = [("vacancies", self.vacancies.layers), ("holes", self.holes.layers), ("edges", self.edges.layers)]
@@ -144,6 +168,11 @@ class StructureConfig(_Model):
                 if not 0 <= rms <= 0.5:
                     raise ValueError(f"thermal_rms_A.{element}: must be in [0, 0.5] Å (got {rms})")
         return self
+
+    @property
+    def layer_cells(self) -> list[str]:
+        """The material (built-in name or structure file) of each layer, bottom first."""
+        return list(self.cell) if isinstance(self.cell, list) else [self.cell] * self.layers
 
     def interface(self, k: int) -> InterfaceConfig:
         """Effective settings of interface k (0-based): overrides merged over the structure-level values."""

@@ -339,13 +339,18 @@ class ContrastFit:
 
 
 def pristine_config(config, pixel_size_A: float, size_px: int):
-    """The config's material and microscope as a defect-free monolayer at ``pixel_size_A``."""
+    """The config's material and microscope as a defect-free monolayer at ``pixel_size_A``.
+
+    A hetero-stack (``structure.cell`` a list) gives a monolayer of its layer 1 material.
+    """
     import yaml
 
     from .config import validate_config
 
     raw = yaml.safe_load(config.to_yaml())
     s = raw["structure"]
+    if isinstance(s.get("cell"), list):
+        s["cell"] = s["cell"][0]
     s.update(layers=1, interfaces=None, strain_uniform=0.0, strain_uniaxial=0.0, dopants=[],
              vacancies={"chalcogen_single": 0.0, "chalcogen_double": 0.0, "metal": 0.0, "layers": None})
     s["holes"] = dict(s.get("holes") or {}, count=0)

@@ -127,6 +127,23 @@ def unit_of(name: str) -> str:
     return "dimensionless"
 
 
+def stack_materials(manifest: dict[str, Any]) -> list[str] | None:
+    """The material of each layer, bottom first, when the dataset's config gives one per layer
+    (``structure.cell: [MoS2, WS2]``, a hetero-stack); None for one material in every layer."""
+    import yaml
+
+    try:
+        cell = (yaml.safe_load(str(manifest.get("config") or "")) or {})["structure"]["cell"]
+    except Exception:  # noqa: BLE001 - no readable config: nothing to add to the description
+        return None
+    return [str(c) for c in cell] if isinstance(cell, list) else None
+
+
+def stack_sentence(materials: list[str]) -> str:
+    """``"Stack (bottom first): layer 1 MoS2, layer 2 WS2."``"""
+    return "Stack (bottom first): " + ", ".join(f"layer {k} {m}" for k, m in enumerate(materials, start=1)) + "."
+
+
 def _h5_address(shard: str, dataset: str, rows: str) -> str:
     return f"{shard}#/{dataset}[{rows}]"
 
@@ -226,6 +243,7 @@ def _sample_fields(manifest: dict[str, Any], columns: list[str]) -> list[dict[st
     h, w = manifest["image_shape"]
     channels = manifest["channel_names"]
     intensity = "in the experiment's intensity units (detector counts)" if manifest.get("style") else "incoherent model, Z^γ per Å²"
+    hetero = stack_materials(manifest) is not None
     known = {
         "sample": ("sc:Integer", "global sample index, 0..N-1; sample i depends only on (config, style, seed, i)"),
         "split": ("sc:Text", "the sample's split (train, val or test), fixed by the seed"),
@@ -249,7 +267,8 @@ def _sample_fields(manifest: dict[str, Any], columns: list[str]) -> list[dict[st
             data_type, description = "sc:Float", (f"slip of layer {int(m[2]) + 1} over layer {m[2]} along its a{'1' if m[1] == 'a' else '2'}, "
                                                   "as a fraction of that lattice vector (float64, dimensionless, periodic with period 1)")
         elif m := re.fullmatch(r"slip_([xy])_A_(\d+)", name):
-            data_type, description = "sc:Float", f"slip of layer {int(m[2]) + 1} over layer {m[2]} along {m[1]} in the cell's crystal frame (float64, Å)"
+            frame = f"layer {m[2]}'s crystal frame" if hetero else "the cell's crystal frame"
+            data_type, description = "sc:Float", f"slip of layer {int(m[2]) + 1} over layer {m[2]} along {m[1]} in {frame} (float64, Å)"
         elif m := re.fullmatch(r"twist_deg_(\d+)", name):
             data_type, description = "sc:Float", f"twist of layer {int(m[1]) + 1} over layer {m[1]} about the beam axis (float64, degrees)"
         elif name in PHYSICAL:
@@ -302,6 +321,9 @@ def croissant_metadata(root: Path, manifest: dict[str, Any], columns: list[str])
         + ". Made by stem-datafactory; the arrays are in HDF5 shards (schema v1), one row per sample in samples.csv. "
         "See README.md (the dataset card) for how it was made and how real it looks."
     )
+    materials = stack_materials(manifest)
+    if materials:
+        description += " " + stack_sentence(materials)
     distribution = [
         _file_object(root, MANIFEST_FILE, "application/json", "what is inside, how it was made, the shards' checksums and the splits"),
         _file_object(root, CARD_FILE, "text/markdown", "the dataset card"),

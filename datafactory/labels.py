@@ -11,19 +11,24 @@ in alphabetical order, each followed by its count when above one (``S2``, ``SSe`
 explicit 1 (``S1``, ``Se1``), so a chalcogen vacancy has a class of its own. The class
 vocabulary of a config is enumerated up front from its cell, dopants and vacancies, so
 every sample of a dataset shares the same mask channels, in the same order.
+
+In a hetero-stack each layer has its own cell, so each layer's classes name its own
+elements (``L1:Mo``, ``L1:S2``, ``L2:W``, ``L2:S2``; ``L1:C``, ``L2:B``, ``L2:N``): the
+functions below take one cell, or a sequence of one per layer, bottom first.
 """
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 from ase import Atoms
 from ase.data import chemical_symbols
 
 from .grid import PixelGrid
-from .structures import CHALCOGENS, LayerCell, column_groups
+from .structures import CHALCOGENS, LayerCell, column_groups, stack_cells
 
 
 def column_content_name(symbols: list[str], n_sites: int) -> str:
@@ -56,15 +61,18 @@ class SiteRule:
         return symbol == self.replaces
 
 
-def column_vocabulary(cell: LayerCell, n_layers: int, rules: list[SiteRule]) -> list[str]:
+def column_vocabulary(cell: LayerCell | Sequence[LayerCell], n_layers: int, rules: list[SiteRule]) -> list[str]:
     """Every class name a column of this stack can take, ordered by layer, then column, then variant.
 
     Substitution rules are applied in order, so a later dopant may replace an earlier one's
-    element; vacancy rules may empty any site they apply to.
+    element; vacancy rules may empty any site they apply to. ``cell`` is one cell for every
+    layer or one per layer (a hetero-stack).
     """
     names: list[str] = []
-    symbols = cell.symbols
+    cells = stack_cells(cell, n_layers)
     for layer in range(1, n_layers + 1):
+        cell = cells[layer - 1]
+        symbols = cell.symbols
         for template in range(cell.n_columns):
             options = []
             for site in cell.sites_of_column(template):
@@ -107,18 +115,30 @@ class Columns:
     atom_column: np.ndarray
 
 
-def classify_columns(atoms: Atoms, cell: LayerCell, vocabulary: dict[str, int], grid: PixelGrid) -> Columns:
-    """Name every column of a patch by its layer and remaining content, and locate it in pixels."""
+def classify_columns(atoms: Atoms, cell: LayerCell | Sequence[LayerCell], vocabulary: dict[str, int], grid: PixelGrid) -> Columns:
+    """Name every column of a patch by its layer and remaining content, and locate it in pixels.
+
+    ``cell`` is the cell of every layer, or a sequence of one per layer (a hetero-stack).
+    """
     ids, inverse = column_groups(atoms)
     n_cols = len(ids)
     elements, element_code = np.unique(atoms.numbers, return_inverse=True)
     counts = np.zeros((n_cols, len(elements)), dtype=np.int64)
     np.add.at(counts, (inverse, element_code), 1)
+    atom_layer = atoms.get_array("layer")
     layer = np.zeros(n_cols, dtype=np.int64)
-    layer[inverse] = atoms.get_array("layer")
-    template = np.zeros(n_cols, dtype=np.int64)
-    template[inverse] = cell.column_of_site[atoms.get_array("site")]
-    n_sites = np.bincount(cell.column_of_site)[template]
+    layer[inverse] = atom_layer
+    site = atoms.get_array("site")
+    cells = [cell] if isinstance(cell, LayerCell) else list(cell)
+    if not isinstance(cell, LayerCell) and len(atoms) and int(atom_layer.max()) > len(cells):
+        raise ValueError(f"the patch has layer {int(atom_layer.max())} but only {len(cells)} layer cells were given")
+    atom_n_sites = np.zeros(len(atoms), dtype=np.int64)  # sites of the atom's column template in its layer's cell
+    for index, layer_cell in enumerate(cells, start=1):
+        here = slice(None) if isinstance(cell, LayerCell) else atom_layer == index
+        sites_per_template = np.bincount(layer_cell.column_of_site)
+        atom_n_sites[here] = sites_per_template[layer_cell.column_of_site[site[here]]]
+    n_sites = np.zeros(n_cols, dtype=np.int64)
+    n_sites[inverse] = atom_n_sites
     key = np.column_stack([layer, n_sites, counts])
     unique_keys, key_index = np.unique(key, axis=0, return_inverse=True)
     class_of_key = np.empty(len(unique_keys), dtype=np.int64)

@@ -41,6 +41,7 @@ from .structures import (
     get_cell,
     make_vacancies,
     remove_disks,
+    same_cell,
     slip_angstrom,
     substitute,
     thermal_rms_table,
@@ -109,7 +110,12 @@ class Sample:
 
 @dataclass
 class Plan:
-    """Everything derived once from a config: the prepared cell, class vocabulary, settings."""
+    """Everything derived once from a config: the prepared cells, class vocabulary, settings.
+
+    ``cell`` is layer 1's cell; ``cells`` holds every layer's, bottom first. Unless the config
+    is a hetero-stack (``structure.cell: [MoS2, WS2]`` with cells that differ), every entry
+    of ``cells`` is ``cell`` itself.
+    """
 
     config: Config
     cell: LayerCell
@@ -118,25 +124,58 @@ class Plan:
     thermal_rms_A: dict[str, float]
     thermal_default_A: float
     multislice: MultisliceSettings
+    cells: tuple[LayerCell, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.cells:
+            self.cells = (self.cell,) * self.config.structure.layers
 
     @property
     def channel_index(self) -> dict[str, int]:
         return {name: i for i, name in enumerate(self.channel_names)}
 
+    @property
+    def hetero(self) -> bool:
+        """Whether the layers have cells that differ (a hetero-stack such as MoS2/WS2)."""
+        return any(c is not self.cell for c in self.cells)
+
+    @property
+    def stack(self) -> LayerCell | tuple[LayerCell, ...]:
+        """What the structure and label functions take: the one cell, or one per layer for a hetero-stack."""
+        return self.cells if self.hetero else self.cell
+
     @classmethod
     def from_config(cls, config: Config, base_dir: Path | None = None) -> "Plan":
         s = config.structure
-        atoms = get_cell(s.cell, base_dir)
-        cell = LayerCell.from_atoms(atoms, config.labels.column_tolerance_A)
-        elements = set(cell.symbols)
+        specs = s.layer_cells
+        prepared: dict[str, LayerCell] = {}
+        for i, spec in enumerate(specs):
+            if spec in prepared:
+                continue
+            try:
+                atoms = get_cell(spec, base_dir)
+                prepared[spec] = LayerCell.from_atoms(atoms, config.labels.column_tolerance_A)
+            except FactoryError as exc:
+                if isinstance(s.cell, str):
+                    raise
+                raise FactoryError(f"structure.cell[{i}]: {exc}") from None
+        cells: list[LayerCell] = []
+        for spec in specs:  # identical cells share one object, so a stack of one material is not hetero
+            cell = next((c for c in cells if same_cell(c, prepared[spec])), prepared[spec])
+            cells.append(cell)
+        cell = cells[0]
         for i, dopant in enumerate(s.dopants):
+            layers = dopant.layers or range(1, s.layers + 1)
+            elements = set().union(*(cells[k - 1].symbols for k in layers))
             reachable = elements | {d.element for d in s.dopants[:i]}
             if dopant.replaces not in reachable:
+                where = s.cell if isinstance(s.cell, str) else "/".join(dict.fromkeys(specs[k - 1] for k in layers))
                 raise FactoryError(
-                    f"structure.dopants[{i}].replaces: element '{dopant.replaces}' is not in cell {s.cell} "
+                    f"structure.dopants[{i}].replaces: element '{dopant.replaces}' is not in cell {where} "
                     f"(elements: {', '.join(sorted(elements))})"
                 )
-        names = column_vocabulary(cell, s.layers, _site_rules(config))
+        stack = tuple(cells) if any(c is not cell for c in cells) else cell
+        names = column_vocabulary(stack, s.layers, _site_rules(config))
         style = MaskStyle(config.labels.mask_shape, config.labels.mask_radius_A, config.labels.mask_sigma_A)
         thermal = thermal_rms_table(s.thermal_rms_A)
         ms = config.simulation.multislice
@@ -145,7 +184,7 @@ class Plan:
             thermal or thermal_rms_table("default"), ms.parametrization, ms.projection, ms.device,
         )
         thermal_default = DEFAULT_THERMAL_RMS_OTHER_A if s.thermal_rms_A == "default" else 0.0
-        plan = cls(config, cell, names, style, thermal, thermal_default, multislice)
+        plan = cls(config, cell, names, style, thermal, thermal_default, multislice, tuple(cells))
         plan.check_memory()
         return plan
 
@@ -169,7 +208,7 @@ class Plan:
         worst = Microscope(**{k: getattr(m, k).max_abs for k in MICROSCOPE_KEYS})
         margin = max(probe_margin_A(worst), self.mask_style.reach_A()) + 1.0
         side = m.image_size_px * m.pixel_size_A.upper + 2 * margin
-        n_atoms = estimate_patch_atoms(self.cell, c.structure.layers, (side, side))
+        n_atoms = estimate_patch_atoms(self.stack, c.structure.layers, (side, side))
         pixels = m.image_size_px**2
         need = n_atoms * BYTES_PER_PATCH_ATOM + pixels * (len(self.channel_names) + 64)
         if c.simulation.backend == "multislice":
@@ -225,7 +264,7 @@ def build_sample_structure(plan: Plan, params: dict[str, float], grid: PixelGrid
     )
     half = grid.pixel_size_A / 2
     region = (-half - margin_A, width_A - half + margin_A, -half - margin_A, height_A - half + margin_A)
-    atoms = build_patch(cell, interfaces, placement, region)
+    atoms = build_patch(plan.stack, interfaces, placement, region)
 
     fov_lo = np.array([-half, -half])
     fov_size = np.array([width_A, height_A])
@@ -272,7 +311,7 @@ def simulate_sample(plan: Plan, seed: int, index: int) -> Sample:
         atoms, grid, microscope, margin_A=margin_A, backend=c.simulation.backend, gamma=params["gamma"],
         multislice=plan.multislice, seed=derived_seed(sample_rng(seed, index, "phonons")),
     )
-    columns = classify_columns(atoms, plan.cell, plan.channel_index, grid)
+    columns = classify_columns(atoms, plan.stack, plan.channel_index, grid)
     masks = draw_masks(columns, len(plan.channel_names), grid, plan.mask_style)
     slip_frac = np.array([i.slip_frac for i in interfaces], dtype=np.float64).reshape(-1, 2)
     return Sample(
@@ -281,7 +320,7 @@ def simulate_sample(plan: Plan, seed: int, index: int) -> Sample:
         masks=masks,
         atoms=atom_table(atoms, columns, grid),
         slip_frac=slip_frac,
-        slip_A=slip_angstrom(plan.cell, slip_frac),
+        slip_A=slip_angstrom(plan.stack, slip_frac),
         twist_deg=np.array([i.twist_deg for i in interfaces], dtype=np.float64),
         params=params,
     )

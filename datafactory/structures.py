@@ -23,6 +23,16 @@ twist ``Θ(n+1) = Θ(n) + θ(n)`` about z, with its lattice origin displaced by 
 and lifted by the interlayer distance (mid-plane to mid-plane). Slip (0, 0) with twist 0
 is the AA stacking of the cell as given; e.g. for MoS2, twist 60° is AA' (2H-like).
 A global in-plane rotation and strain act on the whole stack afterwards.
+
+Hetero-stacks
+-------------
+Each layer may have a cell of its own (MoS2 on WS2, graphene on hBN): the functions that
+take ``cell`` also take a sequence of :class:`LayerCell`, one per layer, bottom first.
+Layer ``n + 1`` is then built from its own cell (its own lattice constant, so a lattice
+mismatch gives its real moiré) with its lattice origin placed as above: the slip is in
+layer n's cell basis and the twist turns layer ``n + 1``'s own cell vectors. Slip (0, 0)
+with twist 0 puts the two lattice origins (the first metal site of each cell) on top of
+each other. A single :class:`LayerCell` is the same cell for every layer.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from ase import Atoms
@@ -277,19 +288,53 @@ class LayerFrame:
     z_A: float
 
 
-def layer_frames(cell: LayerCell, interfaces: list[Interface]) -> list[LayerFrame]:
-    """Cumulative twist, lattice origin and mid-plane height of every layer (stacking convention above)."""
+def stack_cells(cell: LayerCell | Sequence[LayerCell], n_layers: int) -> list[LayerCell]:
+    """The cell of each of ``n_layers`` layers: one cell repeated, or a sequence of one per layer."""
+    if isinstance(cell, LayerCell):
+        return [cell] * n_layers
+    cells = list(cell)
+    if len(cells) != n_layers:
+        raise ValueError(f"a stack of {n_layers} layers needs {n_layers} cells (got {len(cells)})")
+    return cells
+
+
+def same_cell(a: LayerCell, b: LayerCell, tolerance_A: float = 1e-9) -> bool:
+    """Whether two prepared cells hold the same lattice and the same sites (a hetero-stack has two that differ)."""
+    return a is b or (
+        a.n_sites == b.n_sites
+        and np.array_equal(a.numbers, b.numbers)
+        and np.allclose(a.basis, b.basis, atol=tolerance_A, rtol=0.0)
+        and np.allclose(a.frac, b.frac, atol=tolerance_A, rtol=0.0)
+        and np.allclose(a.z_A, b.z_A, atol=tolerance_A, rtol=0.0)
+        and np.array_equal(a.column_of_site, b.column_of_site)
+    )
+
+
+def layer_frames(cell: LayerCell | Sequence[LayerCell], interfaces: list[Interface]) -> list[LayerFrame]:
+    """Cumulative twist, lattice origin and mid-plane height of every layer (stacking convention above).
+
+    With one cell per layer, the slip of interface n is in the cell basis of layer n (the lower one).
+    """
+    cells = stack_cells(cell, len(interfaces) + 1)
     frames = [LayerFrame(0.0, np.zeros(2), 0.0)]
-    for interface in interfaces:
+    for k, interface in enumerate(interfaces):
         below = frames[-1]
-        slip = rotation_matrix(below.twist_deg) @ cell.basis @ np.asarray(interface.slip_frac, dtype=np.float64)
+        slip = rotation_matrix(below.twist_deg) @ cells[k].basis @ np.asarray(interface.slip_frac, dtype=np.float64)
         frames.append(LayerFrame(below.twist_deg + interface.twist_deg, below.origin_A + slip, below.z_A + interface.distance_A))
     return frames
 
 
-def slip_angstrom(cell: LayerCell, slip_frac: np.ndarray) -> np.ndarray:
-    """Slip vectors ``Da·a1 + Db·a2`` in Å, in the crystal frame of the cell (x along the cell's own axes)."""
-    return np.asarray(slip_frac, dtype=np.float64) @ cell.basis.T
+def slip_angstrom(cell: LayerCell | Sequence[LayerCell], slip_frac: np.ndarray) -> np.ndarray:
+    """Slip vectors ``Da·a1 + Db·a2`` in Å, in the crystal frame of the cell (x along the cell's own axes).
+
+    With one cell per layer (bottom first), row k of ``slip_frac`` (interface k + 1) is in the
+    basis and crystal frame of layer k + 1, the lower layer of that interface.
+    """
+    if isinstance(cell, LayerCell):
+        return np.asarray(slip_frac, dtype=np.float64) @ cell.basis.T
+    slip_frac = np.asarray(slip_frac, dtype=np.float64).reshape(-1, 2)
+    cells = list(cell)
+    return np.array([row @ cells[k].basis.T for k, row in enumerate(slip_frac)], dtype=np.float64).reshape(-1, 2)
 
 
 def _fractional_bounds(corners_A: np.ndarray, transform: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -298,20 +343,27 @@ def _fractional_bounds(corners_A: np.ndarray, transform: np.ndarray, shift: np.n
     return np.floor(frac.min(axis=0)) - 1, np.ceil(frac.max(axis=0)) + 1
 
 
-def estimate_patch_atoms(cell: LayerCell, n_layers: int, region_size_A: tuple[float, float]) -> int:
+def estimate_patch_atoms(cell: LayerCell | Sequence[LayerCell], n_layers: int, region_size_A: tuple[float, float]) -> int:
     """Upper bound on the atoms generated for a patch, for any twist, rotation and origin.
 
     The region is enclosed by a disk of radius ρ; its fractional bounding box has half-widths
-    ``ρ·|b_i|`` (b_i the reciprocal vectors), independent of the orientation.
+    ``ρ·|b_i|`` (b_i the reciprocal vectors), independent of the orientation. ``cell`` may
+    be one cell per layer.
     """
     rho = 0.5 * math.hypot(*region_size_A) * 1.05
-    recip = np.linalg.inv(cell.basis)
-    widths = 2 * rho * np.linalg.norm(recip, axis=1) + 3
-    return int(n_layers * widths[0] * widths[1] * cell.n_sites)
+
+    def per_layer(c: LayerCell) -> float:
+        widths = 2 * rho * np.linalg.norm(np.linalg.inv(c.basis), axis=1) + 3
+        return widths[0] * widths[1] * c.n_sites
+
+    cells = stack_cells(cell, n_layers)
+    if all(c is cells[0] for c in cells):
+        return int(n_layers * per_layer(cells[0]))
+    return int(sum(per_layer(c) for c in cells))
 
 
 def build_patch(
-    cell: LayerCell,
+    cell: LayerCell | Sequence[LayerCell],
     interfaces: list[Interface],
     placement: Placement,
     region_A: tuple[float, float, float, float],
@@ -325,6 +377,7 @@ def build_patch(
 
     Parameters
     ----------
+    cell : LayerCell, or one per layer (bottom first) for a hetero-stack
     region_A : (xmin, xmax, ymin, ymax)
         Lab region to cover, in Å. Columns are kept when their anchor lies in
         ``[xmin, xmax) × [ymin, ymax)``.
@@ -333,11 +386,13 @@ def build_patch(
     corners = np.array([[xmin, ymin], [xmax, ymin], [xmin, ymax], [xmax, ymax]])
     deform = placement.deformation()
     origin = np.asarray(placement.origin_A, dtype=np.float64)
-    inv_basis = np.linalg.inv(cell.basis)
-    n_templates = cell.n_columns
+    layer_cells = stack_cells(cell, len(interfaces) + 1)
     pieces: dict[str, list[np.ndarray]] = {k: [] for k in ("xy", "z", "numbers", "layer", "column", "site", "sublayer")}
     column_offset = 0
-    for layer_index, frame in enumerate(layer_frames(cell, interfaces), start=1):
+    for layer_index, frame in enumerate(layer_frames(layer_cells, interfaces), start=1):
+        cell = layer_cells[layer_index - 1]
+        inv_basis = np.linalg.inv(cell.basis)
+        n_templates = cell.n_columns
         to_lab = deform @ rotation_matrix(frame.twist_deg)  # crystal vector -> lab vector
         shift = origin + deform @ frame.origin_A  # lab position of this layer's lattice origin
         to_frac = inv_basis @ np.linalg.inv(to_lab)

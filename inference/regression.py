@@ -65,10 +65,24 @@ def target_for(kind: str, manifest: dict, base_dir: Path | None = None) -> Targe
         raise FactoryError(f"{kind} needs {need + 1} or more layers, the dataset has {layers}", field="target")
     plan = Plan.from_config(validate_config(yaml.safe_load(manifest["config"]), "dataset config"), base_dir)
     cell = plan.cell
-    contents = {}
-    species = np.array([contents.setdefault(tuple(sorted(cell.numbers[cell.column_of_site == t])), len(contents)) for t in range(len(cell.column_anchor_frac))])
-    order = rotational_order(cell.column_anchor_frac @ cell.basis.T, species, cell.basis)
+    if kind != "twist" and any(not np.allclose(c.basis, cell.basis, rtol=0.0, atol=1e-6) for c in plan.cells):
+        lattices = ", ".join(f"layer {k} a = {np.linalg.norm(c.basis[:, 0]):.4g} Å" for k, c in enumerate(plan.cells, start=1))
+        raise FactoryError(
+            f"{kind} is undefined on this hetero-stack: its layers have different lattices ({lattices}), so the registry "
+            "drifts across every image (a moiré) and no single slip describes it; regress `target='twist'` instead",
+            field="target",
+        )
+    # A twist of layer k+1 over layer k repeats when either layer turns by one of its own symmetries
+    # (the other turn is undone by the stack's random in-plane rotation): period 360° / lcm(N_k, N_k+1).
+    order = math.lcm(*(_rotational_order(c) for c in plan.cells[: need + 1]))
     return Target(kind if kind != "slip2" else "slip", need, 360.0 / order, tuple(tuple(float(v) for v in row) for row in cell.basis))
+
+
+def _rotational_order(cell) -> int:
+    """N of the N-fold rotation axis of one layer's projected cell (sites grouped by column content)."""
+    contents: dict = {}
+    species = np.array([contents.setdefault(tuple(sorted(cell.numbers[cell.column_of_site == t])), len(contents)) for t in range(len(cell.column_anchor_frac))])
+    return rotational_order(cell.column_anchor_frac @ cell.basis.T, species, cell.basis)
 
 
 def label_field(target: Target) -> str:

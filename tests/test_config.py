@@ -22,7 +22,8 @@ def test_param_forms():
 
 
 def test_all_presets_load_and_plan():
-    assert {"mos2_monolayer", "mos2_bilayer_slip", "mos2_bilayer_twist", "wsse_janus_twisted_bilayer", "graphene_twisted_bilayer"} <= set(preset_names())
+    assert {"mos2_monolayer", "mos2_bilayer_slip", "mos2_bilayer_twist", "wsse_janus_twisted_bilayer", "graphene_twisted_bilayer",
+            "mos2_ws2_heterobilayer", "graphene_hbn_heterobilayer"} <= set(preset_names())
     for name in preset_names():
         cfg, path = load_config(name)
         plan = Plan.from_config(cfg, path.parent)
