@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import FactoryError
-from .fourier_spots import find_spots, Spots
+from .fourier_spots import MIN_RADIUS_BINS, find_spots, Spots
 from .lattice import gauss_reduce, half_plane, reciprocal, reflections, shortest_g
 
 #: Largest scan anisotropy considered while indexing: ratio of P's singular values.
@@ -56,9 +56,17 @@ MAX_SIDE_PX = 1024
 #: need a scan anisotropy (ratio of P's singular values) below this.
 AMBIGUITY_ANISOTROPY = 1.1
 
+#: At most this many lattices are looked for (a trilayer with three orientations).
+MAX_LATTICES = 3
+
+#: The lattices found must explain at least this share (%) of the strength of the strong FFT
+#: spots (beyond the moiré zone); less means another material is present.
+MIN_EXPLAINED_PERCENT = 60.0
+
 _N_STRONGEST = 10  # measured spots paired into indexing hypotheses
 _N_INNERMOST = 8  # ... and the innermost measured spots too
 _N_LOW_ORDER = 16  # lattice reflections (one per ±pair) they may be assigned to
+_MIN_COMPLETENESS = 0.6  # share of a lattice's lowest orders that must be seen
 
 
 # --------------------------------------------------------------------------- fit
@@ -112,6 +120,23 @@ class LatticeCalibration:
         ``pixel_size_A`` is the same for every indexing; the distortion and rotation are not.
     matrix : (2, 2) array
         The fitted ``P`` (Å/px): recorded pixel ``[col, row]`` → true position in the cell frame.
+    lattices : tuple of LatticeOrientation
+        Every lattice found, strongest first (``rotation_deg``, ``spots``, ``indices``,
+        ``mirrored`` and ``matrix`` above are the first one's; ``n_spots`` counts all).
+        All share the one scan distortion.
+    twist_deg, twist_uncertainty_deg : float or None
+        With two or more lattices: the rotation between the first two, folded into
+        ``[0, period/2]`` (period: 60° for hexagonal lattices; a projection cannot tell
+        θ from −θ, nor, from spot positions alone, a 3-fold structure's θ from θ + 60°),
+        and its 1σ statistical uncertainty from the joint fit; ``twist_period_deg`` is
+        that period.
+    resolvable_twist_deg : float
+        A second copy of a lattice twisted by less than about this shows as one set of
+        spots (its lowest orders less than 4 frequency bins from the first's): a single
+        lattice found means "twist below this", not "no twist".
+    explained_percent : float
+        Share of the strong FFT spots' strength (beyond the moiré zone) that the lattices
+        predict; below ``MIN_EXPLAINED_PERCENT`` the fit is refused.
     """
 
     pixel_size_A: float
@@ -131,6 +156,12 @@ class LatticeCalibration:
     mirrored: bool = False
     ambiguous: bool = False
     matrix: np.ndarray = field(default_factory=lambda: np.full((2, 2), np.nan))
+    lattices: tuple[LatticeOrientation, ...] = ()
+    twist_deg: float | None = None
+    twist_uncertainty_deg: float | None = None
+    twist_period_deg: float | None = None
+    resolvable_twist_deg: float | None = None
+    explained_percent: float | None = None
 
     def to_dict(self) -> dict:
         """JSON-serialisable summary (floats, ints, bools, nested lists)."""
@@ -149,6 +180,45 @@ class LatticeCalibration:
             "scale_x": float(self.scale_x),
             "scale_y": float(self.scale_y),
             "shear": float(self.shear),
+            "rotation_deg": float(self.rotation_deg),
+            "mirrored": bool(self.mirrored),
+            "ambiguous": bool(self.ambiguous),
+            "n_spots": int(self.n_spots),
+            "residual_percent": float(self.residual_percent),
+            "spots_cycles_per_px": np.asarray(self.spots, dtype=float).tolist(),
+            "spot_indices": np.asarray(self.indices, dtype=int).tolist(),
+            "n_lattices": len(self.lattices),
+            "lattices": [lattice.to_dict() for lattice in self.lattices],
+            "twist_deg": opt(self.twist_deg),
+            "twist_uncertainty_deg": opt(self.twist_uncertainty_deg),
+            "twist_period_deg": opt(self.twist_period_deg),
+            "resolvable_twist_deg": opt(self.resolvable_twist_deg),
+            "explained_percent": opt(self.explained_percent),
+        }
+
+
+@dataclass(frozen=True)
+class LatticeOrientation:
+    """One lattice found in a micrograph: its material, orientation and the spots it explains.
+
+    ``rotation_deg``, ``mirrored``, ``spots``, ``indices``, ``ambiguous`` and ``matrix`` are
+    defined as in :class:`LatticeCalibration`; ``residual_percent`` is the RMS relative
+    miss of this lattice's spots under the joint fit.
+    """
+
+    material: str
+    rotation_deg: float
+    mirrored: bool
+    n_spots: int
+    residual_percent: float
+    spots: np.ndarray
+    indices: np.ndarray
+    ambiguous: bool
+    matrix: np.ndarray
+
+    def to_dict(self) -> dict:
+        return {
+            "material": self.material,
             "rotation_deg": float(self.rotation_deg),
             "mirrored": bool(self.mirrored),
             "ambiguous": bool(self.ambiguous),
@@ -276,6 +346,11 @@ def _index(spots: Spots, lat: np.ndarray) -> np.ndarray | None:
         d2 = d2.min(axis=2)  # (c, S)
         recall[c0 : c0 + chunk] = (d2 <= tol2[None, :]).astype(np.float64) @ weight / total_w
 
+    # A lattice always shows its lowest orders: drop assignments that leave them empty (a
+    # finer lattice that covers the spots of two twisted layers at once, say).
+    complete = _completeness(q_all, spots.bin_size, bstar, P, q_lim)
+    if np.any(complete >= _MIN_COMPLETENESS):
+        recall = np.where(complete >= _MIN_COMPLETENESS, recall, -1.0)
     best = float(recall.max())
     cands = np.flatnonzero(recall >= best - 0.06)
     area = np.abs(det[cands])
@@ -285,6 +360,57 @@ def _index(spots: Spots, lat: np.ndarray) -> np.ndarray | None:
     # Among equally undistorted candidates prefer det P > 0 (canonicalised later anyway).
     order = sorted(cands, key=lambda i: (bool(det[i] < 0), float(cond[i])))
     return P[order[0]]
+
+
+def _lowest_orders(bstar: np.ndarray) -> np.ndarray:
+    """The reflections every lattice image shows: a reduced basis u, v and the shorter of u ± v."""
+    u, v = gauss_reduce(bstar)
+    w = u + v if np.linalg.norm(u + v) < np.linalg.norm(u - v) else u - v
+    return np.array([u, v, w])
+
+
+def _completeness(q: np.ndarray, bin_size: float, bstar: np.ndarray, P: np.ndarray, q_lim: float) -> np.ndarray:
+    """Per candidate ``P`` (n, 2, 2): fraction of its lowest orders (within ``q_lim``) seen among ``q``."""
+    if len(q) == 0:
+        return np.zeros(len(P))
+    low = _lowest_orders(bstar)
+    pred = np.einsum("gi,pij->pgj", low, P)  # (n, 3, 2)
+    radius = np.linalg.norm(pred, axis=2)
+    inside = (radius <= q_lim) & (radius >= MIN_RADIUS_BINS * bin_size)
+    d = np.minimum(
+        np.linalg.norm(pred[:, :, None, :] - q[None, None, :, :], axis=3),
+        np.linalg.norm(pred[:, :, None, :] + q[None, None, :, :], axis=3),
+    ).min(axis=2)
+    seen = d <= 1.0 * bin_size + 0.02 * radius
+    n_inside = inside.sum(axis=1)
+    return np.where(n_inside > 0, (seen & inside).sum(axis=1) / np.maximum(n_inside, 1), 0.0)
+
+
+def _explained(spots: Spots, fits: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Mask of the measured spots that some fitted lattice (``(lattice_A, P)`` pairs) predicts."""
+    q = spots.q
+    q_lim = 1.05 * float(np.linalg.norm(q, axis=1).max()) if len(q) else 0.0
+    tol = _tolerance(q, spots.bin_size, 1.0, 0.01)
+    hit = np.zeros(len(q), dtype=bool)
+    for lat, P in fits:
+        s_min = float(np.linalg.svd(P, compute_uv=False).min())
+        _, g = reflections(reciprocal(lat), q_lim / s_min)
+        pred = g @ P
+        d = np.linalg.norm(q[:, None, :] - pred[None, :, :], axis=2).min(axis=1) if len(pred) else np.full(len(q), np.inf)
+        hit |= d <= tol
+    return hit
+
+
+def _explained_share(spots: Spots, fits: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    """Share of the strength (log SNR) of the measured spots beyond the moiré zone that the fits predict.
+
+    Spots closer to the origin than a quarter of the innermost lattice's lowest order are
+    left out: moiré spots of a twisted stack sit there, and belong to no single lattice.
+    """
+    q_first = min(float(np.linalg.norm(_lowest_orders(reciprocal(lat)) @ P, axis=1).min()) for lat, P in fits)
+    far = np.linalg.norm(spots.q, axis=1) >= 0.25 * q_first
+    weight = np.log10(spots.snr) * far
+    return float(weight @ _explained(spots, fits) / max(weight.sum(), 1e-12))
 
 
 def _fit(spots: Spots, lat: np.ndarray, P: np.ndarray, max_order: int):
@@ -368,6 +494,227 @@ def _decompose(P: np.ndarray, lat: np.ndarray):
     return U, mirrored, theta
 
 
+def _as_lattices(lattice_A, material: str | None) -> tuple[list[np.ndarray], list[str]]:
+    """One (2, 2) lattice or several (k, 2, 2), with a name for each (``material`` "A,B" or one name)."""
+    arr = np.asarray(lattice_A, dtype=np.float64)
+    lats = [arr] if arr.ndim == 2 else list(arr)
+    if arr.ndim not in (2, 3) or not lats:
+        raise FactoryError(f"lattice must be two in-plane vectors as a (2, 2) array in Å, got shape {arr.shape}")
+    lats = [_check_lattice(lat) for lat in lats]
+    names = [n.strip() for n in material.split(",")] if material else []
+    if len(names) != len(lats):
+        names = [_describe(lat, None) for lat in lats] if len(lats) > 1 or not material else [material]
+    return lats, names
+
+
+def _symmetry_period_deg(lat: np.ndarray) -> float:
+    """Smallest positive rotation (degrees) that maps the lattice's spot pattern onto itself."""
+    angles = [math.degrees(math.atan2(T[0, 1], T[0, 0])) % 360.0 for T in _reindexings(lat)[0] if np.linalg.det(T) > 0]
+    positive = [a for a in angles if a > 1e-6 and 360.0 - a > 1e-6]
+    return min(positive) if positive else 360.0
+
+
+def _rotation_Q(phi: float, mirror: float) -> np.ndarray:
+    """Orthogonal part of ``P = Q · U``: ``g @ Q`` is ``g ⊙ [1, mirror]`` rotated by ``phi`` (rad)."""
+    c, s = math.cos(phi), math.sin(phi)
+    return np.diag([1.0, mirror]) @ np.array([[c, s], [-s, c]])
+
+
+def _next_lattice(spots: Spots, free: np.ndarray, lat: np.ndarray, U: np.ndarray):
+    """A further lattice among the ``free`` spots that shares the scan ``U`` (pixel → Å, upper
+    triangular): only its orientation is unknown. Returns ``P = Q · U`` or None."""
+    q, weight = spots.q[free], np.log10(spots.snr[free])
+    if len(q) < 2:
+        return None
+    bstar = reciprocal(lat)
+    g_min = shortest_g(bstar)
+    _, g_low = reflections(bstar, 2.05 * g_min)
+    v = q @ np.linalg.inv(U)  # = g @ Q for a spot of this lattice
+    tol = _tolerance(q, spots.bin_size, 1.0, 0.02)
+    q_lim = 1.05 * float(np.linalg.norm(spots.q, axis=1).max())
+    _, g_all = reflections(bstar, q_lim / float(np.linalg.svd(U, compute_uv=False).min()))
+    cands = []
+    for i in range(min(20, len(q))):
+        rel = tol[i] / np.linalg.norm(q[i])
+        for g in g_low:
+            if abs(np.linalg.norm(v[i]) / np.linalg.norm(g) - 1.0) > rel:
+                continue
+            for mirror in (1.0, -1.0):
+                gm = g * [1.0, mirror]
+                phi = math.atan2(v[i][1], v[i][0]) - math.atan2(gm[1], gm[0])
+                cands.append(_rotation_Q(phi, mirror) @ U)
+    if not cands:
+        return None
+    P = np.array(cands)
+    complete = _completeness(q, spots.bin_size, bstar, P, q_lim)
+    pred = np.einsum("gi,pij->pgj", g_all, P)
+    d = np.minimum(
+        np.linalg.norm(pred[:, :, None, :] - q[None, None], axis=3), np.linalg.norm(pred[:, :, None, :] + q[None, None], axis=3)
+    ).min(axis=1)  # (cands, spots)
+    hits = d <= tol[None, :]
+    recall = hits.astype(np.float64) @ weight
+    ok = (complete >= _MIN_COMPLETENESS) & (hits.sum(axis=1) >= 3)
+    if not np.any(ok):
+        return None
+    best = int(np.argmax(np.where(ok, recall, -1.0)))
+    return P[best]
+
+
+def _joint_fit(spots: Spots, lats: list[np.ndarray], Ps: list[np.ndarray], max_order: int, free_scale: bool = False):
+    """Least squares of every lattice's spots with one shared scan ``U`` and one orientation each.
+
+    ``P_k = Q(φ_k, m_k) · U`` with ``U = [[u00, u01], [0, u11]]`` (Å/px) and the mirror ``m_k``
+    fixed. Each measured spot goes to the nearest predicted reflection of any lattice.
+    Returns (U, [P_k], [(spots, indices, residual %)], residual %, covariance of φ (rad²)) or None.
+    With ``free_scale`` every lattice after the first gets its own scale ``λ_k`` (``P_k =
+    λ_k Q_k U``) and the covariance covers ``[φ…, λ…]``: a check that the lattices' spacings
+    are in the ratio of the materials given.
+    """
+    from scipy.optimize import least_squares
+
+    _, U0 = np.linalg.qr(Ps[0])
+    U0 = np.diag(np.sign(np.diag(U0))) @ U0
+    x = [U0[0, 0], U0[0, 1], U0[1, 1]]
+    mirrors = []
+    for P in Ps:
+        Q = P @ np.linalg.inv(U0)
+        mirrors.append(1.0 if np.linalg.det(Q) > 0 else -1.0)
+        Qm = np.diag([1.0, mirrors[-1]]) @ Q
+        x.append(math.atan2(Qm[0, 1], Qm[0, 0]))
+    x = np.array(x)
+    tables = []
+    for lat in lats:
+        bstar = reciprocal(lat)
+        g_min = shortest_g(bstar)
+        low = _lowest_orders(bstar)
+        hk, g = reflections(bstar, max(max_order * g_min, float(np.linalg.norm(low, axis=1).max())) * 1.02)
+        keep = half_plane(g)
+        tables.append((hk[keep], g[keep]))
+
+    n_lat = len(lats)
+    if free_scale:
+        x = np.concatenate([x, np.ones(n_lat - 1)])
+
+    def unpack(x):
+        U = np.array([[x[0], x[1]], [0.0, x[2]]])
+        scales = np.concatenate([[1.0], x[3 + n_lat :]]) if free_scale else np.ones(n_lat)
+        return U, [lam * _rotation_Q(phi, m) @ U for phi, m, lam in zip(x[3 : 3 + n_lat], mirrors, scales)]
+
+    q = spots.q
+    for abs_bins, rel in ((1.0, 0.02), (0.7, 0.01), (0.5, 0.006), (0.5, 0.006)):
+        U, P_all = unpack(x)
+        tol = _tolerance(q, spots.bin_size, abs_bins, rel)
+        owner = np.full(len(q), -1)
+        ref = np.full(len(q), -1)
+        sign = np.ones(len(q))
+        dist = np.full(len(q), np.inf)
+        for k, ((hk, g), P) in enumerate(zip(tables, P_all)):
+            idx, sg = _match(q, g @ P, tol)
+            for m in np.flatnonzero(idx >= 0):
+                d = np.linalg.norm(q[m] - sg[m] * (g[idx[m]] @ P))
+                if d < dist[m]:
+                    owner[m], ref[m], sign[m], dist[m] = k, idx[m], sg[m], d
+        chosen = []
+        for k in range(len(lats)):
+            best: dict[int, int] = {}
+            for m in np.flatnonzero(owner == k):
+                if ref[m] not in best or dist[m] < dist[best[ref[m]]]:
+                    best[ref[m]] = m
+            ms = np.array(sorted(best.values()), dtype=np.int64)
+            if len(ms) < 3:
+                return None
+            chosen.append(ms)
+        G = [sign[ms, None] * tables[k][1][ref[ms]] for k, ms in enumerate(chosen)]
+
+        def residuals(x):
+            _, P_all = unpack(x)
+            out = []
+            for k, ms in enumerate(chosen):
+                pred = G[k] @ P_all[k]
+                out.append(((q[ms] - pred) / np.linalg.norm(pred, axis=1)[:, None]).ravel())
+            return np.concatenate(out)
+
+        fit = least_squares(residuals, x, method="lm")
+        x = fit.x
+    U, P_all = unpack(x)
+    r = fit.fun.reshape(-1, 2)
+    per_spot = np.linalg.norm(r, axis=1)
+    n_params = len(x)
+    dof = max(1, r.size - n_params)
+    try:
+        cov = np.linalg.inv(fit.jac.T @ fit.jac) * float(np.sum(r**2)) / dof
+    except np.linalg.LinAlgError:
+        cov = np.full((n_params, n_params), np.nan)
+    per_lattice, start = [], 0
+    for k, ms in enumerate(chosen):
+        piece = per_spot[start : start + len(ms)]
+        start += len(ms)
+        hk_used = (sign[ms, None] * tables[k][0][ref[ms]]).astype(np.int64)
+        per_lattice.append((q[ms], hk_used, 100.0 * float(np.sqrt(np.mean(piece**2)))))
+    residual = 100.0 * float(np.sqrt(np.mean(per_spot**2)))
+    return U, P_all, per_lattice, residual, cov[3:, 3:]
+
+
+def _further_lattices(spots: Spots, lats, k0: int, fitted, max_order: int):
+    """Starting from lattice ``k0``'s fit, add lattices that share its scan while any fits.
+
+    Returns ([(material index, P)], (spots, indices, residual %) of the first lattice alone,
+    residual % of the joint fit of all of them).
+    """
+    P0, q_used, hk_used, residual = fitted
+    found, joint_residual = [(k0, P0)], residual
+    _, U = np.linalg.qr(P0)
+    U = np.diag(np.sign(np.diag(U))) @ U  # further lattices: P = Q · U, only Q unknown
+    while len(found) < MAX_LATTICES:
+        free = ~_explained(spots, [(lats[k], P) for k, P in found])
+        missing = [k for k in range(len(lats)) if k not in {f[0] for f in found}]
+        nxt = None
+        for k in missing + [k for k in range(len(lats)) if k not in missing]:
+            P = _next_lattice(spots, free, lats[k], U)
+            if P is not None:
+                nxt = (k, P)
+                break
+        if nxt is None:
+            break
+        trial = found + [nxt]
+        joint = _joint_fit(spots, [lats[k] for k, _ in trial], [P for _, P in trial], max_order)
+        if joint is None or joint[3] > 3.0 or joint[2][-1][2] > 1.5:
+            break  # no further lattice that fits with the shared scan
+        found = [(k, P) for (k, _), P in zip(trial, joint[1])]
+        U, joint_residual = joint[0], joint[3]
+    return found, (q_used, hk_used, residual), joint_residual
+
+
+#: Two lattices whose spacings differ from the given materials' ratio by more than this (and
+#: by more than 5σ) are refused: the materials given are not the ones in the image.
+MAX_SPACING_MISMATCH = 0.005
+
+
+def _check_spacings(spots: Spots, lats, names, found, max_order: int) -> None:
+    """Refuse lattices whose relative spacing contradicts the materials given (graphene/hBN
+    given for twisted graphene, or one material given for a hetero-bilayer)."""
+    check = _joint_fit(spots, [lats[k] for k, _ in found], [P for _, P in found], max_order, free_scale=True)
+    if check is None:
+        return
+    P_all, cov = check[1], check[4]
+    n = len(found)
+    for j in range(1, n):
+        lam = math.sqrt(abs(np.linalg.det(P_all[j]) / np.linalg.det(P_all[0])))
+        sigma = math.sqrt(max(float(cov[n + j - 1, n + j - 1]), 0.0)) if np.isfinite(cov[n + j - 1, n + j - 1]) else 0.0
+        off = lam - 1.0
+        if abs(off) > max(MAX_SPACING_MISMATCH, 5 * sigma):
+            a, b = names[found[0][0]], names[found[j][0]]
+            if a == b:
+                raise FactoryError(
+                    f"the image holds two lattices whose spacings differ by {100 * abs(off):.1f} %: not two layers of {a}; "
+                    "give both materials of the hetero-bilayer (--material A,B)"
+                )
+            raise FactoryError(
+                f"the {b} lattice's spacing is {100 * off:+.1f} % off the {a}/{b} ratio: the image does not hold {a} and {b} "
+                "(a twisted bilayer of one material? give that one)"
+            )
+
+
 def calibrate_lattice(
     image: np.ndarray,
     lattice_A: np.ndarray,
@@ -384,14 +731,22 @@ def calibrate_lattice(
     file calibration, and fitted by least squares with ``q = Pᵀ g`` (see the module
     docstring for the frames and the decomposition of ``P``).
 
+    Every lattice in the image is found: after the strongest, the spots it leaves
+    unexplained are searched for a further lattice of any given material (a twisted copy
+    of the same material, or the other material of a hetero-bilayer) that shares the
+    same scan distortion, so that only its orientation is unknown; all of them are then
+    fitted together with one distortion and one orientation each. With two or more
+    lattices the twist between the first two is reported with its uncertainty.
+
     Parameters
     ----------
     image : (H, W) array
         The micrograph (any real dtype), ``[row, col]``. Images larger than
         ``MAX_SIDE_PX`` are calibrated on their central region.
-    lattice_A : (2, 2) array
+    lattice_A : (2, 2) array, or (k, 2, 2) for k materials
         In-plane primitive lattice vectors a1, a2 as rows ``[x, y]`` in Å
-        (:func:`lattice_vectors_A`). Any 2-D lattice, oblique ones included.
+        (:func:`lattice_vectors_A`). Any 2-D lattice, oblique ones included. With several
+        materials (a hetero-bilayer), each must be found.
     file_pixel_size_A : float, optional
         The file's calibration (Å/px), only to report the mismatch.
     max_order : int
@@ -399,7 +754,7 @@ def calibrate_lattice(
         hexagonal lattice {100}, {110} and {200}); the reflections of a reduced reciprocal
         basis u, v and the shorter of u ± v are always used.
     material : str, optional
-        Name used in error messages.
+        Name used in messages; ``"A,B"`` names the materials of a (k, 2, 2) ``lattice_A``.
 
     Returns
     -------
@@ -408,10 +763,13 @@ def calibrate_lattice(
     Raises
     ------
     FactoryError
-        Bad input, or no lattice matching the material in the image.
+        Bad input; no lattice of a given material in the image; a fit that misses its
+        spots by more than 3 % RMS; or lattices that leave more than
+        ``100 − MIN_EXPLAINED_PERCENT`` % of the strong spots unexplained (another
+        material is present that was not given).
     """
     img = _check_image(image)
-    lat = _check_lattice(lattice_A)
+    lats, names = _as_lattices(lattice_A, material)
     h, w = img.shape
     if max(h, w) > MAX_SIDE_PX:
         r0, c0 = max(0, (h - MAX_SIDE_PX) // 2), max(0, (w - MAX_SIDE_PX) // 2)
@@ -420,31 +778,80 @@ def calibrate_lattice(
         raise FactoryError(f"max_order must be an integer >= 1, got {max_order!r}")
     if file_pixel_size_A is not None and not (np.isfinite(file_pixel_size_A) and file_pixel_size_A > 0):
         raise FactoryError(f"file pixel size must be a positive number of Å, got {file_pixel_size_A!r}")
-    name = _describe(lat, material)
-    g_min = shortest_g(reciprocal(lat))
 
-    def not_found(reason: str) -> FactoryError:
+    def not_found(k: int, reason: str) -> FactoryError:
+        g_min = shortest_g(reciprocal(lats[k]))
         where = f"near {file_pixel_size_A * g_min:.4f} cycles/px at the file's {file_pixel_size_A:.5g} Å/px" if file_pixel_size_A else "in the FFT"
         return FactoryError(
-            f"no {name} lattice found: expected its lowest-order spots (d = {1 / g_min:.3f} Å) {where}; {reason}"
+            f"no {names[k]} lattice found: expected its lowest-order spots (d = {1 / g_min:.3f} Å) {where}; {reason}"
         )
 
     spots = find_spots(img)
     if len(spots.q) < 2:
-        raise not_found(f"the image has {len(spots.q)} significant FFT spot(s)")
-    P = _index(spots, lat)
-    if P is None:
-        raise not_found("no pair of FFT spots fits the lattice's geometry")
-    fitted = _fit(spots, lat, P, max_order)
-    if fitted is None:
-        raise not_found("fewer than 3 FFT spots fit one lattice")
-    P, q_used, hk_used, residual = fitted
-    if residual > 3.0:
-        raise not_found(f"the best fit misses the spots by {residual:.1f} % RMS")
+        raise not_found(0, f"the image has {len(spots.q)} significant FFT spot(s)")
+    # The first lattice, indexed as each material in turn (the spacing alone cannot tell which
+    # spots are whose before the pixel size is known); the others searched beside it.
+    solutions, failure = [], None
+    for k, lat in enumerate(lats):
+        P = _index(spots, lat)
+        fitted = None if P is None else _fit(spots, lat, P, max_order)
+        if P is None:
+            failure = failure or "no pair of FFT spots fits the lattice's geometry"
+        elif fitted is None:
+            failure = failure or "fewer than 3 FFT spots fit one lattice"
+        elif fitted[3] > 3.0:
+            failure = failure or f"the best fit misses the spots by {fitted[3]:.1f} % RMS"
+        else:
+            solutions.append(_further_lattices(spots, lats, k, fitted, max_order))
+    if not solutions:
+        raise not_found(0, failure)
+    # Prefer a solution with every material, then the most lattices, then the smallest residual.
+    found, (q_used, hk_used, residual), _ = min(
+        solutions, key=lambda sol: (-len({k for k, _ in sol[0]}), -len(sol[0]), sol[2])
+    )
+    for k in range(len(lats)):
+        if k not in {f[0] for f in found}:
+            others = ", ".join(names[j] for j, _ in found)
+            raise not_found(k, f"only {others} found beside it; check the materials given")
+    share = _explained_share(spots, [(lats[k], P) for k, P in found])
+    if 100.0 * share < MIN_EXPLAINED_PERCENT:
+        given = " and ".join(sorted({names[k] for k, _ in found}))
+        raise FactoryError(
+            f"no {given} lattice explains the image: the best fit explains only {100 * share:.0f} % of its strong FFT spots; "
+            "if another material is in the field of view give every material (--material A,B), else give the pixel size with --pixel-size"
+        )
 
-    U, mirrored, theta = _decompose(P, lat)
+    if len(found) == 1:
+        fits = [(q_used, hk_used, residual)]
+        cov_phi = np.full((1, 1), np.nan)
+        U = _decompose(found[0][1], lats[found[0][0]])[0]
+    else:
+        U, P_all, fits, residual, cov_phi = _joint_fit(spots, [lats[k] for k, _ in found], [P for _, P in found], max_order)
+        found = [(k, P) for (k, _), P in zip(found, P_all)]
+        _check_spacings(spots, lats, names, found, max_order)
+    orientations = []
+    for (k, P), (q_k, hk_k, res_k) in zip(found, fits):
+        _, mirrored, theta = _decompose(P, lats[k])
+        orientations.append(LatticeOrientation(
+            material=names[k], rotation_deg=float(theta), mirrored=mirrored, n_spots=int(len(q_k)), residual_percent=float(res_k),
+            spots=q_k, indices=hk_k, ambiguous=_is_ambiguous(P, lats[k]), matrix=P,
+        ))
+    twist = twist_sigma = period = None
+    if len(found) >= 2:
+        (ka, _), (kb, _) = found[0], found[1]
+        period = math.gcd(round(_symmetry_period_deg(lats[ka])), round(_symmetry_period_deg(lats[kb]))) or 360
+        delta = (orientations[1].rotation_deg - orientations[0].rotation_deg) % period
+        twist = float(min(delta, period - delta))
+        var = cov_phi[0, 0] + cov_phi[1, 1] - 2 * cov_phi[0, 1]
+        twist_sigma = float(math.degrees(math.sqrt(var))) if np.isfinite(var) and var >= 0 else None
+    # The smallest twist that shows as two sets of spots: their lowest orders ~4 bins apart
+    # (the Hann window's main lobe is ±2 bins; closer peaks merge).
+    q_low = min(float(np.linalg.norm(_lowest_orders(reciprocal(lats[k])) @ P, axis=1).max()) for k, P in found)
+    resolvable = float(math.degrees(4.0 * spots.bin_size / q_low))
+
     s = math.sqrt(abs(float(np.linalg.det(U))))
     D = U / s
+    P = found[0][1]
     mismatch = None if file_pixel_size_A is None else 100.0 * (s / float(file_pixel_size_A) - 1.0)
     return LatticeCalibration(
         pixel_size_A=s,
@@ -456,14 +863,20 @@ def calibrate_lattice(
         scale_x=float(D[0, 0]),
         scale_y=float(D[1, 1]),
         shear=float(D[0, 1]),
-        rotation_deg=float(theta),
-        n_spots=int(len(q_used)),
+        rotation_deg=orientations[0].rotation_deg,
+        n_spots=int(sum(o.n_spots for o in orientations)),
         residual_percent=float(residual),
-        spots=q_used,
-        indices=hk_used,
-        mirrored=mirrored,
-        ambiguous=_is_ambiguous(P, lat),
+        spots=orientations[0].spots,
+        indices=orientations[0].indices,
+        mirrored=orientations[0].mirrored,
+        ambiguous=any(o.ambiguous for o in orientations),
         matrix=P,
+        lattices=tuple(orientations),
+        twist_deg=twist,
+        twist_uncertainty_deg=twist_sigma,
+        twist_period_deg=None if period is None else float(period),
+        resolvable_twist_deg=resolvable,
+        explained_percent=100.0 * share,
     )
 
 
@@ -525,6 +938,8 @@ def calibration_check(
             msg += f"; the file says {file_pixel_size_A:.5f} Å/px ({cal.mismatch_percent:+.1f} %)"
             if abs(cal.mismatch_percent) > 10.0:
                 msg += " — a large difference: check that the material is right"
+        if len(cal.lattices) > 1:
+            msg += f"; {len(cal.lattices)} lattices, twist {cal.twist_deg:.2f}°"
         if cal.ambiguous:
             msg += "; the distortion is ambiguous for this near-symmetric lattice (the pixel size is not)"
         return cal.pixel_size_A, msg

@@ -225,7 +225,7 @@ def test_wrong_material_lattice_is_not_found():
     rng = np.random.default_rng(4)
     square = np.array([[3.0, 0.0], [0.0, 3.0]])
     image = render(square, [(0, 0, 1.0)], (256, 256), 0.12, 0.0, np.eye(2), rng)
-    with pytest.raises(FactoryError, match="no MoS2 lattice found"):
+    with pytest.raises(FactoryError, match="no MoS2 lattice explains the image"):
         calibrate_lattice(image, lattice_vectors_A("MoS2"), material="MoS2")
 
 
@@ -351,3 +351,95 @@ def test_large_non_square_image_uses_central_region():
     image = render(lat, mos2_sites(), (700, 1300), 0.11, -8.0, DISTORTION, rng)
     cal = calibrate_lattice(image, lat)
     assert_recovered(cal, 0.11, DISTORTION, -8.0)
+
+
+# --------------------------------------------------------------------------- several lattices
+
+GRAPHENE_SITES = [(1 / 3, 2 / 3, 1.0), (2 / 3, 1 / 3, 1.0)]
+HBN_SITES = [(1 / 3, 2 / 3, 1.0), (2 / 3, 1 / 3, 0.8)]
+
+
+def bilayer(lat_a, sites_a, lat_b, sites_b, theta_deg, twist_deg, seed, size=512, pixel_size_A=0.106):
+    rng = np.random.default_rng(seed)
+    kw = dict(sigma_A=0.35, dose=100.0)
+    return (render(lat_a, sites_a, (size, size), pixel_size_A, theta_deg, DISTORTION, rng, **kw)
+            + render(lat_b, sites_b, (size, size), pixel_size_A, theta_deg + twist_deg, DISTORTION, rng, **kw))
+
+
+@pytest.mark.parametrize("twist_deg", [29.0, 12.0])
+def test_twisted_bilayer_graphene_two_lattices_one_distortion(twist_deg):
+    g = lattice_vectors_A("graphene")
+    cal = calibrate_lattice(bilayer(g, GRAPHENE_SITES, g, GRAPHENE_SITES, 7.0, twist_deg, seed=1), g, file_pixel_size_A=0.106, material="graphene")
+    assert len(cal.lattices) == 2 and cal.twist_deg == pytest.approx(twist_deg, abs=0.1)
+    assert 0 < cal.twist_uncertainty_deg < 0.1 and cal.twist_period_deg == 60
+    exp = expected(0.106, DISTORTION)
+    assert cal.pixel_size_A == pytest.approx(exp["pixel_size_A"], rel=3e-3)
+    assert cal.shear == pytest.approx(exp["shear"], abs=5e-3) and cal.scale_x == pytest.approx(exp["scale_x"], rel=5e-3)
+    assert sorted(round(lat.rotation_deg) for lat in cal.lattices) == sorted([7, round((7 + twist_deg + 30) % 60 - 30)])
+    assert cal.explained_percent > 90 and cal.n_spots == sum(lat.n_spots for lat in cal.lattices)
+    d = json.loads(json.dumps(cal.to_dict()))
+    assert d["n_lattices"] == 2 and d["twist_deg"] == pytest.approx(twist_deg, abs=0.1) and len(d["lattices"]) == 2
+
+
+def test_twisted_mos2_twin_is_not_indexed_as_one_finer_lattice():
+    # Before: the spots of two twisted MoS2 layers were indexed as one lattice at 0.061 Å/px.
+    import copy
+
+    from datafactory.config import validate_config
+    from datafactory.samples import Plan, simulate_sample
+    from datafactory.workflows.example import EXAMPLE_CONFIG, degrade_like_experiment
+
+    cfg = copy.deepcopy(EXAMPLE_CONFIG)
+    cfg["structure"] = {"cell": "MoS2", "layers": 2, "rotation_deg": 7.0, "twist_deg": 15.0, "interlayer_distance_A": 6.15}
+    cfg["microscope"].update(pixel_size_A=0.106, image_size_px=384)
+    clean = simulate_sample(Plan.from_config(validate_config(cfg, "twin")), 0, 0).image
+    image = degrade_like_experiment(clean, 0.106, np.random.default_rng(0))
+    cal = calibrate_lattice(image, lattice_vectors_A("MoS2"), material="MoS2")
+    assert cal.pixel_size_A == pytest.approx(0.106, rel=5e-3)
+    assert len(cal.lattices) == 2 and cal.twist_deg == pytest.approx(15.0, abs=0.2)
+
+
+def test_monolayers_show_one_lattice_and_a_resolution_limit(mos2_image):
+    image, lat = mos2_image
+    cal = calibrate_lattice(image, lat)
+    assert len(cal.lattices) == 1 and cal.twist_deg is None and cal.explained_percent > 95
+    assert 0 < cal.resolvable_twist_deg < 25  # 256 px: ~18°
+
+
+@pytest.mark.skipif(not all(p.is_file() for p in MOS2_CROPS), reason="shared MoS2 crops not available")
+def test_real_monolayer_crops_hold_one_lattice():
+    import tifffile
+
+    for path in MOS2_CROPS:
+        cal = calibrate_lattice(tifffile.imread(path), lattice_vectors_A("MoS2"), material="MoS2")
+        assert len(cal.lattices) == 1 and cal.explained_percent > 90
+
+
+@pytest.mark.parametrize("order", ["graphene,hBN", "hBN,graphene"])
+@pytest.mark.parametrize("twist_deg", [29.0, 8.0])
+def test_hetero_bilayer_graphene_hbn(order, twist_deg):
+    g, h = lattice_vectors_A("graphene"), lattice_vectors_A("hBN")
+    image = bilayer(g, GRAPHENE_SITES, h, HBN_SITES, 5.0, twist_deg, seed=2, pixel_size_A=0.1)
+    lats = np.stack([g, h]) if order.startswith("graphene") else np.stack([h, g])
+    cal = calibrate_lattice(image, lats, material=order)
+    by_material = {lat.material: lat.rotation_deg for lat in cal.lattices}
+    assert set(by_material) == {"graphene", "hBN"}
+    assert by_material["graphene"] == pytest.approx(5.0, abs=0.1)
+    assert cal.twist_deg == pytest.approx(twist_deg, abs=0.1)
+    assert cal.pixel_size_A == pytest.approx(expected(0.1, DISTORTION)["pixel_size_A"], rel=3e-3)
+
+
+def test_wrong_materials_for_a_bilayer_are_refused_in_one_line():
+    g, h = lattice_vectors_A("graphene"), lattice_vectors_A("hBN")
+    hetero = bilayer(g, GRAPHENE_SITES, h, HBN_SITES, 5.0, 17.0, seed=3, pixel_size_A=0.1)
+    with pytest.raises(FactoryError, match=r"spacings differ by 1\.[6-9] %.*--material A,B") as info:
+        calibrate_lattice(hetero, g, material="graphene")
+    assert "\n" not in str(info.value)
+    twisted = bilayer(g, GRAPHENE_SITES, g, GRAPHENE_SITES, 5.0, 17.0, seed=3, pixel_size_A=0.1)
+    with pytest.raises(FactoryError, match="does not hold graphene and hBN"):
+        calibrate_lattice(twisted, np.stack([g, h]), material="graphene,hBN")
+    # A material that is not there at all.
+    mos2 = lattice_vectors_A("MoS2")
+    mono = render(mos2, mos2_sites(), (256, 256), 0.12, 3.0, np.eye(2), np.random.default_rng(3))
+    with pytest.raises(FactoryError, match="no (MoS2|WS2) lattice found"):
+        calibrate_lattice(mono, np.stack([mos2, lattice_vectors_A("WS2")]), material="MoS2,WS2")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import h5py
@@ -156,6 +157,51 @@ def test_calibrate_reports_the_rendered_pixel_size(run_cli, experiment):
     assert record["pixel_size_A"] == pytest.approx(PIXEL_A, rel=0.01)
     assert abs(record["mismatch_percent"]) < 1.0
     assert np.asarray(record["affine"]).shape == (2, 2)
+
+
+def test_calibrate_finds_both_lattices_of_a_twisted_bilayer_and_refuses_a_missing_material(run_cli, tmp_path):
+    from test_calibration import DISTORTION, GRAPHENE_SITES, HBN_SITES, bilayer
+
+    from datafactory.lattice import lattice_vectors_A
+
+    g, h = lattice_vectors_A("graphene"), lattice_vectors_A("hBN")
+    tbg = write_imagej_tif(tmp_path / "tbg.tif", bilayer(g, GRAPHENE_SITES, g, GRAPHENE_SITES, 7.0, 29.0, seed=4), 0.106)
+    code, out, err = run_cli("calibrate", tbg, "--material", "graphene", "--json")
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["n_lattices"] == 2 and record["twist_deg"] == pytest.approx(29.0, abs=0.1)
+    assert record["pixel_size_A"] == pytest.approx(0.106 * math.sqrt(np.linalg.det(DISTORTION)), rel=3e-3)
+    code, out, err = run_cli("calibrate", tbg, "--material", "graphene")
+    assert code == 0 and "2 lattices" in out and "twist           29.0" in out
+    hetero = write_imagej_tif(tmp_path / "gr_hbn.tif", bilayer(g, GRAPHENE_SITES, h, HBN_SITES, 5.0, 17.0, seed=5, pixel_size_A=0.1), 0.1)
+    code, out, err = run_cli("calibrate", hetero, "--material", "graphene,hBN", "--json")
+    assert code == 0 and json.loads(out)["twist_deg"] == pytest.approx(17.0, abs=0.1)
+    code, out, err = run_cli("calibrate", hetero, "--material", "graphene")
+    one_line_error(code, err)
+    assert "--material A,B" in err and not out
+    # A rejected fit gives fit-style neither its pixel size (--calibrate: refused) nor its scan affine.
+    code, _, err = run_cli("fit-style", hetero, "--method", "parametric", "--material", "graphene", "--calibrate", "--out", tmp_path / "s1", "-q")
+    one_line_error(code, err)
+    code, _, err = run_cli("fit-style", hetero, "--method", "parametric", "--material", "graphene", "--out", tmp_path / "s2", "-q")
+    assert code == 0 and "calibration check skipped" in err
+    params = json.loads((tmp_path / "s2" / "style.json").read_text())
+    assert json.dumps(params).count("affine") >= 1
+    assert np.allclose(_find_key(params, "affine"), np.eye(2))
+    one_line_error(*run_cli("calibrate", hetero, "--material", "graphene,graphene")[::2])
+
+
+def _find_key(record, key):
+    """The first value stored under ``key`` anywhere in a nested JSON record."""
+    if isinstance(record, dict):
+        if key in record:
+            return record[key]
+        record = list(record.values())
+    if isinstance(record, list):
+        for item in record:
+            found = _find_key(item, key)
+            if found is not None:
+                return found
+    return None
 
 
 def test_fit_style_warns_when_file_and_lattice_disagree(run_cli, experiment, tmp_path):

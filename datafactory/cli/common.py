@@ -95,16 +95,39 @@ def device_name(device: str) -> str:
     return device
 
 
-def read_lattice(material: Optional[str], structure: Optional[Path]):
-    """(name, in-plane lattice vectors) from --material / --structure, or (None, None)."""
+def read_lattice(material: Optional[str], structure):
+    """(name, in-plane lattice vectors) from --material / --structure, or (None, None).
+
+    ``--material A,B`` (or --structure given twice) names the materials of a hetero-stack:
+    the vectors are then stacked (k, 2, 2) and the name is "A,B". Twisted copies of one
+    material need no repetition: calibration finds every lattice of each material.
+    """
+    import numpy as np
+
+    from ..calibration import MAX_LATTICES
     from ..lattice import lattice_vectors_A
 
-    if material and structure:
+    structures = [] if structure is None else [structure] if isinstance(structure, (str, Path)) else list(structure)
+    if material and structures:
         raise FactoryError("give either --material or --structure, not both")
-    spec = material or (str(structure) if structure else None)
-    if spec is None:
+    if material:
+        specs = [m.strip() for m in str(material).split(",")]
+        names = specs
+        flag = "--material"
+    else:
+        specs = [str(p) for p in structures]
+        names = [Path(p).name for p in structures]
+        flag = "--structure"
+    if not specs:
         return None, None
-    return (material or Path(spec).name), lattice_vectors_A(spec)
+    if any(not s for s in specs):
+        raise FactoryError(f"{flag}: empty material name in '{material}'")
+    if len(set(specs)) != len(specs):
+        raise FactoryError(f"{flag}: give each material once (twisted copies of one material are found on their own)")
+    if len(specs) > MAX_LATTICES:
+        raise FactoryError(f"{flag}: at most {MAX_LATTICES} materials (got {len(specs)})")
+    vectors = [lattice_vectors_A(spec) for spec in specs]
+    return ",".join(names), vectors[0] if len(vectors) == 1 else np.stack(vectors)
 
 
 def read_experiments(paths, pixel_size, allow_rgb, material, structure, calibrate, want_affine=False):

@@ -37,8 +37,8 @@ def fit_style(
     seed: int = typer.Option(0, "--seed", help="drit: seed of the pool, crops and initial weights."),
     pixel_size: Optional[float] = typer.Option(None, "--pixel-size", help="Pixel size in Å, overriding the files' calibration."),
     resample: bool = typer.Option(False, "--resample", help="Resample experiments at different pixel sizes to the first one's."),
-    material: Optional[str] = typer.Option(None, "--material", help="Built-in material of the sample (MoS2, WS2, ...): checks the calibration and fits the scan distortion from its lattice."),
-    structure: Optional[Path] = typer.Option(None, "--structure", help="Unit-cell file of the sample (CIF, POSCAR...), instead of --material."),
+    material: Optional[str] = typer.Option(None, "--material", help="Built-in material of the sample (MoS2, WS2, ...; A,B for a hetero-bilayer): checks the calibration and fits the scan distortion from its lattices."),
+    structure: Optional[List[Path]] = typer.Option(None, "--structure", help="Unit-cell file of the sample (CIF, POSCAR...), instead of --material; twice for a hetero-bilayer."),
     calibrate: bool = typer.Option(False, "--calibrate", help="Use the lattice-derived pixel size instead of the file's."),
     spread: float = typer.Option(0.15, "--spread", help="parametric: relative spread of every parameter around its fitted value."),
     contrast: bool = typer.Option(True, "--contrast/--no-contrast", help="With --material/--structure and --config: fit the detector's Z exponent γ and the source size to the experiments' column contrast (generate then simulates with them, drawn around the fitted values as --spread says)."),
@@ -125,7 +125,7 @@ def fit_style(
         {"name": m.name, "sha256": digests[m.source], "pixel_size_A": m.pixel_size_A, "calibration": m.calibration}
         for m in micrographs
     ]
-    options = {"method": method, "material": material, "structure": str(structure) if structure else None, "calibrate": calibrate}
+    options = {"method": method, "material": material, "structure": ",".join(map(str, structure)) if structure else None, "calibrate": calibrate}
     options |= {"spread": spread} if method == "parametric" else {"preset": preset, "select": select, "sim": str(sim) if sim else None, "config": config, "seed": seed}
     options["contrast"] = calibration is not None
     options |= terms | {"refine": refine and refinement is not None}
@@ -329,13 +329,13 @@ def simulation_cell(sim: Path) -> Optional[str]:
 
 def calibrate(
     image: Path = typer.Argument(..., help="Micrograph of a known material."),
-    material: Optional[str] = typer.Option(None, "--material", help="Built-in material (MoS2, WS2, MoSe2, WSe2, graphene, hBN)."),
-    structure: Optional[Path] = typer.Option(None, "--structure", help="Unit-cell file (CIF, POSCAR, ...) instead of --material."),
+    material: Optional[str] = typer.Option(None, "--material", help="Built-in material (MoS2, WS2, MoSe2, WSe2, graphene, hBN); A,B for a hetero-bilayer."),
+    structure: Optional[List[Path]] = typer.Option(None, "--structure", help="Unit-cell file (CIF, POSCAR, ...) instead of --material; twice for a hetero-bilayer."),
     frame: int = typer.Option(0, "--frame", help="Frame of a stack."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     allow_rgb: bool = typer.Option(False, "--allow-rgb", help="Convert colour images to grey instead of refusing them."),
 ) -> None:
-    """Pixel size and scan distortion from the FFT lattice spots of a known material."""
+    """Pixel size, scan distortion and every lattice's orientation (the twist of a bilayer) from the FFT spots of known materials."""
     import json
 
     from ..calibration import calibrate_lattice
@@ -356,9 +356,20 @@ def calibrate(
     file_px = "none" if cal.file_pixel_size_A is None else f"{cal.file_pixel_size_A:.5f} Å/px"
     mismatch = "" if cal.mismatch_percent is None else f"  (mismatch {cal.mismatch_percent:+.2f} %)"
     affine = cal.affine
-    typer.echo(f"{m.name}: {name} lattice, {cal.n_spots} spots, residual {cal.residual_percent:.2f} %")
+    lattices = "lattice" if len(cal.lattices) == 1 else f"{len(cal.lattices)} lattices"
+    typer.echo(f"{m.name}: {name} {lattices}, {cal.n_spots} spots, residual {cal.residual_percent:.2f} %, "
+               f"{cal.explained_percent:.0f} % of the strong spots explained")
     typer.echo(f"  pixel size      {cal.pixel_size_A:.5f} Å/px{mismatch}; file says {file_px}")
     typer.echo(f"  per axis        x {cal.pixel_size_x_A:.5f}  y {cal.pixel_size_y_A:.5f} Å/px")
-    typer.echo(f"  distortion      scale_x {cal.scale_x:.4f}  scale_y {cal.scale_y:.4f}  shear {cal.shear:+.4f}")
-    typer.echo(f"  lattice angle   {cal.rotation_deg:.2f}°")
+    typer.echo(f"  distortion      scale_x {cal.scale_x:.4f}  scale_y {cal.scale_y:.4f}  shear {cal.shear:+.4f} (shared by every lattice)")
+    for k, lat in enumerate(cal.lattices, start=1):
+        flags = "".join([", mirrored" if lat.mirrored else "", ", ambiguous" if lat.ambiguous else ""])
+        typer.echo(f"  lattice {k}       {lat.material}: angle {lat.rotation_deg:+.2f}°, {lat.n_spots} spots, residual {lat.residual_percent:.2f} %{flags}")
+    if cal.twist_deg is not None:
+        sigma = "" if cal.twist_uncertainty_deg is None else f" ± {cal.twist_uncertainty_deg:.2f}"
+        typer.echo(f"  twist           {cal.twist_deg:.2f}{sigma}° between lattices 1 and 2 (folded into 0-{cal.twist_period_deg / 2:g}°)")
+    else:
+        typer.echo(f"  twist           one lattice: no second one twisted by more than ~{cal.resolvable_twist_deg:.1f}° "
+                   "(smaller twists show as one set of spots; `factory map` with a twist model reads them from the moiré)")
     typer.echo(f"  affine          [[{affine[0][0]:.4f}, {affine[0][1]:.4f}], [{affine[1][0]:.4f}, {affine[1][1]:.4f}]]")
+

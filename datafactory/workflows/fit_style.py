@@ -21,6 +21,8 @@ def calibrate_contrast(micrographs, pixel_size_A, name, lattice, config, seed, s
         missing = " and ".join(x for x, absent in (("--material (or --structure)", lattice is None), ("--config", config is None)) if absent)
         return None, f"column contrast not calibrated (give {missing}, or --no-contrast to silence this)"
     cfg, path = load_config(config)  # a bad config is an error, not a notice
+    if getattr(lattice, "ndim", 2) != 2:
+        return None, f"column contrast not calibrated: it fits monolayers of one material, not {name} together (--no-contrast to silence this)"
     try:
         calibration = calibrate_experiments(micrographs, pixel_size_A, lattice, cfg, base_dir=path.parent, config_name=str(config), seed=seed, spread=spread)
     except FactoryError as exc:
