@@ -128,8 +128,10 @@ class LatticeCalibration:
         With two or more lattices: the rotation between the first two, folded into
         ``[0, period/2]`` (period: 60° for hexagonal lattices; a projection cannot tell
         θ from −θ, nor, from spot positions alone, a 3-fold structure's θ from θ + 60°),
-        and its 1σ statistical uncertainty from the joint fit; ``twist_period_deg`` is
-        that period.
+        and its 1σ uncertainty: the joint fit's statistical one plus a systematic term, the
+        RMS relative miss of one spot taken as an angle (spots of a small twist merged with
+        the other lattice's, or moved by a non-affine distortion, miss together);
+        ``twist_period_deg`` is that period.
     resolvable_twist_deg : float
         A second copy of a lattice twisted by less than about this shows as one set of
         spots (its lowest orders less than 4 frequency bins from the first's): a single
@@ -369,7 +371,7 @@ def _lowest_orders(bstar: np.ndarray) -> np.ndarray:
     return np.array([u, v, w])
 
 
-def _completeness(q: np.ndarray, bin_size: float, bstar: np.ndarray, P: np.ndarray, q_lim: float) -> np.ndarray:
+def _completeness(q: np.ndarray, bin_size: float, bstar: np.ndarray, P: np.ndarray, q_lim: float, tol_bins: float = 1.0) -> np.ndarray:
     """Per candidate ``P`` (n, 2, 2): fraction of its lowest orders (within ``q_lim``) seen among ``q``."""
     if len(q) == 0:
         return np.zeros(len(P))
@@ -381,7 +383,7 @@ def _completeness(q: np.ndarray, bin_size: float, bstar: np.ndarray, P: np.ndarr
         np.linalg.norm(pred[:, :, None, :] - q[None, None, :, :], axis=3),
         np.linalg.norm(pred[:, :, None, :] + q[None, None, :, :], axis=3),
     ).min(axis=2)
-    seen = d <= 1.0 * bin_size + 0.02 * radius
+    seen = d <= tol_bins * bin_size + 0.02 * radius
     n_inside = inside.sum(axis=1)
     return np.where(n_inside > 0, (seen & inside).sum(axis=1) / np.maximum(n_inside, 1), 0.0)
 
@@ -546,7 +548,8 @@ def _next_lattice(spots: Spots, free: np.ndarray, lat: np.ndarray, U: np.ndarray
     if not cands:
         return None
     P = np.array(cands)
-    complete = _completeness(q, spots.bin_size, bstar, P, q_lim)
+    # Its lowest orders must be there, possibly merged with another lattice's (a small twist).
+    complete = _completeness(spots.q, spots.bin_size, bstar, P, q_lim, tol_bins=2.0)
     pred = np.einsum("gi,pij->pgj", g_all, P)
     d = np.minimum(
         np.linalg.norm(pred[:, :, None, :] - q[None, None], axis=3), np.linalg.norm(pred[:, :, None, :] + q[None, None], axis=3)
@@ -608,12 +611,17 @@ def _joint_fit(spots: Spots, lats: list[np.ndarray], Ps: list[np.ndarray], max_o
         ref = np.full(len(q), -1)
         sign = np.ones(len(q))
         dist = np.full(len(q), np.inf)
+        claims = np.zeros(len(q), dtype=np.int64)
         for k, ((hk, g), P) in enumerate(zip(tables, P_all)):
             idx, sg = _match(q, g @ P, tol)
+            claims += idx >= 0
             for m in np.flatnonzero(idx >= 0):
                 d = np.linalg.norm(q[m] - sg[m] * (g[idx[m]] @ P))
                 if d < dist[m]:
                     owner[m], ref[m], sign[m], dist[m] = k, idx[m], sg[m], d
+        # A spot two lattices both predict (merged peaks of a small twist, or a coincidence) is
+        # where neither is: it would pull them together.
+        owner[claims > 1] = -1
         chosen = []
         for k in range(len(lats)):
             best: dict[int, int] = {}
@@ -621,7 +629,7 @@ def _joint_fit(spots: Spots, lats: list[np.ndarray], Ps: list[np.ndarray], max_o
                 if ref[m] not in best or dist[m] < dist[best[ref[m]]]:
                     best[ref[m]] = m
             ms = np.array(sorted(best.values()), dtype=np.int64)
-            if len(ms) < 3:
+            if len(ms) < (3 if k == 0 else 2):
                 return None
             chosen.append(ms)
         G = [sign[ms, None] * tables[k][1][ref[ms]] for k, ms in enumerate(chosen)]
@@ -683,6 +691,71 @@ def _further_lattices(spots: Spots, lats, k0: int, fitted, max_order: int):
         found = [(k, P) for (k, _), P in zip(trial, joint[1])]
         U, joint_residual = joint[0], joint[3]
     return found, (q_used, hk_used, residual), joint_residual
+
+
+def _split_pairs(spots: Spots):
+    """Pairs of spots at one radius split by one small angle: two copies of a lattice twisted by
+    a few degrees, whose spots are resolved at the higher orders only. Returns (δ in rad, merged
+    Spots: each pair replaced by its mean, rescaled to the pair's radius) or None."""
+    q = spots.q
+    r = np.linalg.norm(q, axis=1)
+    ang = np.arctan2(q[:, 1], q[:, 0])
+    i, j = np.triu_indices(len(q), 1)
+    d = np.abs((ang[i] - ang[j] + np.pi / 2) % np.pi - np.pi / 2)  # ± pairs fold: spots are one per Friedel pair
+    sep = np.linalg.norm(q[i] - q[j], axis=1)
+    ok = (np.abs(r[i] - r[j]) <= 0.015 * np.maximum(r[i], r[j])) & (d >= math.radians(0.3)) & (d <= math.radians(10.0))
+    ok &= sep >= 1.5 * spots.bin_size
+    if ok.sum() < 2:
+        return None
+    i, j, d = i[ok], j[ok], d[ok]
+    # the one angle most pairs share (within 0.3°)
+    votes = [(np.abs(d - di) <= math.radians(0.3)).sum() for di in d]
+    best = int(np.argmax(votes))
+    agree = np.abs(d - d[best]) <= math.radians(0.3)
+    if agree.sum() < 2:  # two directions agreeing on one angle
+        return None
+    delta = float(np.median(d[agree]))
+    used, merged, snr = set(), [], []
+    for a, b in zip(i[agree], j[agree]):
+        if a in used or b in used:
+            continue
+        used |= {int(a), int(b)}
+        qb = q[b] if q[a] @ q[b] > 0 else -q[b]
+        m = (q[a] + qb) / 2
+        merged.append(m / np.linalg.norm(m) * (r[a] + r[b]) / 2)
+        snr.append(spots.snr[a] + spots.snr[b])
+    rest = [k for k in range(len(q)) if k not in used]
+    q_m = np.concatenate([np.array(merged), q[rest]])
+    snr_m = np.concatenate([np.array(snr), spots.snr[rest]])
+    order = np.argsort(-snr_m, kind="stable")
+    return delta, Spots(q=q_m[order], snr=snr_m[order], bin_size=spots.bin_size)
+
+
+def _small_twist(spots: Spots, lats, k: int, max_order: int):
+    """Two copies of lattice ``k`` a few degrees apart, started from the lattice of the merged
+    spot pairs (:func:`_split_pairs`) turned by ±δ/2. Returns a :func:`_further_lattices`
+    style solution or None."""
+    split = _split_pairs(spots)
+    if split is None:
+        return None
+    delta, merged = split
+    lat = lats[k]
+    P = _index(merged, lat)
+    fitted = None if P is None else _fit(merged, lat, P, max_order)
+    if fitted is None or fitted[3] > 3.0:
+        return None
+    Q, U = np.linalg.qr(fitted[0])
+    S = np.diag(np.sign(np.diag(U)))
+    Q, U = Q @ S, S @ U
+    mirror = 1.0 if np.linalg.det(Q) > 0 else -1.0
+    Qm = np.diag([1.0, mirror]) @ Q
+    phi = math.atan2(Qm[0, 1], Qm[0, 0])
+    starts = [_rotation_Q(phi + sign * delta / 2, mirror) @ U for sign in (1.0, -1.0)]
+    joint = _joint_fit(spots, [lat, lat], starts, max_order)
+    if joint is None or joint[3] > 3.0:
+        return None
+    q_used, hk_used, residual = joint[2][0]
+    return [(k, joint[1][0]), (k, joint[1][1])], (q_used, hk_used, residual), joint[3]
 
 
 #: Two lattices whose spacings differ from the given materials' ratio by more than this (and
@@ -803,6 +876,11 @@ def calibrate_lattice(
             failure = failure or f"the best fit misses the spots by {fitted[3]:.1f} % RMS"
         else:
             solutions.append(_further_lattices(spots, lats, k, fitted, max_order))
+    # Copies a few degrees apart show split spots at the higher orders only.
+    for k in range(len(lats)):
+        small = _small_twist(spots, lats, k, max_order)
+        if small is not None:
+            solutions.append(small)
     if not solutions:
         raise not_found(0, failure)
     # Prefer a solution with every material, then the most lattices, then the smallest residual.
@@ -843,7 +921,10 @@ def calibrate_lattice(
         delta = (orientations[1].rotation_deg - orientations[0].rotation_deg) % period
         twist = float(min(delta, period - delta))
         var = cov_phi[0, 0] + cov_phi[1, 1] - 2 * cov_phi[0, 1]
-        twist_sigma = float(math.degrees(math.sqrt(var))) if np.isfinite(var) and var >= 0 else None
+        # statistical (joint fit) and systematic: one spot's RMS miss as an angle (spots merged with
+        # the other lattice's, or moved by a non-affine distortion, miss together, not at random)
+        var = (var if np.isfinite(var) and var >= 0 else 0.0) + (residual / 100.0) ** 2
+        twist_sigma = float(math.degrees(math.sqrt(var)))
     # The smallest twist that shows as two sets of spots: their lowest orders ~4 bins apart
     # (the Hann window's main lobe is ±2 bins; closer peaks merge).
     q_low = min(float(np.linalg.norm(_lowest_orders(reciprocal(lats[k])) @ P, axis=1).max()) for k, P in found)

@@ -443,3 +443,14 @@ def test_wrong_materials_for_a_bilayer_are_refused_in_one_line():
     mono = render(mos2, mos2_sites(), (256, 256), 0.12, 3.0, np.eye(2), np.random.default_rng(3))
     with pytest.raises(FactoryError, match="no (MoS2|WS2) lattice found"):
         calibrate_lattice(mono, np.stack([mos2, lattice_vectors_A("WS2")]), material="MoS2,WS2")
+
+
+@pytest.mark.parametrize("size, twist_deg", [(768, 3.4), (512, 4.0), (512, 6.0)])
+def test_small_twists_split_only_the_higher_orders(size, twist_deg):
+    # The lowest orders of the two layers merge into one peak; the higher orders split. The
+    # twist comes from the split pairs, with an uncertainty that covers the merged spots.
+    g = lattice_vectors_A("graphene")
+    cal = calibrate_lattice(bilayer(g, GRAPHENE_SITES, g, GRAPHENE_SITES, 7.0, twist_deg, seed=1, size=size), g)
+    assert len(cal.lattices) == 2
+    assert abs(cal.twist_deg - twist_deg) <= max(0.1, 2 * cal.twist_uncertainty_deg) and cal.twist_uncertainty_deg < 1.0
+    assert cal.pixel_size_A == pytest.approx(expected(0.106, DISTORTION)["pixel_size_A"], rel=3e-3)

@@ -42,16 +42,26 @@ EXAMPLE_CONFIG = {
 }
 
 
+def twin_scan_field(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """The twin's scan distortion as a displacement field (``translators.scan_distortion``):
+    a 50 Hz-like sinusoidal line jitter plus a random part, and a drift that shears the frame.
+    :func:`degrade_like_experiment` draws it first from its ``rng``, so the same seed gives
+    the same field here (for moving exact labels with the image)."""
+    from translators.scan_distortion import ScanDistortion, displacement_field
+
+    rows = shape[0]
+    line = np.arange(rows)
+    jitter_px = 0.35 * np.sin(2 * np.pi * line / 37.0 + rng.uniform(0, 2 * np.pi)) + 0.15 * rng.standard_normal(rows)
+    return displacement_field(tuple(shape), ScanDistortion(jitter_px=jitter_px, affine=np.array([[1.0, 0.0], [-0.03, 1.0]])))
+
+
 def degrade_like_experiment(clean: np.ndarray, pixel_size_A: float, rng: np.random.Generator) -> np.ndarray:
     """The twin's corruption model (see the module docstring); returns counts as float."""
     import cv2
 
-    from translators.scan_distortion import ScanDistortion, displacement_field, warp_image
+    from translators.scan_distortion import warp_image
 
-    rows, cols = clean.shape
-    line = np.arange(rows)
-    jitter_px = 0.35 * np.sin(2 * np.pi * line / 37.0 + rng.uniform(0, 2 * np.pi)) + 0.15 * rng.standard_normal(rows)
-    field = displacement_field(clean.shape, ScanDistortion(jitter_px=jitter_px, affine=np.array([[1.0, 0.0], [-0.03, 1.0]])))
+    field = twin_scan_field(clean.shape, rng)
     x = warp_image(clean, field)
     x = (x - np.percentile(x, 1)) / (np.percentile(x, 99.5) - np.percentile(x, 1))
     expected = 25.0 * (np.clip(x, 0, None) + 0.25)
