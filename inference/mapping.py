@@ -83,6 +83,11 @@ def map_micrograph(
     ``threshold`` apart, measured like the model's error (ΔD in Å through the cell metric and
     up to layer reversal; twist in degrees); defaults 0.3 Å and 2°. Segmentation models:
     overlap-tiled probabilities over the whole image, then blob centroids per channel.
+
+    Twist models also get ``summary["fft_twist"]``: the twist read classically off the
+    Fourier spots of the whole image and of each coarse window, next to the model's answers,
+    and whether the two disagree by more than the model's validation error
+    (:func:`inference.twist_check.fft_twist_summary`).
     """
     from datafactory.dataset import write_json_atomic
     from datafactory.grid import same_pixel_size
@@ -119,6 +124,10 @@ def map_micrograph(
             "stride_A": stride_px * pixel_size_A, "refine_stride_A": None if result.refine_stride_px is None else result.refine_stride_px * pixel_size_A,
             "n_fine_windows": int((result.level == 1).sum()),
         }
+        if target.kind == "twist":
+            from .twist_check import fft_twist_summary
+
+            summary["fft_twist"] = fft_twist_summary(image, pixel_size_A, result, target, record)
     else:
         start = time.monotonic()
         m = model.size_multiple

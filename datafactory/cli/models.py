@@ -160,6 +160,29 @@ def map_command(
                              threshold=threshold, device=resolve_device(device_name(device)), source=str(image), progress=not quiet)
     if summary["task"] == "regress":
         typer.echo(f"{summary['n_windows']} windows ({summary['n_fine_windows']} fine) in {summary['seconds']:.1f} s, {summary['windows_per_s']:.1f} windows/s")
+        if "fft_twist" in summary:
+            echo_fft_twist(summary["fft_twist"])
     else:
         typer.echo(f"{sum(summary['atoms'].values())} atoms in {summary['seconds']:.1f} s: " + ", ".join(f"{k} {v}" for k, v in summary["atoms"].items()))
     typer.echo(str(out.resolve()))
+
+
+def echo_fft_twist(fft: dict) -> None:
+    """One line: the whole image's FFT twist beside the model's median; a warning when they disagree."""
+    if "skipped" in fft:
+        typer.echo(f"FFT twist: not measured ({fft['skipped']})")
+        return
+    whole = fft["whole_image"]
+    if whole["status"] == "two lattices":
+        shown = f"{fft['whole_image_deg']:.2f} ± {fft['uncertainty_deg']:.2f}°"
+    elif whole["status"] == "one lattice":
+        shown = f"one lattice (twist below {fft['uncertainty_deg']:.1f}°)"
+    else:
+        shown = f"no lattice ({whole.get('note', 'no spots')})"
+    model = "n/a" if fft["model_median_deg"] is None else f"{fft['model_median_deg']:.2f}°"
+    windows = ""
+    if fft["median_abs_difference_deg"] is not None:
+        windows = f"; windows: median |model - FFT| {fft['median_abs_difference_deg']:.2f}° over {fft['n_windows_compared']} of {len(fft['windows'])}"
+    typer.echo(f"FFT twist of the whole image {shown}, model median {model} (modulo {fft['period_deg']:g}°){windows}")
+    if fft.get("warning"):
+        typer.echo(f"warning: {fft['warning']}", err=True)
