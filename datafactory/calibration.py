@@ -780,7 +780,7 @@ def _check_spacings(spots: Spots, lats, names, found, max_order: int) -> None:
             if a == b:
                 raise FactoryError(
                     f"the image holds two lattices whose spacings differ by {100 * abs(off):.1f} %: not two layers of {a}; "
-                    "give both materials of the hetero-bilayer (--material A,B)"
+                    "give both materials of the hetero-bilayer (`material='A,B'`)"
                 )
             raise FactoryError(
                 f"the {b} lattice's spacing is {100 * off:+.1f} % off the {a}/{b} ratio: the image does not hold {a} and {b} "
@@ -896,7 +896,7 @@ def calibrate_lattice(
         given = " and ".join(sorted({names[k] for k, _ in found}))
         raise FactoryError(
             f"no {given} lattice explains the image: the best fit explains only {100 * share:.0f} % of its strong FFT spots; "
-            "if another material is in the field of view give every material (--material A,B), else give the pixel size with --pixel-size"
+            "if another material is in the field of view give every material (`material='A,B'`), else give the pixel size (`pixel_size_A`)"
         )
 
     if len(found) == 1:

@@ -432,7 +432,7 @@ def test_hetero_bilayer_graphene_hbn(order, twist_deg):
 def test_wrong_materials_for_a_bilayer_are_refused_in_one_line():
     g, h = lattice_vectors_A("graphene"), lattice_vectors_A("hBN")
     hetero = bilayer(g, GRAPHENE_SITES, h, HBN_SITES, 5.0, 17.0, seed=3, pixel_size_A=0.1)
-    with pytest.raises(FactoryError, match=r"spacings differ by 1\.[6-9] %.*--material A,B") as info:
+    with pytest.raises(FactoryError, match=r"spacings differ by 1\.[6-9] %.*material='A,B'") as info:
         calibrate_lattice(hetero, g, material="graphene")
     assert "\n" not in str(info.value)
     twisted = bilayer(g, GRAPHENE_SITES, g, GRAPHENE_SITES, 5.0, 17.0, seed=3, pixel_size_A=0.1)
