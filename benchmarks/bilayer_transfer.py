@@ -152,14 +152,11 @@ def make_twin(work: Path, name: str, case: Case, seed: int = 7) -> tuple[Path, d
 
 
 def read_atoms_csv(path: Path) -> tuple[np.ndarray, list[str]]:
-    import csv
+    """``atoms.csv`` as ([col, row] px, channel names)."""
+    from real_transfer import read_atoms_csv as read_rows_cols
 
-    cr, names = [], []
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            cr.append((float(row["col_px"]), float(row["row_px"])))
-            names.append(row["channel"])
-    return np.asarray(cr, dtype=np.float64).reshape(-1, 2), names
+    rc, names = read_rows_cols(path)
+    return rc[:, ::-1].copy(), names
 
 
 def _inside(points: np.ndarray, shape) -> np.ndarray:

@@ -104,13 +104,14 @@ class LatticeCalibration:
         lattice symmetry (60° for hexagonal lattices); the value closest to 0 is
         reported, a proper rotation preferred over a mirrored one.
     n_spots : int
-        Spots used in the final fit, one per Friedel (±q) pair.
+        Spots used in the final fit, one per Friedel (±q) pair, of every lattice.
     residual_percent : float
         RMS of ``|q_measured − q_fit| / |q_fit|`` over those spots, in percent.
-    spots : (n_spots, 2) array
-        Measured spot positions ``[qx, qy]`` in cycles/px (qx along columns), sub-bin refined.
-    indices : (n_spots, 2) int array
-        Miller indices ``[h, k]`` of each spot in the basis of ``lattice_A``.
+    spots : (n, 2) array
+        Measured spot positions ``[qx, qy]`` in cycles/px (qx along columns), sub-bin
+        refined, of the first lattice (``n == n_spots`` for one lattice).
+    indices : (n, 2) int array
+        Miller indices ``[h, k]`` of each of those spots in the basis of the first lattice.
     mirrored : bool
         True if the lattice appears mirrored (``det P < 0``) in the image frame.
     ambiguous : bool
@@ -182,13 +183,7 @@ class LatticeCalibration:
             "scale_x": float(self.scale_x),
             "scale_y": float(self.scale_y),
             "shear": float(self.shear),
-            "rotation_deg": float(self.rotation_deg),
-            "mirrored": bool(self.mirrored),
-            "ambiguous": bool(self.ambiguous),
-            "n_spots": int(self.n_spots),
-            "residual_percent": float(self.residual_percent),
-            "spots_cycles_per_px": np.asarray(self.spots, dtype=float).tolist(),
-            "spot_indices": np.asarray(self.indices, dtype=int).tolist(),
+            **_fit_fields(self),
             "n_lattices": len(self.lattices),
             "lattices": [lattice.to_dict() for lattice in self.lattices],
             "twist_deg": opt(self.twist_deg),
@@ -197,6 +192,20 @@ class LatticeCalibration:
             "resolvable_twist_deg": opt(self.resolvable_twist_deg),
             "explained_percent": opt(self.explained_percent),
         }
+
+
+def _fit_fields(fit) -> dict:
+    """The JSON fields a lattice fit and a calibration share (a calibration's spots and
+    indices are its first lattice's; its ``n_spots`` and residual cover every lattice)."""
+    return {
+        "rotation_deg": float(fit.rotation_deg),
+        "mirrored": bool(fit.mirrored),
+        "ambiguous": bool(fit.ambiguous),
+        "n_spots": int(fit.n_spots),
+        "residual_percent": float(fit.residual_percent),
+        "spots_cycles_per_px": np.asarray(fit.spots, dtype=float).tolist(),
+        "spot_indices": np.asarray(fit.indices, dtype=int).tolist(),
+    }
 
 
 @dataclass(frozen=True)
@@ -221,13 +230,7 @@ class LatticeOrientation:
     def to_dict(self) -> dict:
         return {
             "material": self.material,
-            "rotation_deg": float(self.rotation_deg),
-            "mirrored": bool(self.mirrored),
-            "ambiguous": bool(self.ambiguous),
-            "n_spots": int(self.n_spots),
-            "residual_percent": float(self.residual_percent),
-            "spots_cycles_per_px": np.asarray(self.spots, dtype=float).tolist(),
-            "spot_indices": np.asarray(self.indices, dtype=int).tolist(),
+            **_fit_fields(self),
         }
 
 
