@@ -17,8 +17,8 @@ Protocol per case (every step a ``factory`` command, as a user would run it):
 6. Score: the model's twist or slip in every map window against the twin's (error in degrees,
    or ΔD in Å through the cell metric, up to the target's symmetries); Gomb-Net's columns per
    layer against the twin's (one-to-one within 0.6 Å, layers interchangeable: the better of
-   the two assignments); the nearest C–C or M–X distance of each layer's found columns
-   against the same histogram of the exact columns.
+   the two assignments); the C–C or M–X distances of each layer's found columns against
+   the same histogram of the exact columns.
 
 Cases (:data:`CASES`): twisted graphene near 30°, twisted graphene at 3.4° (a 40 Å moiré,
 768 px twin), twisted MoS2 at 21°, and MoS2 slipped by (0.31, 0.12) cell.
@@ -44,6 +44,7 @@ import numpy as np
 from factory_cli import factory
 
 from datafactory.matching import match_pairs
+from real_transfer import read_atoms_csv  # ([row, col] px, channel names)
 
 ROOT = Path(__file__).resolve().parents[1]
 TRUE_PIXEL_SIZE_A = 0.106
@@ -61,6 +62,8 @@ class Case:
     size_px: int = 512
     config: dict = field(default_factory=dict)  # updates to the preset for the training data
     bond_A: tuple[float, float] = (1.0, 1.9)  # nearest-neighbour window of the bond histogram
+    train_px: int = 256  # training image side: the map's window (128 px = 13.6 Å trains 4x faster)
+    regress_epochs: int = 12
     note: str = ""
 
 
@@ -68,11 +71,11 @@ CASES: dict[str, Case] = {
     "tbg_29": Case("graphene_twisted_bilayer", "graphene", "twist", {"twist_deg": 28.6, "rotation_deg": 11.0},
                    note="twisted bilayer graphene, 28.6°"),
     "tbg_small": Case("graphene_twisted_bilayer", "graphene", "twist", {"twist_deg": 3.4, "rotation_deg": 11.0}, size_px=768,
-                      config={"structure": {"twist_deg": [0.0, 8.0]}}, note="twisted bilayer graphene, 3.4° (40 Å moiré)"),
+                      config={"structure": {"twist_deg": [0.0, 8.0]}}, regress_epochs=8, note="twisted bilayer graphene, 3.4° (40 Å moiré)"),
     "mos2_twist": Case("mos2_bilayer_twist", "MoS2", "twist", {"twist_deg": 21.0, "rotation_deg": 11.0}, bond_A=(1.2, 2.5),
-                       note="twisted bilayer MoS2, 21°"),
+                       train_px=128, note="twisted bilayer MoS2, 21°"),
     "mos2_slip": Case("mos2_bilayer_slip", "MoS2", "slip", {"slip_a": 0.31, "slip_b": 0.12, "rotation_deg": 1.5}, bond_A=(1.2, 2.5),
-                      note="bilayer MoS2 slipped by (0.31, 0.12) cell"),
+                      train_px=128, note="bilayer MoS2 slipped by (0.31, 0.12) cell"),
 }
 
 
@@ -119,7 +122,8 @@ def _columns(position_px: np.ndarray, layer: np.ndarray, tolerance_px: float) ->
 
 
 def make_twin(work: Path, name: str, case: Case, seed: int = 7) -> tuple[Path, dict]:
-    """The twin's TIFF (3 % off file calibration) and its truth (columns per layer in [col, row] px, twist, slip)."""
+    """The twin's TIFF (3 % off file calibration) and its truth (columns per layer in [row, col] px, as the
+    atom table's ``position_px``; twist, slip)."""
     import tifffile
 
     from datafactory.config import validate_config
@@ -151,17 +155,10 @@ def make_twin(work: Path, name: str, case: Case, seed: int = 7) -> tuple[Path, d
 # ----------------------------------------------------------------------------- scoring
 
 
-def read_atoms_csv(path: Path) -> tuple[np.ndarray, list[str]]:
-    """``atoms.csv`` as ([col, row] px, channel names)."""
-    from real_transfer import read_atoms_csv as read_rows_cols
-
-    rc, names = read_rows_cols(path)
-    return rc[:, ::-1].copy(), names
-
-
-def _inside(points: np.ndarray, shape) -> np.ndarray:
+def _inside(points_rc: np.ndarray, shape) -> np.ndarray:
     h, w = shape
-    return (points[:, 0] >= MARGIN_PX) & (points[:, 0] <= w - 1 - MARGIN_PX) & (points[:, 1] >= MARGIN_PX) & (points[:, 1] <= h - 1 - MARGIN_PX)
+    r, c = points_rc[:, 0], points_rc[:, 1]
+    return (r >= MARGIN_PX) & (r <= h - 1 - MARGIN_PX) & (c >= MARGIN_PX) & (c <= w - 1 - MARGIN_PX)
 
 
 def layer_f1(found: dict[int, np.ndarray], truth: dict[int, np.ndarray], radius_px: float, shape) -> dict:
@@ -183,15 +180,16 @@ def layer_f1(found: dict[int, np.ndarray], truth: dict[int, np.ndarray], radius_
     return best
 
 
-def nearest_bonds_A(points_px: np.ndarray, pixel_size_A: float, window_A: tuple[float, float]) -> np.ndarray:
-    """Nearest-neighbour distance (Å) of each column of one layer, where it lies in ``window_A``."""
+def bond_lengths_A(points_px: np.ndarray, pixel_size_A: float, window_A: tuple[float, float]) -> np.ndarray:
+    """Distances (Å) between the columns of one layer that lie in ``window_A``: the C–C bonds of
+    graphene, or the projected M–X bonds of MX2 (M–M and X–X are a lattice constant apart)."""
     from scipy.spatial import cKDTree
 
     if len(points_px) < 2:
         return np.zeros(0)
-    d, _ = cKDTree(points_px).query(points_px, k=2)
-    d = d[:, 1] * pixel_size_A
-    return d[(d >= window_A[0]) & (d <= window_A[1])]
+    pairs = np.array(sorted(cKDTree(points_px).query_pairs(window_A[1] / pixel_size_A)), dtype=np.int64).reshape(-1, 2)
+    d = np.linalg.norm(points_px[pairs[:, 0]] - points_px[pairs[:, 1]], axis=1) * pixel_size_A
+    return d[d >= window_A[0]]
 
 
 def found_by_layer(names: list[str], points: np.ndarray) -> dict[int, np.ndarray]:
@@ -221,7 +219,8 @@ def map_errors(model: Path, map_dir: Path, case: Case, truth: dict) -> dict:
 # ----------------------------------------------------------------------------- running
 
 
-def run_case(work: Path, name: str, case: Case, seeds: list[int], n: int, regress_epochs: int, segment_epochs: int) -> dict:
+def run_case(work: Path, name: str, case: Case, seeds: list[int], n: int, regress_epochs: int | None, segment_epochs: int) -> dict:
+    regress_epochs = regress_epochs or case.regress_epochs
     tif, truth = make_twin(work, name, case)
     calibration = json.loads(factory("calibrate", str(tif), "--material", case.material, "--json"))
     style = work / f"style_{name}"
@@ -231,7 +230,7 @@ def run_case(work: Path, name: str, case: Case, seeds: list[int], n: int, regres
     data = work / f"data_{name}"
     manifest = data / "manifest.json"
     if not (manifest.is_file() and json.loads(manifest.read_text()).get("completed")):
-        factory("generate", "--config", training_config(work, name, case), "--style", str(style), "--n", str(n), "--size", "256",
+        factory("generate", "--config", training_config(work, name, case), "--style", str(style), "--n", str(n), "--size", str(case.train_px),
                 "--seed", "0", "--out", str(data), "--overwrite", "-q")
     out = {"case": name, "note": case.note, "truth_twist_deg": truth["twist_deg"], "truth_slip_frac": truth["slip_frac"],
            "calibration": {k: calibration.get(k) for k in ("pixel_size_A", "n_lattices", "twist_deg", "twist_uncertainty_deg", "residual_percent")},
@@ -262,11 +261,13 @@ def run_case(work: Path, name: str, case: Case, seeds: list[int], n: int, regres
         points, names = read_atoms_csv(map_segment / "atoms.csv")
         found = found_by_layer(names, points)
         f1 = layer_f1(found, truth_here, MATCH_RADIUS_A / pixel_size, shape)
-        bonds = {f"true L{k}": nearest_bonds_A(v[_inside(v, shape)], pixel_size, case.bond_A).tolist() for k, v in truth_here.items()}
-        bonds |= {f"found L{k}": nearest_bonds_A(v[_inside(v, shape)], pixel_size, case.bond_A).tolist() for k, v in found.items()}
+        bonds = {f"true L{k}": bond_lengths_A(v[_inside(v, shape)], pixel_size, case.bond_A).tolist() for k, v in truth_here.items()}
+        bonds |= {f"found L{k}": bond_lengths_A(v[_inside(v, shape)], pixel_size, case.bond_A).tolist() for k, v in found.items()}
         regress_record = json.loads((regress / "model.json").read_text())
         result = {"map": map_errors(regress, map_regress, case, truth), "layer_f1": {str(k): v for k, v in f1.items()}, "bonds_A": bonds,
-                  "regress_minutes": regress_record["history"][-1]["seconds"] / 60,
+                  "regress_minutes": regress_record["history"][-1]["seconds"] / 60, "regress_epochs": len(regress_record["history"]),
+                  "regress_val_error": regress_record["history"][-1]["val"]["val_mean_error"],
+                  "segment_epochs": len(json.loads((segment / "model.json").read_text())["history"]),
                   "segment_minutes": json.loads((segment / "model.json").read_text())["history"][-1]["seconds"] / 60}
         result_file.write_text(json.dumps(result))
         out["seeds"][seed] = result
@@ -291,7 +292,7 @@ def bond_figure(results: dict[str, dict], path: Path) -> None:
             ax.hist(values, bins=bins, histtype="step" if label.startswith("found") else "stepfilled", alpha=1.0 if label.startswith("found") else 0.3,
                     label=f"{label} ({np.mean(values):.3f} Å)" if values else label)
         ax.set_title(case.note, fontsize=9)
-        ax.set_xlabel("C–C" if case.material == "graphene" else "M–X (projected)" + " nearest distance (Å)")
+        ax.set_xlabel(("C–C" if case.material == "graphene" else "M–X (projected)") + " distance (Å)")
         ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -304,7 +305,7 @@ def main() -> None:
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--n", type=int, default=2500, help="training samples per case")
-    parser.add_argument("--regress-epochs", type=int, default=12)
+    parser.add_argument("--regress-epochs", type=int, default=None, help="default: the case's (12; 8 for tbg_small)")
     parser.add_argument("--segment-epochs", type=int, default=5)
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bilayer_transfer")
     args = parser.parse_args()
@@ -319,7 +320,7 @@ def main() -> None:
         results[name] = run_case(args.work, name, CASES[name], seeds, args.n, args.regress_epochs, args.segment_epochs)
         (args.work / "results.json").write_text(json.dumps(results, indent=1))
     bond_figure(results, ROOT / "docs" / "img" / "bilayer_bonds.png")
-    print(f"{'case':<11} {'truth':>14} {'calibrate':>18} {'seed':>4} {'map err (median, p90)':>24} {'FFT twist':>9} {'F1 L1/L2':>11} {'bond found/true':>24}")
+    print(f"{'case':<11} {'truth':>14} {'calibrate':>18} {'seed':>4} {'training':>16} {'map err (median, p90)':>24} {'FFT twist':>9} {'F1 L1/L2':>11} {'bond found/true':>24}")
     parts = []
     for name, res in results.items():
         case = CASES[name]
@@ -334,7 +335,8 @@ def main() -> None:
             bond_text = "/".join(f"{np.mean(bonds[f'found L{k}']):.3f}" if bonds.get(f"found L{k}") else "-" for k in (1, 2))
             bond_text += " vs " + "/".join(f"{np.mean(bonds[f'true L{k}']):.3f}" if bonds.get(f"true L{k}") else "-" for k in (1, 2))
             fft = r["map"].get("fft_twist_deg")
-            print(f"{name:<11} {truth:>14} {cal_text:>18} {seed:>4} {r['map']['median']:>13.3f}{unit}, {r['map']['p90']:.3f}{unit:<2} "
+            training = f"{case.train_px}px {r.get('regress_epochs', '?')}+{r.get('segment_epochs', '?')}ep"
+            print(f"{name:<11} {truth:>14} {cal_text:>18} {seed:>4} {training:>16} {r['map']['median']:>13.3f}{unit}, {r['map']['p90']:.3f}{unit:<2} "
                   f"{'-' if fft is None else f'{fft:.2f}°':>9} {f1[0]:.3f}/{f1[1]:.3f} {bond_text:>24}")
             worst_err, worst_f1 = max(worst_err, r["map"]["median"]), min(worst_f1, *f1)
         parts.append(f"{name} {case.target} err {worst_err:.3f}{unit.strip()} F1 {worst_f1:.3f}")
