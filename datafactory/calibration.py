@@ -26,6 +26,14 @@ lattice orientation. The *lab frame* is the image frame with the distortion remo
 and the lattice appears in it rotated by ``rotation_deg``: ``r_lab = R(θ) · r_cell`` (or
 ``R(θ) · diag(1, −1) · r_cell`` when the lattice is seen mirrored).
 
+Several lattices: a twisted bilayer shows two copies of one lattice, a hetero-bilayer two
+lattices of different spacing. All share the scan, so each has ``P_k = Q_k · U`` with one
+upper-triangular ``U`` (Å/px) and its own orthogonal ``Q_k``: once the first lattice is
+indexed, a further one has only its orientation unknown. They are found one after the other
+among the spots the previous ones leave unexplained, then fitted together; spots both
+predict (merged peaks) are left out. A small twist, whose lowest orders merge, is started
+from spot pairs split by one angle at the higher orders.
+
 Limits: the fit assumes a uniform (affine) distortion over the field of view, a primitive
 cell (:func:`lattice_vectors_A` reduces a supercell for you) and a distortion that is
 small compared with the lattice's own deviation from higher symmetry. For a
@@ -907,7 +915,10 @@ def calibrate_lattice(
         cov_phi = np.full((1, 1), np.nan)
         U = _decompose(found[0][1], lats[found[0][0]])[0]
     else:
-        U, P_all, fits, residual, cov_phi = _joint_fit(spots, [lats[k] for k, _ in found], [P for _, P in found], max_order)
+        joint = _joint_fit(spots, [lats[k] for k, _ in found], [P for _, P in found], max_order)
+        if joint is None:  # pragma: no cover - the same fit succeeded while the lattices were found
+            raise not_found(0, "the lattices found do not fit together")
+        U, P_all, fits, residual, cov_phi = joint
         found = [(k, P) for (k, _), P in zip(found, P_all)]
         _check_spacings(spots, lats, names, found, max_order)
     orientations = []
