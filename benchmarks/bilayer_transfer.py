@@ -24,6 +24,8 @@ Cases (:data:`CASES`): twisted graphene near 30°, twisted graphene at 3.4° (a 
 768 px twin), twisted MoS2 at 21°, and MoS2 slipped by (0.31, 0.12) cell.
 
     .venv/bin/python benchmarks/bilayer_transfer.py --cases tbg_29,mos2_slip --seeds 0,1
+    .venv/bin/python benchmarks/bilayer_transfer.py --cases mos2_twist --seeds 0 --segment-epochs 20   # a longer Gomb-Net
+    .venv/bin/python benchmarks/bilayer_transfer.py --table-only                                        # the cached table
 
 Everything is cached in ``--work`` (default ``runs/bilayer_transfer``). Writes
 ``docs/img/bilayer_bonds.png`` (bond-length histograms). Last line:
@@ -51,6 +53,7 @@ TRUE_PIXEL_SIZE_A = 0.106
 FILE_PIXEL_SIZE_A = 0.106 * 1.03
 MATCH_RADIUS_A = 0.6
 MARGIN_PX = 6
+DEFAULT_SEGMENT_EPOCHS = 5
 
 
 @dataclass(frozen=True)
@@ -219,7 +222,8 @@ def map_errors(model: Path, map_dir: Path, case: Case, truth: dict) -> dict:
 # ----------------------------------------------------------------------------- running
 
 
-def run_case(work: Path, name: str, case: Case, seeds: list[int], n: int, regress_epochs: int | None, segment_epochs: int) -> dict:
+def run_case(work: Path, name: str, case: Case, seeds: list[int], n: int, regress_epochs: int | None, segment_epochs: int,
+             table_only: bool = False) -> dict:
     regress_epochs = regress_epochs or case.regress_epochs
     tif, truth = make_twin(work, name, case)
     calibration = json.loads(factory("calibrate", str(tif), "--material", case.material, "--json"))
@@ -237,11 +241,15 @@ def run_case(work: Path, name: str, case: Case, seeds: list[int], n: int, regres
            "seeds": {}}
     columns = {int(k): np.asarray(v) for k, v in truth["columns_px"].items()}
     for seed in seeds:
-        result_file = work / f"result_{name}_s{seed}.json"
+        # runs with a longer Gomb-Net training are kept beside the default one
+        tag = f"{name}_s{seed}" if segment_epochs == DEFAULT_SEGMENT_EPOCHS else f"{name}_g{segment_epochs}_s{seed}"
+        result_file = work / f"result_{tag}.json"
         if result_file.is_file():
             out["seeds"][seed] = json.loads(result_file.read_text())
             continue
-        regress, segment = work / f"regress_{name}_s{seed}", work / f"gomb_{name}_s{seed}"
+        if table_only:
+            continue
+        regress, segment = work / f"regress_{name}_s{seed}", work / f"gomb_{tag}"
         if not (regress / "model.json").is_file():
             factory("train", "regress", "--data", str(data), "--target", case.target, "--epochs", str(regress_epochs), "--seed", str(seed),
                     "--out", str(regress), "-q")
@@ -249,7 +257,7 @@ def run_case(work: Path, name: str, case: Case, seeds: list[int], n: int, regres
             factory("train", "segment", "--arch", "gombnet", "--data", str(data), "--epochs", str(segment_epochs), "--seed", str(seed),
                     "--out", str(segment), "-q")
         where = ("--material", case.material, "--calibrate", "--resample", "--overwrite", "-q")
-        map_regress, map_segment = work / f"map_regress_{name}_s{seed}", work / f"map_gomb_{name}_s{seed}"
+        map_regress, map_segment = work / f"map_regress_{name}_s{seed}", work / f"map_gomb_{tag}"
         factory("map", str(regress), str(tif), "--out", str(map_regress), "--stride", "5", "--refine-stride", "0", *where)
         factory("map", str(segment), str(tif), "--out", str(map_segment), *where)
         summary = json.loads((map_segment / "summary.json").read_text())
@@ -306,8 +314,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--n", type=int, default=2500, help="training samples per case")
     parser.add_argument("--regress-epochs", type=int, default=None, help="default: the case's (12; 8 for tbg_small)")
-    parser.add_argument("--segment-epochs", type=int, default=5)
+    parser.add_argument("--segment-epochs", type=int, default=DEFAULT_SEGMENT_EPOCHS)
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bilayer_transfer")
+    parser.add_argument("--table-only", action="store_true", help="print the cached results; train nothing")
     args = parser.parse_args()
     names = [c for c in args.cases.split(",") if c]
     unknown = [c for c in names if c not in CASES]
@@ -317,8 +326,9 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     results = {}
     for name in names:
-        results[name] = run_case(args.work, name, CASES[name], seeds, args.n, args.regress_epochs, args.segment_epochs)
+        results[name] = run_case(args.work, name, CASES[name], seeds, args.n, args.regress_epochs, args.segment_epochs, args.table_only)
         (args.work / "results.json").write_text(json.dumps(results, indent=1))
+    results = {k: v for k, v in results.items() if v["seeds"]}
     bond_figure(results, ROOT / "docs" / "img" / "bilayer_bonds.png")
     print(f"{'case':<11} {'truth':>14} {'calibrate':>18} {'seed':>4} {'training':>16} {'map err (median, p90)':>24} {'FFT twist':>9} {'F1 L1/L2':>11} {'bond found/true':>24}")
     parts = []
