@@ -32,7 +32,8 @@ upper-triangular ``U`` (Å/px) and its own orthogonal ``Q_k``: once the first la
 indexed, a further one has only its orientation unknown. They are found one after the other
 among the spots the previous ones leave unexplained, then fitted together; spots both
 predict (merged peaks) are left out. A small twist, whose lowest orders merge, is started
-from spot pairs split by one angle at the higher orders.
+from spot pairs split by one angle at the higher orders (:mod:`datafactory.lattice_search`;
+the one-lattice indexing is :mod:`datafactory.spot_indexing`).
 
 Limits: the fit assumes a uniform (affine) distortion over the field of view, a primitive
 cell (:func:`lattice_vectors_A` reduces a supercell for you) and a distortion that is
@@ -44,37 +45,27 @@ still right, but the least distorted indexing is reported and flagged ``ambiguou
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .errors import FactoryError
-from .fourier_spots import MIN_RADIUS_BINS, find_spots, Spots
-from .lattice import gauss_reduce, half_plane, reciprocal, reflections, shortest_g
+from .fourier_spots import find_spots
+from .lattice import lowest_orders, reciprocal, shortest_g, spot_period_deg
+from .lattice_search import MAX_LATTICES, check_spacings, further_lattices, joint_fit, small_twist
+from .spot_indexing import AMBIGUITY_ANISOTROPY, MAX_ANISOTROPY, decompose, explained_share, fit_lattice, index_lattice, is_ambiguous
 
-#: Largest scan anisotropy considered while indexing: ratio of P's singular values.
-MAX_ANISOTROPY = 1.3
+__all__ = ["AMBIGUITY_ANISOTROPY", "MAX_ANISOTROPY", "MAX_LATTICES", "MAX_SIDE_PX", "MIN_EXPLAINED_PERCENT", "LatticeCalibration",
+           "LatticeOrientation", "calibrate_lattice", "calibration_check"]
 
 #: Larger images are calibrated on their central MAX_SIDE_PX × MAX_SIDE_PX region.
 MAX_SIDE_PX = 1024
-
-#: An indexing is flagged ambiguous when a re-indexing that is not a lattice symmetry would
-#: need a scan anisotropy (ratio of P's singular values) below this.
-AMBIGUITY_ANISOTROPY = 1.1
-
-#: At most this many lattices are looked for (a trilayer with three orientations).
-MAX_LATTICES = 3
 
 #: The lattices found must explain at least this share (%) of the strength of the strong FFT
 #: spots (beyond the moiré zone); less means another material is present.
 MIN_EXPLAINED_PERCENT = 60.0
 
-_N_STRONGEST = 10  # measured spots paired into indexing hypotheses
-_N_INNERMOST = 8  # ... and the innermost measured spots too
-_N_LOW_ORDER = 16  # lattice reflections (one per ±pair) they may be assigned to
-_MIN_COMPLETENESS = 0.6  # share of a lattice's lowest orders that must be seen
 
 
 # --------------------------------------------------------------------------- fit
@@ -277,236 +268,6 @@ def _describe(lat: np.ndarray, material: str | None) -> str:
     return f"given (a={a:.3f} Å, b={b:.3f} Å, γ={gamma:.1f}°)"
 
 
-def _match(q: np.ndarray, q_pred: np.ndarray, tol: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest predicted (±) spot for each measured one: (index into q_pred or −1, sign)."""
-    if len(q_pred) == 0:
-        return np.full(len(q), -1), np.ones(len(q))
-    both = np.concatenate([q_pred, -q_pred])
-    d = np.linalg.norm(q[:, None, :] - both[None, :, :], axis=2)
-    j = np.argmin(d, axis=1)
-    ok = d[np.arange(len(q)), j] <= tol
-    idx = np.where(ok, j % len(q_pred), -1)
-    sign = np.where(j < len(q_pred), 1.0, -1.0)
-    return idx, sign
-
-
-def _tolerance(q: np.ndarray, bin_size: float, abs_bins: float, rel: float) -> np.ndarray:
-    return abs_bins * bin_size + rel * np.linalg.norm(q, axis=1)
-
-
-def _index(spots: Spots, lat: np.ndarray) -> np.ndarray | None:
-    """Choose the assignment of measured spots to reflections; returns a first ``P`` or None.
-
-    Every pair of non-collinear measured spots among the strongest and the innermost ones
-    is assigned to every pair of low-order reflections, each assignment fixing a candidate
-    ``P`` (kept if its anisotropy is plausible). Among the candidates that explain (nearly)
-    as much of the measured spot strength as the best one, the sparsest predicted lattice
-    wins (this rejects assigning the first spots to higher orders), then the least
-    distorted ``P`` (this rejects the unimodular re-indexings that fit the spots equally
-    well).
-    """
-    bstar = reciprocal(lat)
-    q_all, weight = spots.q, np.log10(spots.snr)
-    radius = np.linalg.norm(q_all, axis=1)
-    q_lim = 1.05 * float(radius.max())
-    g_min = shortest_g(bstar)
-    _, g_low = reflections(bstar, 2.05 * g_min)
-    g_low = g_low[half_plane(g_low)][:_N_LOW_ORDER]
-
-    # Measured pairs: the strongest spots and the innermost ones (the lowest orders).
-    chosen = np.unique(np.concatenate([np.arange(min(_N_STRONGEST, len(q_all))), np.argsort(radius)[:_N_INNERMOST]]))
-    pairs = np.array(list(itertools.combinations(chosen, 2)), dtype=np.int64).reshape(-1, 2)
-    qa, qb = q_all[pairs[:, 0]], q_all[pairs[:, 1]]
-    cross = qa[:, 0] * qb[:, 1] - qa[:, 1] * qb[:, 0]
-    ok = np.abs(cross) >= math.sin(math.radians(8)) * radius[pairs[:, 0]] * radius[pairs[:, 1]]
-    Qm = np.stack([qa[ok], qb[ok]], axis=1)  # (m, 2, 2)
-    # Lattice pairs: ordered, second one with either sign.
-    gl = []
-    for a, b in itertools.permutations(range(len(g_low)), 2):
-        for sign in (1.0, -1.0):
-            G = np.array([g_low[a], sign * g_low[b]])
-            if abs(np.linalg.det(G)) >= 0.1 * g_min**2:
-                gl.append(np.linalg.inv(G))
-    if len(Qm) == 0 or not gl:
-        return None
-    Ginv = np.array(gl)  # (l, 2, 2)
-    P = np.einsum("lik,mkj->mlij", Ginv, Qm).reshape(-1, 2, 2)
-    fro2 = np.sum(P**2, axis=(1, 2))
-    det = P[:, 0, 0] * P[:, 1, 1] - P[:, 0, 1] * P[:, 1, 0]
-    disc = np.sqrt(np.maximum(fro2**2 - 4 * det**2, 0.0))
-    s_max = np.sqrt((fro2 + disc) / 2)
-    s_min = np.sqrt(np.maximum((fro2 - disc) / 2, 0.0))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cond = s_max / s_min
-    g_master_lim = 8.0 * float(np.linalg.norm(g_low[-1]))
-    keep = (s_min > 0) & (cond <= MAX_ANISOTROPY) & (q_lim / np.where(s_min > 0, s_min, np.inf) <= g_master_lim)
-    P, cond, det, s_min = P[keep], cond[keep], det[keep], s_min[keep]
-    if len(P) == 0:
-        return None
-    _, g_master = reflections(bstar, min(g_master_lim, q_lim / float(s_min.min())))
-    g_master = g_master[half_plane(g_master)]
-    tol = _tolerance(q_all, spots.bin_size, 1.0, 0.02)
-    total_w = float(weight.sum())
-    qq, tol2 = np.sum(q_all**2, axis=1), tol**2
-    recall = np.empty(len(P))
-    chunk = max(1, 2_000_000 // max(1, len(g_master) * len(q_all)))
-    for c0 in range(0, len(P), chunk):
-        pred = np.einsum("gi,pij->pgj", g_master, P[c0 : c0 + chunk])  # (c, G, 2)
-        pp = np.sum(pred**2, axis=2)
-        pp[pp > q_lim**2] = np.inf
-        # squared distance to the nearer of ±pred: |q|² + |p|² − 2|q·p|
-        d2 = qq[None, :, None] + pp[:, None, :] - 2 * np.abs(np.einsum("sj,cgj->csg", q_all, pred))
-        d2 = d2.min(axis=2)  # (c, S)
-        recall[c0 : c0 + chunk] = (d2 <= tol2[None, :]).astype(np.float64) @ weight / total_w
-
-    # A lattice always shows its lowest orders: drop assignments that leave them empty (a
-    # finer lattice that covers the spots of two twisted layers at once, say).
-    complete = _completeness(q_all, spots.bin_size, bstar, P, q_lim)
-    if np.any(complete >= _MIN_COMPLETENESS):
-        recall = np.where(complete >= _MIN_COMPLETENESS, recall, -1.0)
-    best = float(recall.max())
-    cands = np.flatnonzero(recall >= best - 0.06)
-    area = np.abs(det[cands])
-    cands = cands[area >= 0.8 * area.max()]
-    min_cond = float(cond[cands].min())
-    cands = cands[cond[cands] <= min_cond + 1e-3]
-    # Among equally undistorted candidates prefer det P > 0 (canonicalised later anyway).
-    order = sorted(cands, key=lambda i: (bool(det[i] < 0), float(cond[i])))
-    return P[order[0]]
-
-
-def _lowest_orders(bstar: np.ndarray) -> np.ndarray:
-    """The reflections every lattice image shows: a reduced basis u, v and the shorter of u ± v."""
-    u, v = gauss_reduce(bstar)
-    w = u + v if np.linalg.norm(u + v) < np.linalg.norm(u - v) else u - v
-    return np.array([u, v, w])
-
-
-def _completeness(q: np.ndarray, bin_size: float, bstar: np.ndarray, P: np.ndarray, q_lim: float, tol_bins: float = 1.0) -> np.ndarray:
-    """Per candidate ``P`` (n, 2, 2): fraction of its lowest orders (within ``q_lim``) seen among ``q``."""
-    if len(q) == 0:
-        return np.zeros(len(P))
-    low = _lowest_orders(bstar)
-    pred = np.einsum("gi,pij->pgj", low, P)  # (n, 3, 2)
-    radius = np.linalg.norm(pred, axis=2)
-    inside = (radius <= q_lim) & (radius >= MIN_RADIUS_BINS * bin_size)
-    d = np.minimum(
-        np.linalg.norm(pred[:, :, None, :] - q[None, None, :, :], axis=3),
-        np.linalg.norm(pred[:, :, None, :] + q[None, None, :, :], axis=3),
-    ).min(axis=2)
-    seen = d <= tol_bins * bin_size + 0.02 * radius
-    n_inside = inside.sum(axis=1)
-    return np.where(n_inside > 0, (seen & inside).sum(axis=1) / np.maximum(n_inside, 1), 0.0)
-
-
-def _explained(spots: Spots, fits: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """Mask of the measured spots that some fitted lattice (``(lattice_A, P)`` pairs) predicts."""
-    q = spots.q
-    q_lim = 1.05 * float(np.linalg.norm(q, axis=1).max()) if len(q) else 0.0
-    tol = _tolerance(q, spots.bin_size, 1.0, 0.01)
-    hit = np.zeros(len(q), dtype=bool)
-    for lat, P in fits:
-        s_min = float(np.linalg.svd(P, compute_uv=False).min())
-        _, g = reflections(reciprocal(lat), q_lim / s_min)
-        pred = g @ P
-        d = np.linalg.norm(q[:, None, :] - pred[None, :, :], axis=2).min(axis=1) if len(pred) else np.full(len(q), np.inf)
-        hit |= d <= tol
-    return hit
-
-
-def _explained_share(spots: Spots, fits: list[tuple[np.ndarray, np.ndarray]]) -> float:
-    """Share of the strength (log SNR) of the measured spots beyond the moiré zone that the fits predict.
-
-    Spots closer to the origin than a quarter of the innermost lattice's lowest order are
-    left out: moiré spots of a twisted stack sit there, and belong to no single lattice.
-    """
-    q_first = min(float(np.linalg.norm(_lowest_orders(reciprocal(lat)) @ P, axis=1).min()) for lat, P in fits)
-    far = np.linalg.norm(spots.q, axis=1) >= 0.25 * q_first
-    weight = np.log10(spots.snr) * far
-    return float(weight @ _explained(spots, fits) / max(weight.sum(), 1e-12))
-
-
-def _fit(spots: Spots, lat: np.ndarray, P: np.ndarray, max_order: int):
-    """Iterative matching + least squares of ``q = g @ P`` on reflections up to ``max_order``."""
-    bstar = reciprocal(lat)
-    g_min = shortest_g(bstar)
-    # Whatever max_order says, at least a reduced basis u, v and the shorter of u ± v.
-    u, v = gauss_reduce(bstar)
-    g_third = float(min(np.linalg.norm(u + v), np.linalg.norm(u - v)))
-    hk_all, g_all = reflections(bstar, max(max_order * g_min, g_third) * 1.02)
-    keep = half_plane(g_all)
-    hk_all, g_all = hk_all[keep], g_all[keep]
-    q = spots.q
-    for abs_bins, rel in ((1.0, 0.02), (0.7, 0.01), (0.5, 0.006), (0.5, 0.006)):
-        pred = g_all @ P
-        idx, sign = _match(q, pred, _tolerance(q, spots.bin_size, abs_bins, rel))
-        # one measured spot per reflection: keep the closest
-        best: dict[int, int] = {}
-        for m in np.flatnonzero(idx >= 0):
-            d = np.linalg.norm(q[m] - sign[m] * pred[idx[m]])
-            if idx[m] not in best or d < np.linalg.norm(q[best[idx[m]]] - sign[best[idx[m]]] * pred[idx[m]]):
-                best[idx[m]] = m
-        ms = np.array(sorted(best.values()), dtype=np.int64)
-        if len(ms) < 3:
-            return None
-        G = sign[ms, None] * g_all[idx[ms]]
-        if np.linalg.matrix_rank(G, tol=1e-6 * g_min) < 2:
-            return None
-        P = np.linalg.lstsq(G, q[ms], rcond=None)[0]
-        used = ms
-        hk_used = (sign[ms, None] * hk_all[idx[ms]]).astype(np.int64)
-        G_used = G
-    q_fit = G_used @ P
-    rel_err = np.linalg.norm(q[used] - q_fit, axis=1) / np.linalg.norm(q_fit, axis=1)
-    residual = 100.0 * float(np.sqrt(np.mean(rel_err**2)))
-    # Report each spot as measured, with the index matching its sign.
-    return P, q[used], hk_used, residual
-
-
-def _reindexings(lat: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Maps T (acting on row vectors, g → g @ T) of the reciprocal lattice onto itself.
-
-    Returns the orthogonal ones (lattice symmetries: the same fit seen rotated or mirrored)
-    and the others (re-indexings that fit the same spots with a different distortion),
-    from unimodular integer matrices with entries in −2..2.
-    """
-    bstar = reciprocal(lat)
-    binv = np.linalg.inv(bstar)
-    orthogonal, other = [], []
-    for entries in itertools.product(range(-2, 3), repeat=4):
-        N = np.array(entries, dtype=np.float64).reshape(2, 2)
-        if abs(abs(np.linalg.det(N)) - 1) > 1e-9:
-            continue
-        T = binv @ N @ bstar
-        (orthogonal if np.allclose(T @ T.T, np.eye(2), atol=1e-4) else other).append(T)
-    return orthogonal, other
-
-
-def _is_ambiguous(P: np.ndarray, lat: np.ndarray) -> bool:
-    """True when a non-symmetry re-indexing of the spots implies a plausible scan distortion too."""
-    for T in _reindexings(lat)[1]:
-        sv = np.linalg.svd(T @ P, compute_uv=False)
-        if sv[0] / sv[1] < AMBIGUITY_ANISOTROPY:
-            return True
-    return False
-
-
-def _decompose(P: np.ndarray, lat: np.ndarray):
-    """P = Q · U (U upper triangular, positive diagonal), lattice symmetry chosen for the smallest |rotation|."""
-    best = None
-    for O in _reindexings(lat)[0]:
-        Q, U = np.linalg.qr(O @ P)
-        S = np.diag(np.sign(np.diag(U)))
-        Q, U = Q @ S, S @ U
-        mirrored = bool(np.linalg.det(Q) < 0)
-        theta = math.degrees(math.atan2(Q[0, 1], Q[0, 0]))
-        key = (mirrored, round(abs(theta), 6), -theta)
-        if best is None or key < best[0]:
-            best = (key, Q, U, mirrored, theta)
-    _, Q, U, mirrored, theta = best
-    return U, mirrored, theta
-
-
 def _as_lattices(lattice_A, material: str | None) -> tuple[list[np.ndarray], list[str]]:
     """One (2, 2) lattice or several (k, 2, 2), with a name for each (``material`` "A,B" or one name)."""
     arr = np.asarray(lattice_A, dtype=np.float64)
@@ -518,285 +279,6 @@ def _as_lattices(lattice_A, material: str | None) -> tuple[list[np.ndarray], lis
     if len(names) != len(lats):
         names = [_describe(lat, None) for lat in lats] if len(lats) > 1 or not material else [material]
     return lats, names
-
-
-def _symmetry_period_deg(lat: np.ndarray) -> float:
-    """Smallest positive rotation (degrees) that maps the lattice's spot pattern onto itself."""
-    angles = [math.degrees(math.atan2(T[0, 1], T[0, 0])) % 360.0 for T in _reindexings(lat)[0] if np.linalg.det(T) > 0]
-    positive = [a for a in angles if a > 1e-6 and 360.0 - a > 1e-6]
-    return min(positive) if positive else 360.0
-
-
-def _rotation_Q(phi: float, mirror: float) -> np.ndarray:
-    """Orthogonal part of ``P = Q · U``: ``g @ Q`` is ``g ⊙ [1, mirror]`` rotated by ``phi`` (rad)."""
-    c, s = math.cos(phi), math.sin(phi)
-    return np.diag([1.0, mirror]) @ np.array([[c, s], [-s, c]])
-
-
-def _next_lattice(spots: Spots, free: np.ndarray, lat: np.ndarray, U: np.ndarray):
-    """A further lattice among the ``free`` spots that shares the scan ``U`` (pixel → Å, upper
-    triangular): only its orientation is unknown. Returns ``P = Q · U`` or None."""
-    q, weight = spots.q[free], np.log10(spots.snr[free])
-    if len(q) < 2:
-        return None
-    bstar = reciprocal(lat)
-    g_min = shortest_g(bstar)
-    _, g_low = reflections(bstar, 2.05 * g_min)
-    v = q @ np.linalg.inv(U)  # = g @ Q for a spot of this lattice
-    tol = _tolerance(q, spots.bin_size, 1.0, 0.02)
-    q_lim = 1.05 * float(np.linalg.norm(spots.q, axis=1).max())
-    _, g_all = reflections(bstar, q_lim / float(np.linalg.svd(U, compute_uv=False).min()))
-    cands = []
-    for i in range(min(20, len(q))):
-        rel = tol[i] / np.linalg.norm(q[i])
-        for g in g_low:
-            if abs(np.linalg.norm(v[i]) / np.linalg.norm(g) - 1.0) > rel:
-                continue
-            for mirror in (1.0, -1.0):
-                gm = g * [1.0, mirror]
-                phi = math.atan2(v[i][1], v[i][0]) - math.atan2(gm[1], gm[0])
-                cands.append(_rotation_Q(phi, mirror) @ U)
-    if not cands:
-        return None
-    P = np.array(cands)
-    # Its lowest orders must be there, possibly merged with another lattice's (a small twist).
-    complete = _completeness(spots.q, spots.bin_size, bstar, P, q_lim, tol_bins=2.0)
-    pred = np.einsum("gi,pij->pgj", g_all, P)
-    d = np.minimum(
-        np.linalg.norm(pred[:, :, None, :] - q[None, None], axis=3), np.linalg.norm(pred[:, :, None, :] + q[None, None], axis=3)
-    ).min(axis=1)  # (cands, spots)
-    hits = d <= tol[None, :]
-    recall = hits.astype(np.float64) @ weight
-    ok = (complete >= _MIN_COMPLETENESS) & (hits.sum(axis=1) >= 3)
-    if not np.any(ok):
-        return None
-    best = int(np.argmax(np.where(ok, recall, -1.0)))
-    return P[best]
-
-
-def _joint_fit(spots: Spots, lats: list[np.ndarray], Ps: list[np.ndarray], max_order: int, free_scale: bool = False):
-    """Least squares of every lattice's spots with one shared scan ``U`` and one orientation each.
-
-    ``P_k = Q(φ_k, m_k) · U`` with ``U = [[u00, u01], [0, u11]]`` (Å/px) and the mirror ``m_k``
-    fixed. Each measured spot goes to the nearest predicted reflection of any lattice.
-    Returns (U, [P_k], [(spots, indices, residual %)], residual %, covariance of φ (rad²)) or None.
-    With ``free_scale`` every lattice after the first gets its own scale ``λ_k`` (``P_k =
-    λ_k Q_k U``) and the covariance covers ``[φ…, λ…]``: a check that the lattices' spacings
-    are in the ratio of the materials given.
-    """
-    from scipy.optimize import least_squares
-
-    _, U0 = np.linalg.qr(Ps[0])
-    U0 = np.diag(np.sign(np.diag(U0))) @ U0
-    x = [U0[0, 0], U0[0, 1], U0[1, 1]]
-    mirrors = []
-    for P in Ps:
-        Q = P @ np.linalg.inv(U0)
-        mirrors.append(1.0 if np.linalg.det(Q) > 0 else -1.0)
-        Qm = np.diag([1.0, mirrors[-1]]) @ Q
-        x.append(math.atan2(Qm[0, 1], Qm[0, 0]))
-    x = np.array(x)
-    tables = []
-    for lat in lats:
-        bstar = reciprocal(lat)
-        g_min = shortest_g(bstar)
-        low = _lowest_orders(bstar)
-        hk, g = reflections(bstar, max(max_order * g_min, float(np.linalg.norm(low, axis=1).max())) * 1.02)
-        keep = half_plane(g)
-        tables.append((hk[keep], g[keep]))
-
-    n_lat = len(lats)
-    if free_scale:
-        x = np.concatenate([x, np.ones(n_lat - 1)])
-
-    def unpack(x):
-        U = np.array([[x[0], x[1]], [0.0, x[2]]])
-        scales = np.concatenate([[1.0], x[3 + n_lat :]]) if free_scale else np.ones(n_lat)
-        return U, [lam * _rotation_Q(phi, m) @ U for phi, m, lam in zip(x[3 : 3 + n_lat], mirrors, scales)]
-
-    q = spots.q
-    for abs_bins, rel in ((1.0, 0.02), (0.7, 0.01), (0.5, 0.006), (0.5, 0.006)):
-        U, P_all = unpack(x)
-        tol = _tolerance(q, spots.bin_size, abs_bins, rel)
-        owner = np.full(len(q), -1)
-        ref = np.full(len(q), -1)
-        sign = np.ones(len(q))
-        dist = np.full(len(q), np.inf)
-        claims = np.zeros(len(q), dtype=np.int64)
-        for k, ((hk, g), P) in enumerate(zip(tables, P_all)):
-            idx, sg = _match(q, g @ P, tol)
-            claims += idx >= 0
-            for m in np.flatnonzero(idx >= 0):
-                d = np.linalg.norm(q[m] - sg[m] * (g[idx[m]] @ P))
-                if d < dist[m]:
-                    owner[m], ref[m], sign[m], dist[m] = k, idx[m], sg[m], d
-        # A spot two lattices both predict (merged peaks of a small twist, or a coincidence) is
-        # where neither is: it would pull them together.
-        owner[claims > 1] = -1
-        chosen = []
-        for k in range(len(lats)):
-            best: dict[int, int] = {}
-            for m in np.flatnonzero(owner == k):
-                if ref[m] not in best or dist[m] < dist[best[ref[m]]]:
-                    best[ref[m]] = m
-            ms = np.array(sorted(best.values()), dtype=np.int64)
-            if len(ms) < (3 if k == 0 else 2):
-                return None
-            chosen.append(ms)
-        G = [sign[ms, None] * tables[k][1][ref[ms]] for k, ms in enumerate(chosen)]
-
-        def residuals(x):
-            _, P_all = unpack(x)
-            out = []
-            for k, ms in enumerate(chosen):
-                pred = G[k] @ P_all[k]
-                out.append(((q[ms] - pred) / np.linalg.norm(pred, axis=1)[:, None]).ravel())
-            return np.concatenate(out)
-
-        fit = least_squares(residuals, x, method="lm")
-        x = fit.x
-    U, P_all = unpack(x)
-    r = fit.fun.reshape(-1, 2)
-    per_spot = np.linalg.norm(r, axis=1)
-    n_params = len(x)
-    dof = max(1, r.size - n_params)
-    try:
-        cov = np.linalg.inv(fit.jac.T @ fit.jac) * float(np.sum(r**2)) / dof
-    except np.linalg.LinAlgError:
-        cov = np.full((n_params, n_params), np.nan)
-    per_lattice, start = [], 0
-    for k, ms in enumerate(chosen):
-        piece = per_spot[start : start + len(ms)]
-        start += len(ms)
-        hk_used = (sign[ms, None] * tables[k][0][ref[ms]]).astype(np.int64)
-        per_lattice.append((q[ms], hk_used, 100.0 * float(np.sqrt(np.mean(piece**2)))))
-    residual = 100.0 * float(np.sqrt(np.mean(per_spot**2)))
-    return U, P_all, per_lattice, residual, cov[3:, 3:]
-
-
-def _further_lattices(spots: Spots, lats, k0: int, fitted, max_order: int):
-    """Starting from lattice ``k0``'s fit, add lattices that share its scan while any fits.
-
-    Returns ([(material index, P)], (spots, indices, residual %) of the first lattice alone,
-    residual % of the joint fit of all of them).
-    """
-    P0, q_used, hk_used, residual = fitted
-    found, joint_residual = [(k0, P0)], residual
-    _, U = np.linalg.qr(P0)
-    U = np.diag(np.sign(np.diag(U))) @ U  # further lattices: P = Q · U, only Q unknown
-    while len(found) < MAX_LATTICES:
-        free = ~_explained(spots, [(lats[k], P) for k, P in found])
-        missing = [k for k in range(len(lats)) if k not in {f[0] for f in found}]
-        nxt = None
-        for k in missing + [k for k in range(len(lats)) if k not in missing]:
-            P = _next_lattice(spots, free, lats[k], U)
-            if P is not None:
-                nxt = (k, P)
-                break
-        if nxt is None:
-            break
-        trial = found + [nxt]
-        joint = _joint_fit(spots, [lats[k] for k, _ in trial], [P for _, P in trial], max_order)
-        if joint is None or joint[3] > 3.0 or joint[2][-1][2] > 1.5:
-            break  # no further lattice that fits with the shared scan
-        found = [(k, P) for (k, _), P in zip(trial, joint[1])]
-        U, joint_residual = joint[0], joint[3]
-    return found, (q_used, hk_used, residual), joint_residual
-
-
-def _split_pairs(spots: Spots):
-    """Pairs of spots at one radius split by one small angle: two copies of a lattice twisted by
-    a few degrees, whose spots are resolved at the higher orders only. Returns (δ in rad, merged
-    Spots: each pair replaced by its mean, rescaled to the pair's radius) or None."""
-    q = spots.q
-    r = np.linalg.norm(q, axis=1)
-    ang = np.arctan2(q[:, 1], q[:, 0])
-    i, j = np.triu_indices(len(q), 1)
-    d = np.abs((ang[i] - ang[j] + np.pi / 2) % np.pi - np.pi / 2)  # ± pairs fold: spots are one per Friedel pair
-    sep = np.linalg.norm(q[i] - q[j], axis=1)
-    ok = (np.abs(r[i] - r[j]) <= 0.015 * np.maximum(r[i], r[j])) & (d >= math.radians(0.3)) & (d <= math.radians(10.0))
-    ok &= sep >= 1.5 * spots.bin_size
-    if ok.sum() < 2:
-        return None
-    i, j, d = i[ok], j[ok], d[ok]
-    # the one angle most pairs share (within 0.3°)
-    votes = [(np.abs(d - di) <= math.radians(0.3)).sum() for di in d]
-    best = int(np.argmax(votes))
-    agree = np.abs(d - d[best]) <= math.radians(0.3)
-    if agree.sum() < 2:  # two directions agreeing on one angle
-        return None
-    delta = float(np.median(d[agree]))
-    used, merged, snr = set(), [], []
-    for a, b in zip(i[agree], j[agree]):
-        if a in used or b in used:
-            continue
-        used |= {int(a), int(b)}
-        qb = q[b] if q[a] @ q[b] > 0 else -q[b]
-        m = (q[a] + qb) / 2
-        merged.append(m / np.linalg.norm(m) * (r[a] + r[b]) / 2)
-        snr.append(spots.snr[a] + spots.snr[b])
-    rest = [k for k in range(len(q)) if k not in used]
-    q_m = np.concatenate([np.array(merged), q[rest]])
-    snr_m = np.concatenate([np.array(snr), spots.snr[rest]])
-    order = np.argsort(-snr_m, kind="stable")
-    return delta, Spots(q=q_m[order], snr=snr_m[order], bin_size=spots.bin_size)
-
-
-def _small_twist(spots: Spots, lats, k: int, max_order: int):
-    """Two copies of lattice ``k`` a few degrees apart, started from the lattice of the merged
-    spot pairs (:func:`_split_pairs`) turned by ±δ/2. Returns a :func:`_further_lattices`
-    style solution or None."""
-    split = _split_pairs(spots)
-    if split is None:
-        return None
-    delta, merged = split
-    lat = lats[k]
-    P = _index(merged, lat)
-    fitted = None if P is None else _fit(merged, lat, P, max_order)
-    if fitted is None or fitted[3] > 3.0:
-        return None
-    Q, U = np.linalg.qr(fitted[0])
-    S = np.diag(np.sign(np.diag(U)))
-    Q, U = Q @ S, S @ U
-    mirror = 1.0 if np.linalg.det(Q) > 0 else -1.0
-    Qm = np.diag([1.0, mirror]) @ Q
-    phi = math.atan2(Qm[0, 1], Qm[0, 0])
-    starts = [_rotation_Q(phi + sign * delta / 2, mirror) @ U for sign in (1.0, -1.0)]
-    joint = _joint_fit(spots, [lat, lat], starts, max_order)
-    if joint is None or joint[3] > 3.0:
-        return None
-    q_used, hk_used, residual = joint[2][0]
-    return [(k, joint[1][0]), (k, joint[1][1])], (q_used, hk_used, residual), joint[3]
-
-
-#: Two lattices whose spacings differ from the given materials' ratio by more than this (and
-#: by more than 5σ) are refused: the materials given are not the ones in the image.
-MAX_SPACING_MISMATCH = 0.005
-
-
-def _check_spacings(spots: Spots, lats, names, found, max_order: int) -> None:
-    """Refuse lattices whose relative spacing contradicts the materials given (graphene/hBN
-    given for twisted graphene, or one material given for a hetero-bilayer)."""
-    check = _joint_fit(spots, [lats[k] for k, _ in found], [P for _, P in found], max_order, free_scale=True)
-    if check is None:
-        return
-    P_all, cov = check[1], check[4]
-    n = len(found)
-    for j in range(1, n):
-        lam = math.sqrt(abs(np.linalg.det(P_all[j]) / np.linalg.det(P_all[0])))
-        sigma = math.sqrt(max(float(cov[n + j - 1, n + j - 1]), 0.0)) if np.isfinite(cov[n + j - 1, n + j - 1]) else 0.0
-        off = lam - 1.0
-        if abs(off) > max(MAX_SPACING_MISMATCH, 5 * sigma):
-            a, b = names[found[0][0]], names[found[j][0]]
-            if a == b:
-                raise FactoryError(
-                    f"the image holds two lattices whose spacings differ by {100 * abs(off):.1f} %: not two layers of {a}; "
-                    "give both materials of the hetero-bilayer (`material='A,B'`)"
-                )
-            raise FactoryError(
-                f"the {b} lattice's spacing is {100 * off:+.1f} % off the {a}/{b} ratio: the image does not hold {a} and {b} "
-                "(a twisted bilayer of one material? give that one)"
-            )
 
 
 def calibrate_lattice(
@@ -877,8 +359,8 @@ def calibrate_lattice(
     # spots are whose before the pixel size is known); the others searched beside it.
     solutions, failure = [], None
     for k, lat in enumerate(lats):
-        P = _index(spots, lat)
-        fitted = None if P is None else _fit(spots, lat, P, max_order)
+        P = index_lattice(spots, lat)
+        fitted = None if P is None else fit_lattice(spots, lat, P, max_order)
         if P is None:
             failure = failure or "no pair of FFT spots fits the lattice's geometry"
         elif fitted is None:
@@ -886,10 +368,10 @@ def calibrate_lattice(
         elif fitted[3] > 3.0:
             failure = failure or f"the best fit misses the spots by {fitted[3]:.1f} % RMS"
         else:
-            solutions.append(_further_lattices(spots, lats, k, fitted, max_order))
+            solutions.append(further_lattices(spots, lats, k, fitted, max_order))
     # Copies a few degrees apart show split spots at the higher orders only.
     for k in range(len(lats)):
-        small = _small_twist(spots, lats, k, max_order)
+        small = small_twist(spots, lats, k, max_order)
         if small is not None:
             solutions.append(small)
     if not solutions:
@@ -902,7 +384,7 @@ def calibrate_lattice(
         if k not in {f[0] for f in found}:
             others = ", ".join(names[j] for j, _ in found)
             raise not_found(k, f"only {others} found beside it; check the materials given")
-    share = _explained_share(spots, [(lats[k], P) for k, P in found])
+    share = explained_share(spots, [(lats[k], P) for k, P in found])
     if 100.0 * share < MIN_EXPLAINED_PERCENT:
         given = " and ".join(sorted({names[k] for k, _ in found}))
         raise FactoryError(
@@ -913,25 +395,25 @@ def calibrate_lattice(
     if len(found) == 1:
         fits = [(q_used, hk_used, residual)]
         cov_phi = np.full((1, 1), np.nan)
-        U = _decompose(found[0][1], lats[found[0][0]])[0]
+        U = decompose(found[0][1], lats[found[0][0]])[0]
     else:
-        joint = _joint_fit(spots, [lats[k] for k, _ in found], [P for _, P in found], max_order)
+        joint = joint_fit(spots, [lats[k] for k, _ in found], [P for _, P in found], max_order)
         if joint is None:  # pragma: no cover - the same fit succeeded while the lattices were found
             raise not_found(0, "the lattices found do not fit together")
         U, P_all, fits, residual, cov_phi = joint
         found = [(k, P) for (k, _), P in zip(found, P_all)]
-        _check_spacings(spots, lats, names, found, max_order)
+        check_spacings(spots, lats, names, found, max_order)
     orientations = []
     for (k, P), (q_k, hk_k, res_k) in zip(found, fits):
-        _, mirrored, theta = _decompose(P, lats[k])
+        _, mirrored, theta = decompose(P, lats[k])
         orientations.append(LatticeOrientation(
             material=names[k], rotation_deg=float(theta), mirrored=mirrored, n_spots=int(len(q_k)), residual_percent=float(res_k),
-            spots=q_k, indices=hk_k, ambiguous=_is_ambiguous(P, lats[k]), matrix=P,
+            spots=q_k, indices=hk_k, ambiguous=is_ambiguous(P, lats[k]), matrix=P,
         ))
     twist = twist_sigma = period = None
     if len(found) >= 2:
         (ka, _), (kb, _) = found[0], found[1]
-        period = math.gcd(round(_symmetry_period_deg(lats[ka])), round(_symmetry_period_deg(lats[kb]))) or 360
+        period = math.gcd(round(spot_period_deg(lats[ka])), round(spot_period_deg(lats[kb]))) or 360
         delta = (orientations[1].rotation_deg - orientations[0].rotation_deg) % period
         twist = float(min(delta, period - delta))
         var = cov_phi[0, 0] + cov_phi[1, 1] - 2 * cov_phi[0, 1]
@@ -941,7 +423,7 @@ def calibrate_lattice(
         twist_sigma = float(math.degrees(math.sqrt(var)))
     # The smallest twist that shows as two sets of spots: their lowest orders ~4 bins apart
     # (the Hann window's main lobe is ±2 bins; closer peaks merge).
-    q_low = min(float(np.linalg.norm(_lowest_orders(reciprocal(lats[k])) @ P, axis=1).max()) for k, P in found)
+    q_low = min(float(np.linalg.norm(lowest_orders(reciprocal(lats[k])) @ P, axis=1).max()) for k, P in found)
     resolvable = float(math.degrees(4.0 * spots.bin_size / q_low))
 
     s = math.sqrt(abs(float(np.linalg.det(U))))

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import FactoryError
-from .lattice import half_plane, reciprocal, reflections, shortest_g
+from .lattice import half_plane, reciprocal, reflections, shortest_g, spot_period_deg
 
 __all__ = ["FourierTwist", "spot_period_deg", "fourier_twist", "window_twists", "fold_deg"]
 
@@ -132,23 +132,6 @@ def fold_deg(angle_deg, period_deg: float):
     v = np.mod(np.asarray(angle_deg, dtype=np.float64), period_deg)
     out = np.minimum(v, period_deg - v)
     return float(out) if out.ndim == 0 else out
-
-
-def spot_period_deg(lattice_A: np.ndarray) -> float:
-    """Rotational period of the Fourier spot pattern of ``lattice_A`` (rows, Å), in degrees.
-
-    The spectrum of a real image is centrosymmetric, so the period is 360°/N with N the
-    largest of 6, 4 and 2 that the reciprocal lattice is symmetric under.
-    """
-    bstar = reciprocal(_check_lattice(lattice_A))
-    inv = np.linalg.inv(bstar)
-    for order in (6, 4):
-        a = 2 * math.pi / order
-        rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
-        hk = (bstar @ rot.T) @ inv  # rotated basis in basis coordinates
-        if np.allclose(hk, np.round(hk), atol=1e-3):
-            return 360.0 / order
-    return 180.0
 
 
 # ---------------------------------------------------------------------- checks

@@ -142,3 +142,27 @@ def half_plane(v: np.ndarray) -> np.ndarray:
     """Mask of vectors in the half plane y > 0, or y == 0 and x > 0 (one of each ± pair)."""
     eps = 1e-12
     return (v[:, 1] > eps) | ((np.abs(v[:, 1]) <= eps) & (v[:, 0] > 0))
+
+
+def lowest_orders(bstar: np.ndarray) -> np.ndarray:
+    """The reflections every lattice image shows: a reduced basis u, v and the shorter of u ± v."""
+    u, v = gauss_reduce(bstar)
+    w = u + v if np.linalg.norm(u + v) < np.linalg.norm(u - v) else u - v
+    return np.array([u, v, w])
+
+
+def spot_period_deg(lattice_A: np.ndarray) -> float:
+    """Rotational period of the Fourier spot pattern of ``lattice_A`` (rows, Å), in degrees.
+
+    The spectrum of a real image is centrosymmetric, so the period is 360°/N with N the
+    largest of 6, 4 and 2 that the reciprocal lattice is symmetric under.
+    """
+    bstar = reciprocal(np.asarray(lattice_A, dtype=np.float64))
+    inv = np.linalg.inv(bstar)
+    for order in (6, 4):
+        a = 2 * math.pi / order
+        rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+        hk = (bstar @ rot.T) @ inv  # rotated basis in basis coordinates
+        if np.allclose(hk, np.round(hk), atol=1e-3):
+            return 360.0 / order
+    return 180.0
