@@ -108,6 +108,11 @@ class Sample:
         return self
 
 
+def _stack(cells) -> LayerCell | tuple[LayerCell, ...]:
+    """The one cell of a stack of one material, or the tuple of one cell per layer of a hetero-stack."""
+    return cells[0] if all(c is cells[0] for c in cells) else tuple(cells)
+
+
 @dataclass
 class Plan:
     """Everything derived once from a config: the prepared cells, class vocabulary, settings.
@@ -142,7 +147,7 @@ class Plan:
     @property
     def stack(self) -> LayerCell | tuple[LayerCell, ...]:
         """What the structure and label functions take: the one cell, or one per layer for a hetero-stack."""
-        return self.cells if self.hetero else self.cell
+        return _stack(self.cells)
 
     @classmethod
     def from_config(cls, config: Config, base_dir: Path | None = None) -> "Plan":
@@ -174,8 +179,7 @@ class Plan:
                     f"structure.dopants[{i}].replaces: element '{dopant.replaces}' is not in cell {where} "
                     f"(elements: {', '.join(sorted(elements))})"
                 )
-        stack = tuple(cells) if any(c is not cell for c in cells) else cell
-        names = column_vocabulary(stack, s.layers, _site_rules(config))
+        names = column_vocabulary(_stack(cells), s.layers, _site_rules(config))
         style = MaskStyle(config.labels.mask_shape, config.labels.mask_radius_A, config.labels.mask_sigma_A)
         thermal = thermal_rms_table(s.thermal_rms_A)
         ms = config.simulation.multislice

@@ -356,10 +356,7 @@ def estimate_patch_atoms(cell: LayerCell | Sequence[LayerCell], n_layers: int, r
         widths = 2 * rho * np.linalg.norm(np.linalg.inv(c.basis), axis=1) + 3
         return widths[0] * widths[1] * c.n_sites
 
-    cells = stack_cells(cell, n_layers)
-    if all(c is cells[0] for c in cells):
-        return int(n_layers * per_layer(cells[0]))
-    return int(sum(per_layer(c) for c in cells))
+    return int(sum(per_layer(c) for c in stack_cells(cell, n_layers)))
 
 
 def build_patch(
