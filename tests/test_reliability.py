@@ -368,7 +368,7 @@ def test_drit_fit_killed_between_checkpoints_resumes_to_the_same_weights(tmp_pat
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not style.exists(), "the run finished before it could be killed"
-    iteration = torch.load(checkpoint, weights_only=False)["iteration"]
+    iteration = torch.load(checkpoint, weights_only=True)["iteration"]
     assert 4 <= iteration < 16
     resumed = factory(*common, "--resume", "--out", style)
     assert resumed.returncode == 0, resumed.stderr
@@ -378,3 +378,35 @@ def test_drit_fit_killed_between_checkpoints_resumes_to_the_same_weights(tmp_pat
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+class _RunsCode:
+    """A pickle that would create ``marker`` when loaded by a full unpickler."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_crafted_drit_checkpoint_does_not_run_its_code(tmp_path):
+    import pickle
+
+    import tifffile
+
+    exp = tmp_path / "exp.tif"
+    image = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    tifffile.imwrite(exp, image, imagej=True, resolution=(1 / 0.12, 1 / 0.12), metadata={"unit": "A"})
+    work = tmp_path / "style.training"
+    work.mkdir()
+    marker = tmp_path / "code-ran"
+    with open(work / "checkpoint.pt", "wb") as f:
+        pickle.dump({"settings": _RunsCode(marker)}, f)
+    before = digest_tree(tmp_path)
+    result = factory("fit-style", exp, "--method", "drit", "--config", "mos2_monolayer", "--iterations", 4, "--crop", 32, "--pool", 4,
+                     "--no-select", "--no-physics-prior", "--threads", 1, "--device", "cpu", "--resume", "-q", "--out", tmp_path / "style")
+    assert result.returncode == 2, result.stderr
+    assert "checkpoint" in one_line(result.stderr)
+    assert not marker.exists(), "loading the checkpoint ran its code"
+    assert digest_tree(tmp_path) == before

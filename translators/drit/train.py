@@ -208,6 +208,32 @@ def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _load_checkpoint(path: Path, device: str) -> dict[str, Any]:
+    """A checkpoint written by :func:`_save_checkpoint`, read with ``weights_only=True``: tensors,
+    numbers, strings and containers only, so a file placed in the work directory cannot run code.
+    Anything else (a foreign pickle, a damaged file, missing keys) is one line naming the file."""
+    import pickle
+
+    import torch
+
+    import warnings
+
+    what = f"the checkpoint {path} cannot be used"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        raise FactoryError(f"{what}: it holds Python objects other than tensors, numbers and strings, so it was not written by "
+                           "fit-style and was not loaded; drop `resume` to start again, or remove it", field="resume") from None
+    except (RuntimeError, EOFError, ValueError, TypeError, AttributeError, ImportError, OSError) as exc:
+        raise FactoryError(f"{what}: it is damaged ({type(exc).__name__}); drop `resume` to start again, or remove it", field="resume") from None
+    needed = ("settings", "model", "discs", "opt_g", "opt_d", "numpy_rng", "torch_rng", "iteration", "history")
+    if not isinstance(payload, dict) or any(k not in payload for k in needed) or not isinstance(payload["settings"], dict):
+        raise FactoryError(f"{what} (not a checkpoint of fit-style --method drit); drop `resume` to start again, or remove it", field="resume")
+    return payload
+
+
 def train(
     sims: Sequence[np.ndarray],
     exps: Sequence[np.ndarray],
@@ -269,18 +295,22 @@ def train(
 
     state = TrainState()
     if resume and checkpoint.exists():
-        payload = torch.load(checkpoint, map_location=device, weights_only=False)
+        payload = _load_checkpoint(checkpoint, device)
         if not settings.same_training(payload["settings"]):
             raise FactoryError(f"the checkpoint in {work_dir} was made with other training settings; drop `resume` to start again", field="resume")
-        model.load_state_dict(payload["model"])
-        discs.load_state_dict(payload["discs"])
-        opt_g.load_state_dict(payload["opt_g"])
-        opt_d.load_state_dict(payload["opt_d"])
-        rng.bit_generator.state = payload["numpy_rng"]
-        if payload.get("scaler"):
-            scaler.load_state_dict(payload["scaler"])
-        torch.set_rng_state(payload["torch_rng"])
-        state = TrainState(payload["iteration"], payload["history"], payload.get("monitor", []))
+        try:
+            model.load_state_dict(payload["model"])
+            discs.load_state_dict(payload["discs"])
+            opt_g.load_state_dict(payload["opt_g"])
+            opt_d.load_state_dict(payload["opt_d"])
+            rng.bit_generator.state = payload["numpy_rng"]
+            if payload.get("scaler"):
+                scaler.load_state_dict(payload["scaler"])
+            torch.set_rng_state(payload["torch_rng"])
+            state = TrainState(int(payload["iteration"]), list(payload["history"]), list(payload.get("monitor", [])))
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise FactoryError(f"the checkpoint {checkpoint} does not fit this model ({first[:160]}); drop `resume` to start again", field="resume") from None
     elif resume:
         raise FactoryError(f"no checkpoint in {work_dir}", field="resume")
 
