@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
 
 from .config_values import (
+    AngleParam,
     AnyParam,
     Element,
     FractionParam,
@@ -29,6 +30,7 @@ from .config_values import (
     NonNegParam,
     Param,
     PositiveParam,
+    SlipParam,
     StrainParam,
     _bounded,
     _printable,
@@ -56,9 +58,9 @@ class InterfaceConfig(_Model):
     """Per-interface overrides; unset values fall back to the structure-level ones."""
 
     interlayer_distance_A: PositiveParam | None = None
-    slip_a: AnyParam | None = None
-    slip_b: AnyParam | None = None
-    twist_deg: AnyParam | None = None
+    slip_a: SlipParam | None = None
+    slip_b: SlipParam | None = None
+    twist_deg: AngleParam | None = None
 
 
 class DopantConfig(_Model):
@@ -104,7 +106,7 @@ class EdgeConfig(_Model):
     """Flake edge: a straight cut through the field of view; ``angle_deg`` is relative to layer 1's a1."""
 
     probability: FractionParam = 0.0
-    angle_deg: AnyParam = [0.0, 360.0]
+    angle_deg: AngleParam = [0.0, 360.0]
     layers: list[int] | None = None
 
 
@@ -130,15 +132,15 @@ class StructureConfig(_Model):
     cell: CellSpec = "MoS2"
     layers: int = 1
     interlayer_distance_A: PositiveParam = 6.15
-    slip_a: AnyParam = 0.0
-    slip_b: AnyParam = 0.0
-    twist_deg: AnyParam = 0.0
+    slip_a: SlipParam = 0.0
+    slip_b: SlipParam = 0.0
+    twist_deg: AngleParam = 0.0
     interfaces: list[InterfaceConfig] | None = None
     random_origin: bool = True
-    rotation_deg: AnyParam = 0.0
+    rotation_deg: AngleParam = 0.0
     strain_uniform: StrainParam = 0.0
     strain_uniaxial: StrainParam = 0.0
-    strain_uniaxial_angle_deg: AnyParam = 0.0
+    strain_uniaxial_angle_deg: AngleParam = 0.0
     vacancies: VacancyConfig = VacancyConfig()
     dopants: list[DopantConfig] = []
     holes: HoleConfig = HoleConfig()
@@ -209,11 +211,11 @@ class MicroscopeConfig(_Model):
     semiangle_mrad: SemiangleParam = 30.0
     defocus_A: AnyParam = 0.0
     C12_A: NonNegParam = 0.0
-    phi12_deg: AnyParam = 0.0
+    phi12_deg: AngleParam = 0.0
     C21_A: NonNegParam = 0.0
-    phi21_deg: AnyParam = 0.0
+    phi21_deg: AngleParam = 0.0
     C23_A: NonNegParam = 0.0
-    phi23_deg: AnyParam = 0.0
+    phi23_deg: AngleParam = 0.0
     C30_A: AnyParam = 0.0
     C50_A: AnyParam = 0.0
     source_size_A: NonNegParam = 0.0
@@ -241,6 +243,10 @@ class MicroscopeConfig(_Model):
         return self
 
 
+#: More frozen-phonon configurations than this change an image by less than its shot noise and only cost time.
+MAX_FROZEN_PHONONS = 1000
+
+
 class MultisliceConfig(_Model):
     potential_sampling_A: float = 0.05
     slice_thickness_A: float = 1.0
@@ -255,8 +261,8 @@ class MultisliceConfig(_Model):
             raise ValueError(f"potential_sampling_A: must be in (0, 0.5] Å (got {self.potential_sampling_A})")
         if not 0 < self.slice_thickness_A <= 20:
             raise ValueError(f"slice_thickness_A: must be in (0, 20] Å (got {self.slice_thickness_A})")
-        if self.frozen_phonons < 0:
-            raise ValueError(f"frozen_phonons: must be >= 0 (got {self.frozen_phonons})")
+        if not 0 <= self.frozen_phonons <= MAX_FROZEN_PHONONS:
+            raise ValueError(f"frozen_phonons: must be between 0 and {MAX_FROZEN_PHONONS} (got {self.frozen_phonons})")
         return self
 
 
@@ -305,8 +311,8 @@ class LimitsConfig(_Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> "LimitsConfig":
-        if not self.max_memory_MB > 0:
-            raise ValueError(f"max_memory_MB: must be > 0 (got {self.max_memory_MB:g})")
+        if not 0 < self.max_memory_MB <= 1e9:
+            raise ValueError(f"max_memory_MB: must be in (0, 1e9] (got {self.max_memory_MB:g})")
         return self
 
 
@@ -344,9 +350,40 @@ def resolve_config_path(spec: str | Path) -> Path:
     raise FactoryError(f"config '{spec}' not found (give a YAML file or a preset: {', '.join(preset_names())})")
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, mark):
+        super().__init__(f"the key '{key}' is given twice in one mapping (the second would silently replace the first)")
+        self.problem = str(self)
+        self.problem_mark = mark
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a mapping giving the same key twice."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    duplicate = key in seen
+                except TypeError:
+                    continue
+                if duplicate:
+                    raise _DuplicateKey(key, key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _StrictLoader.construct_mapping)
+
+#: The sections a config file must give: without them it would silently simulate the defaults.
+REQUIRED_SECTIONS = ("structure", "microscope")
+
+
 def read_config_mapping(path: Path) -> dict:
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -361,6 +398,10 @@ def read_config_mapping(path: Path) -> dict:
         raw = {}
     if not isinstance(raw, dict):
         raise FactoryError(f"config {path}: the top level must be a mapping of sections (structure, microscope, ...)")
+    missing = [k for k in REQUIRED_SECTIONS if k not in raw]
+    if missing:
+        raise FactoryError(f"config {path}: no {' and no '.join(f'`{k}:` section' for k in missing)}; a config says what to simulate "
+                           f"(start from a preset: {', '.join(preset_names()[:3])}, ...)")
     return raw
 
 

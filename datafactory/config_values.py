@@ -18,6 +18,14 @@ from ase.data import atomic_numbers
 from pydantic import AfterValidator, BeforeValidator, PlainSerializer
 
 MIN_IMAGE_SIZE_PX = 32
+MAX_IMAGE_SIZE_PX = 16384
+#: The largest magnitude any numeric config value may have: above every physical value a config
+#: holds (a C5 of centimetres is 1e8 Å), far below what overflows a float in arithmetic.
+MAX_MAGNITUDE = 1e10
+#: Angles (``*_deg``) are given within one turn either way.
+MAX_ANGLE_DEG = 360.0
+#: Interlayer slips are fractions of the cell; beyond a few cells they are periodic copies of a smaller one.
+MAX_SLIP_CELLS = 10.0
 
 
 class Param:
@@ -33,6 +41,13 @@ class Param:
     def parse(cls, raw: Any) -> "Param":
         if isinstance(raw, Param):
             return raw
+        p = cls._parse(raw)
+        if any(abs(v) > MAX_MAGNITUDE for v in p.values):
+            raise ValueError(f"must be within ±{MAX_MAGNITUDE:g} (got {_shown(raw)})")
+        return p
+
+    @classmethod
+    def _parse(cls, raw: Any) -> "Param":
         if _is_number(raw):
             return cls("fixed", (float(raw),))
         if isinstance(raw, (list, tuple)):
@@ -142,12 +157,25 @@ def _bounded(gt: float | None = None, ge: float | None = None, le: float | None 
     return AfterValidator(check)
 
 
+def _within(limit: float):
+    """Every value the parameter can take within ±``limit`` (a normal: its mean ± 4σ)."""
+
+    def check(p: Param) -> Param:
+        if p.max_abs > limit:
+            raise ValueError(f"must be within ±{limit:g} (got {p.to_yaml()})")
+        return p
+
+    return AfterValidator(check)
+
+
 _serialize = PlainSerializer(lambda p: p.to_yaml(), return_type=Any)
 AnyParam = Annotated[Param, BeforeValidator(Param.parse), _serialize]
 PositiveParam = Annotated[Param, BeforeValidator(Param.parse), _bounded(gt=0), _serialize]
 NonNegParam = Annotated[Param, BeforeValidator(Param.parse), _bounded(ge=0), _serialize]
 FractionParam = Annotated[Param, BeforeValidator(Param.parse), _bounded(ge=0, le=1), _serialize]
 StrainParam = Annotated[Param, BeforeValidator(Param.parse), _bounded(gt=-0.5, lt=0.5), _serialize]
+AngleParam = Annotated[Param, BeforeValidator(Param.parse), _within(MAX_ANGLE_DEG), _serialize]
+SlipParam = Annotated[Param, BeforeValidator(Param.parse), _within(MAX_SLIP_CELLS), _serialize]
 
 
 def _element(symbol: str) -> str:
@@ -160,8 +188,8 @@ Element = Annotated[str, AfterValidator(_element)]
 
 
 def _image_size(size: int) -> int:
-    if size < MIN_IMAGE_SIZE_PX:
-        raise ValueError(f"must be >= {MIN_IMAGE_SIZE_PX} px (got {size})")
+    if not MIN_IMAGE_SIZE_PX <= size <= MAX_IMAGE_SIZE_PX:
+        raise ValueError(f"must be between {MIN_IMAGE_SIZE_PX} and {MAX_IMAGE_SIZE_PX} px (got {size})")
     return size
 
 

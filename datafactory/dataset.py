@@ -62,6 +62,12 @@ def shard_name(index: int) -> str:
     return f"{SHARD_DIR}/shard-{index:05d}.h5"
 
 
+#: The most samples one run makes (a dataset of ``generate`` or a file of ``simulate``): ten times
+#: the largest dataset anyone has asked for, and small enough that the run's plan (its shard list
+#: and split codes) stays a few megabytes.
+MAX_SAMPLES = 10_000_000
+
+
 def shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
     """(start, stop) of every shard of an ``n``-sample dataset."""
     return [(start, min(start + shard_size, n)) for start in range(0, n, shard_size)]

@@ -71,6 +71,31 @@ def check_output(path: Path, kind: str, flag: str = "--out") -> None:
         raise FactoryError(f"{flag}: cannot write in '{parent}' ({'read-only file system' if read_only else 'permission denied'})")
 
 
+def check_disk_space(path: Path, needed_bytes: float, what: str, flag: str = "--out") -> None:
+    """Refuse, before any work, a run whose output cannot fit: ``needed_bytes`` (a lower bound of
+    what it will write) against the free space of the file system that will hold ``path``."""
+    import shutil
+
+    parent = Path(path)
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    try:
+        free = shutil.disk_usage(parent).free
+    except OSError:
+        return  # a place whose free space cannot be read is left to the write itself
+    if needed_bytes > free:
+        raise FactoryError(f"{flag}: {what} needs at least {_size(needed_bytes)} and '{parent}' has {_size(free)} free; "
+                           "free some space, choose another place, or ask for fewer samples")
+
+
+def _size(n_bytes: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n_bytes < 1000 or unit == "TB":
+            return f"{n_bytes:.3g} {unit}" if unit != "B" else f"{int(n_bytes)} B"
+        n_bytes /= 1000
+    return f"{n_bytes:.3g} PB"
+
+
 def _holder(fd: int) -> str:
     """The holder line a locking process wrote into its lock file, or a generic description."""
     try:

@@ -6,6 +6,10 @@ change in how one stage consumes randomness leaves the others untouched.
 
 import numpy as np
 
+#: The largest run seed any command takes: every library the seed reaches (NumPy's legacy
+#: generators, scikit-learn's ``random_state``, torch) accepts 0 .. 2**32 - 1.
+MAX_SEED = 2**32 - 1
+
 #: Named streams of one sample. Values are part of the data format: never renumber.
 STREAMS = {"params": 0, "structure": 1, "thermal": 2, "phonons": 3, "style": 4, "augment": 5, "split": 6}
 

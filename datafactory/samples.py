@@ -407,23 +407,24 @@ def write_simulation(
     preview_path = out.with_suffix(".preview.png")
     preview_tmp = out.with_name(out.stem + ".preview.partial.png")
 
-    writer = ShardWriter(
-        tmp,
-        n=n,
-        first_index=0,
-        image_shape=plan.image_shape,
-        channel_names=plan.channel_names,
-        n_interfaces=plan.n_interfaces,
-        param_names=plan.param_names,
-        attrs={"config": plan.config.to_yaml(), "seed": seed},
-        mask_attrs={
-            "shape": plan.mask_style.shape,
-            "max_value": plan.mask_style.max_value,
-            "radius_A": plan.mask_style.radius_A,
-            "sigma_A": plan.mask_style.sigma_A,
-        },
-    )
+    writer = None
     try:
+        writer = ShardWriter(
+            tmp,
+            n=n,
+            first_index=0,
+            image_shape=plan.image_shape,
+            channel_names=plan.channel_names,
+            n_interfaces=plan.n_interfaces,
+            param_names=plan.param_names,
+            attrs={"config": plan.config.to_yaml(), "seed": seed},
+            mask_attrs={
+                "shape": plan.mask_style.shape,
+                "max_value": plan.mask_style.max_value,
+                "radius_A": plan.mask_style.radius_A,
+                "sigma_A": plan.mask_style.sigma_A,
+            },
+        )
         with tqdm(total=n, desc="simulate", unit="img", disable=not progress, dynamic_ncols=True) as bar:
             for sample in simulate_samples(plan, seed, 0, n, workers):
                 writer.write(sample)
@@ -441,7 +442,8 @@ def write_simulation(
             written.append(preview_path)
         return written
     except BaseException:
-        writer.abort()
+        if writer is not None:
+            writer.abort()
         tmp.unlink(missing_ok=True)
         preview_tmp.unlink(missing_ok=True)
         raise

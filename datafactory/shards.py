@@ -36,7 +36,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from . import __version__
+from . import __version__, h5_output
 
 SCHEMA_VERSION = 1
 
@@ -51,6 +51,13 @@ ATOM_FIELDS: dict[str, tuple[np.dtype, tuple[int, ...]]] = {
     "layer": (np.dtype(np.int8), ()),
     "column_class": (np.dtype(np.int16), ()),
 }
+
+
+def min_bytes_per_sample(image_shape: tuple[int, int], keep_clean: bool = False) -> float:
+    """A lower bound of the bytes one sample takes in a shard: its image (and clean image), as if
+    compressed two to one; masks, atoms and labels come on top. For refusing runs that cannot fit."""
+    height, width = image_shape
+    return 0.5 * height * width * np.dtype(np.float32).itemsize * (2 if keep_clean else 1)
 
 
 class ShardWriter:
@@ -107,9 +114,17 @@ class ShardWriter:
         self._atoms_written = 0
         self._atom_buffer: list[dict[str, np.ndarray]] = []
         self._atom_buffer_rows = 0
+        f, self._sink = h5_output.create(path)
+        self.file = f
+        try:
+            self._create(f, n, image_shape, channel_names, n_interfaces, param_names, attrs, mask_attrs, keep_clean, first_index)
+        except BaseException:
+            h5_output.abandon(f, self._sink)
+            raise
+
+    def _create(self, f, n, image_shape, channel_names, n_interfaces, param_names, attrs, mask_attrs, keep_clean, first_index) -> None:
         height, width = image_shape
         channels = len(channel_names)
-        f = self.file = h5py.File(path, "w")
         f.attrs.update(
             {
                 "schema_version": SCHEMA_VERSION,
@@ -169,6 +184,7 @@ class ShardWriter:
         self._offsets[i + 1] = self._offsets[i] + m
         if self._atom_buffer_rows >= self.ATOM_FLUSH_ROWS:
             self._flush_atoms()
+        self._sink.check()  # a refused write (no space, a size limit) ends the shard here
         self._next += 1
 
     def _flush_atoms(self) -> None:
@@ -185,25 +201,27 @@ class ShardWriter:
 
     def close(self) -> None:
         if self._next != self.n:
-            self.file.close()
+            self.abort()
             raise RuntimeError(f"shard closed after {self._next} of {self.n} samples")
-        self._flush_atoms()
-        f = self.file
-        f["atoms"].create_dataset("offsets", data=self._offsets)
-        if self._labels:
-            labels = f.create_group("labels")
-            for name, array in self._labels.items():
-                labels.create_dataset(name, data=array)
-        params = f.create_group("params")
-        for name, array in self._params.items():
-            params.create_dataset(name, data=array)
-        f.close()
+        try:
+            self._flush_atoms()
+            f = self.file
+            f["atoms"].create_dataset("offsets", data=self._offsets)
+            if self._labels:
+                labels = f.create_group("labels")
+                for name, array in self._labels.items():
+                    labels.create_dataset(name, data=array)
+            params = f.create_group("params")
+            for name, array in self._params.items():
+                params.create_dataset(name, data=array)
+        except BaseException:
+            self.abort()
+            raise
+        h5_output.finish(self.file, self._sink)
 
     def abort(self) -> None:
-        try:
-            self.file.close()
-        except Exception:  # noqa: BLE001 - closing a broken file must not mask the original error
-            pass
+        """Drop the file after a failure (the caller removes it); never raises, never crashes."""
+        h5_output.abandon(self.file, self._sink)
 
 
 def read_sample(f: h5py.File, i: int) -> dict[str, Any]:
@@ -243,7 +261,7 @@ def write_subset(src: Path, indices, out: Path, extra_attrs: dict[str, Any] | No
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
     try:
-        with h5py.File(src, "r") as f, h5py.File(tmp, "w") as g:
+        with h5py.File(src, "r") as f, h5_output.writing(tmp) as g:
             n_src = f["images"].shape[0]
             if indices.size and (indices.min() < 0 or indices.max() >= n_src):
                 raise IndexError(f"indices out of range for {n_src} samples")

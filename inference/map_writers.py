@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from datafactory import h5_output
 from datafactory.checks import finite_positive
 
 from .sliding_map import GridMap, MapResult
@@ -250,7 +251,7 @@ def write_regression_map(
     with _AtomicFiles(Path(out_dir)) as files:
         tmp = files.temp("map.h5")
         paths["map.h5"] = files.out_dir / "map.h5"
-        with h5py.File(tmp, "w") as f:
+        with h5_output.writing(tmp) as f:
             f.create_dataset("centres_px", data=result.centres_px)
             f.create_dataset("centres_A", data=result.centres_px * pixel_size_A)
             f.create_dataset("values", data=result.values)

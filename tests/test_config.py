@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 
@@ -43,7 +45,7 @@ def test_fixed_values_draw_no_randomness():
         ({"structure": {"slipp_a": 1}}, "unknown key 'structure.slipp_a' (did you mean 'slip_a'?)"),
         ({"microscope": {"pixel_size_A": 0}}, "microscope.pixel_size_A: must be > 0"),
         ({"microscope": {"semiangle_mrad": -1}}, "microscope.semiangle_mrad: must be > 0"),
-        ({"microscope": {"image_size_px": 31}}, "microscope.image_size_px: must be >= 32"),
+        ({"microscope": {"image_size_px": 31}}, "microscope.image_size_px: must be between 32 and 16384"),
         ({"structure": {"dopants": [{"element": "Qq", "replaces": "S", "fraction": 0.1}]}}, "unknown element 'Qq'"),
         ({"structure": {"layers": 4}}, "layers must be 1, 2 or 3"),
         ({"structure": {"vacancies": {"chalcogen_single": 1.5}}}, "structure.vacancies.chalcogen_single: must be <= 1"),
@@ -65,13 +67,41 @@ def test_dopant_must_replace_an_element_of_the_cell():
 
 
 def test_overrides_are_validated_and_named_by_flag():
-    with pytest.raises(FactoryError, match=r"--size \(microscope.image_size_px\): must be >= 32"):
+    with pytest.raises(FactoryError, match=r"--size \(microscope.image_size_px\): must be between 32 and 16384"):
         validate_config({}, "cfg", {"microscope.image_size_px": 8})
     cfg = validate_config({}, "cfg", {"microscope.pixel_size_A": 0.2})
     assert cfg.microscope.pixel_size_A.values == (0.2,)
 
 
 def test_huge_twisted_patch_is_refused_before_any_work():
-    cfg = make_config({"structure": {"layers": 2, "twist_deg": 1.1}, "microscope": {"image_size_px": 40000, "pixel_size_A": 0.2}})
+    cfg = make_config({"structure": {"layers": 2, "twist_deg": 1.1}, "microscope": {"image_size_px": 16000, "pixel_size_A": 0.5}})
     with pytest.raises(FactoryError, match=r"limits.max_memory_MB"):
         Plan.from_config(cfg)
+
+
+def test_a_key_given_twice_is_refused(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("structure:\n  cell: MoS2\nmicroscope:\n  defocus_A: 10\n  C30_A: 5000\nmicroscope:\n  pixel_size_A: 0.1\n")
+    with pytest.raises(FactoryError, match=r"line 6: the key 'microscope' is given twice"):
+        load_config(path)
+
+
+def test_a_config_without_structure_or_microscope_is_refused(tmp_path):
+    path = tmp_path / "none.yaml"
+    path.write_text("name: nothing said\nmicroscope:\n  defocus_A: 0\n")
+    with pytest.raises(FactoryError, match=r"no `structure:` section"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("update, message", [
+    ({"structure": {"layers": 2, "twist_deg": 1e308}}, "structure.twist_deg: must be within ±1e+10"),
+    ({"structure": {"layers": 2, "twist_deg": 400.0}}, "structure.twist_deg: must be within ±360"),
+    ({"structure": {"rotation_deg": {"normal": [0, 200]}}}, "structure.rotation_deg: must be within ±360"),
+    ({"structure": {"layers": 2, "slip_a": [0, 50]}}, "structure.slip_a: must be within ±10"),
+    ({"microscope": {"defocus_A": -1e300}}, "microscope.defocus_A: must be within ±1e+10"),
+    ({"simulation": {"multislice": {"frozen_phonons": 10**30}}}, "frozen_phonons: must be between 0 and 1000"),
+    ({"limits": {"max_memory_MB": 1e300}}, "max_memory_MB: must be in"),
+])
+def test_every_numeric_value_is_bounded(update, message):
+    with pytest.raises(FactoryError, match=re.escape(message)):
+        make_config(update)

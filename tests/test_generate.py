@@ -303,7 +303,7 @@ def test_an_interrupted_run_cancels_cluster_tasks_and_leaves_a_local_pool_to_its
     )
     executor = _ScriptedPool() if local else _ScriptedExecutor()
     with pytest.raises(KeyboardInterrupt):
-        _run_tasks(request, executor, False, False, tqdm)
+        _run_tasks(request, executor, False, False, tqdm, 4)
     waiting = executor.futures[1:]
     assert len(waiting) == 3
     assert [f.cancelled() for f in waiting] == [not local] * 3

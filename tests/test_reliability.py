@@ -410,3 +410,84 @@ def test_a_crafted_drit_checkpoint_does_not_run_its_code(tmp_path):
     assert "checkpoint" in one_line(result.stderr)
     assert not marker.exists(), "loading the checkpoint ran its code"
     assert digest_tree(tmp_path) == before
+
+
+# --------------------------------------------------------------------------- limits of the disk and of the numbers
+
+
+def _file_size_limit(n_bytes: int):
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (n_bytes, n_bytes))
+
+    return limit
+
+
+@pytest.mark.parametrize("command", ["simulate", "generate"])
+def test_a_file_size_limit_is_one_line_and_leaves_nothing(tmp_path, command):
+    """Under ``ulimit -f`` the HDF5 library used to crash (segmentation fault after the error,
+    a BrokenProcessPool traceback from generate) and leave .partial and lock files."""
+    out = tmp_path / ("o.h5" if command == "simulate" else "ds")
+    args = ["--n", 64, "--shard-size", 8, "--workers", 1] if command == "generate" else ["--n", 64, "--workers", 1]
+    result = subprocess.run([*FACTORY, command, "--config", "mos2_monolayer", "--size", "128", "-q", *map(str, args), "--out", str(out)],
+                            capture_output=True, text=True, timeout=600, preexec_fn=_file_size_limit(200_000))
+    assert result.returncode in (1, 2), result.stderr
+    assert "File too large" in one_line(result.stderr)
+    assert not leftovers(tmp_path)
+    assert not any(p.name.endswith(".lock") for p in tmp_path.iterdir())
+    if command == "simulate":
+        assert not out.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--n", 10**12], "--n: must be <= 10,000,000"),
+    (["--seed", 12345678901234567890123], "--seed: must be between 0 and 4294967295"),
+    (["--n", 9_000_000, "--size", 4096], "needs at least"),  # 300 TB
+])
+@pytest.mark.parametrize("command", ["simulate", "generate"])
+def test_impossible_runs_are_refused_before_work(tmp_path, command, args, message):
+    out = tmp_path / ("o.h5" if command == "simulate" else "ds")
+    n_args = [] if "--n" in args else ["--n", 4]
+    result = factory(command, "--config", "mos2_monolayer", "--size", 48, "-q", *n_args, *args, "--out", out)
+    assert result.returncode == 2, result.stderr
+    assert message in one_line(result.stderr)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_generate_submits_a_window_of_shards_not_the_whole_run(tmp_path):
+    """Memory flat in --n: the driver holds a few submitted shards, never one task per shard of the run."""
+    from concurrent.futures import Future
+
+    from tqdm import tqdm
+
+    from datafactory.config import load_config
+    from datafactory.samples import Plan
+    from datafactory.workflows.generate import GenerateRequest, _run_tasks
+
+    cfg, path = load_config("mos2_monolayer", {"microscope.image_size_px": 32})
+    plan = Plan.from_config(cfg, base_dir=path.parent)
+    request = GenerateRequest(
+        config_yaml=cfg.to_yaml(), base_dir=str(path.parent.resolve()), n=40, seed=1, out=tmp_path / "ds", shard_size=1,
+        command="test", pixel_size_A=float(cfg.microscope.pixel_size_A.values[0]), image_shape=plan.image_shape,
+        channel_names=list(plan.channel_names), n_interfaces=plan.n_interfaces,
+    )
+
+    class Recorder:
+        def __init__(self):
+            self.pending, self.most = 0, 0
+
+        def submit(self, fn, task):
+            self.pending += 1
+            self.most = max(self.most, self.pending)
+            future = Future()
+            future.add_done_callback(lambda _: setattr(self, "pending", self.pending - 1))
+            from datafactory.workflows.generate import make_shard
+
+            future.set_result(make_shard(task))
+            return future
+
+    executor = Recorder()
+    manifest = _run_tasks(request, executor, False, False, tqdm, 3)
+    assert len(manifest["shards"]) == 40
+    assert executor.most <= 3

@@ -82,6 +82,20 @@ def require_at_least(name: str, value: int | float | None, minimum: int) -> None
         raise FactoryError(f"{name}: must be >= {minimum} (got {value})")
 
 
+def require_at_most(name: str, value: int | float | None, maximum: int) -> None:
+    """One-line error unless ``value`` (when given) is at most ``maximum``."""
+    if value is not None and value > maximum:
+        raise FactoryError(f"{name}: must be <= {maximum:,} (got {value:,})")
+
+
+def require_seed(value: int, name: str = "--seed") -> None:
+    """One-line error unless ``value`` is a seed every command can use (0 .. :data:`~datafactory.rng.MAX_SEED`)."""
+    from ..rng import MAX_SEED
+
+    if not 0 <= value <= MAX_SEED:
+        raise FactoryError(f"{name}: must be between 0 and {MAX_SEED} (got {value})")
+
+
 def check_positive(name: str, value: float | None) -> None:
     if value is not None and not value > 0:
         raise FactoryError(f"{name}: must be > 0 (got {value})")

@@ -9,7 +9,8 @@ from typing import Optional
 import typer
 
 from ..errors import FactoryError
-from .common import check_positive, claim, command_line, notice, require_at_least
+from ..dataset import MAX_SAMPLES
+from .common import check_positive, claim, command_line, notice, require_at_least, require_at_most, require_seed
 
 
 def generate(
@@ -43,9 +44,11 @@ def generate(
     from ..samples import Plan
 
     require_at_least("--n", n, 1)
-    require_at_least("--seed", seed, 0)
+    require_seed(seed)
     require_at_least("--shard-size", shard_size, 1)
+    require_at_most("--n", n, MAX_SAMPLES)
     require_at_least("--workers", workers, 1)
+    require_at_most("--workers", workers, 1024)
     check_positive("--pixel-size", pixel_size)
     fractions = parse_split(split)
     license = check_license(license)
@@ -120,7 +123,7 @@ def example(
     """Write the built-in example experiment: a digital twin of a 60 kV HAADF image of monolayer MoS2 (16-bit TIFF)."""
     from ..workflows.example import make_example_experiment
 
-    require_at_least("--seed", seed, 0)
+    require_seed(seed)
     claim(out, "dir")
     typer.echo(str(make_example_experiment(out, seed).resolve()))
 
@@ -159,5 +162,6 @@ def preview(
     from ..report import preview_dataset
 
     require_at_least("--n", n, 1)
+    require_seed(seed)
     claim(out, "file")
     typer.echo(str(preview_dataset(dataset, out, n=n, seed=seed).resolve()))

@@ -64,9 +64,13 @@ app.add_typer(models.train_app, name="train")
 
 def os_error_line(exc: OSError) -> str:
     """One line for an operating-system error: the path when known, and the cause."""
+    import re
+
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if exc.strerror and exc.filename:
-        text = f"'{exc.filename}': {exc.strerror}"
+        name = str(exc.filename)
+        final = re.sub(r"(\.\d+)?\.partial$", "", name)  # a temporary file: name what it was to become
+        text = f"writing '{final}': {exc.strerror}" if final != name else f"'{name}': {exc.strerror}"
     return text
 
 

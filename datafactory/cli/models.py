@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ..errors import FactoryError
-from .common import check_positive, claim, device_name, notice, read_experiments, require_at_least
+from .common import check_positive, claim, device_name, notice, read_experiments, require_at_least, require_seed
 
 
 train_app = typer.Typer(no_args_is_help=True, help="Train the downstream models on a generated dataset.")
@@ -19,7 +19,7 @@ def train_settings(epochs, batch, lr, minutes, seed, device, threads):
 
     require_at_least("--epochs", epochs, 1)
     require_at_least("--batch", batch, 1)
-    require_at_least("--seed", seed, 0)
+    require_seed(seed)
     require_at_least("--threads", threads, 1)
     check_positive("--lr", lr)
     check_positive("--minutes", minutes)

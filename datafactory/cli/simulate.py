@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from .common import claim, require_at_least
+from ..dataset import MAX_SAMPLES
+from .common import claim, require_at_least, require_at_most, require_seed
 
 
 def simulate(
@@ -24,11 +25,15 @@ def simulate(
 ) -> None:
     """Simulate N images with exact labels into one HDF5 file, plus a preview PNG."""
     from ..config import load_config
+    from ..outputs import check_disk_space
     from ..samples import Plan, default_workers, write_simulation
+    from ..shards import min_bytes_per_sample
 
     require_at_least("--n", n, 1)
-    require_at_least("--seed", seed, 0)
+    require_at_most("--n", n, MAX_SAMPLES)
+    require_seed(seed)
     require_at_least("--workers", workers, 1)
+    require_at_most("--workers", workers, 1024)
     overrides = {}
     if size is not None:
         overrides["microscope.image_size_px"] = size
@@ -39,6 +44,7 @@ def simulate(
     claim(out, "file", also=(out.with_suffix(".preview.png"),) if preview else ())
     cfg, path = load_config(config, overrides)
     plan = Plan.from_config(cfg, base_dir=path.parent)
+    check_disk_space(out, n * min_bytes_per_sample(plan.image_shape), f"simulating {n:,} images of {plan.image_shape[0]}x{plan.image_shape[1]} px")
     written = write_simulation(plan, seed, n, out, workers or default_workers(plan), progress=not quiet, preview=preview)
     for p in written:
         typer.echo(str(p.resolve()))

@@ -9,7 +9,7 @@ import typer
 
 from ..errors import FactoryError
 from ..outputs import check_output
-from .common import SESSION, check_positive, claim, device_name, notice, read_experiments, read_lattice, require_at_least
+from .common import SESSION, check_positive, claim, device_name, notice, read_experiments, read_lattice, require_at_least, require_seed
 
 
 def fit_style(
@@ -74,7 +74,7 @@ def fit_style(
     require_at_least("--crop", crop, 16)
     if crop is not None and crop % 4:
         raise FactoryError(f"--crop: must be a multiple of 4 (got {crop})")
-    require_at_least("--seed", seed, 0)
+    require_seed(seed)
     require_at_least("--threads", threads, 1)
     require_at_least("--checkpoint-every", checkpoint_every, 1)
     require_at_least("--auc-every", auc_every, 0)
@@ -163,7 +163,9 @@ def translate(
     from translators.base import load_style, style_hash
     from translators.translate import translate_file
 
-    require_at_least("--seed", seed, 0)
+    require_seed(seed)
+
+    require_seed(seed)
     require_at_least("--batch", batch, 1)
     claim(out, "file", also=(out.with_suffix(".preview.png"),) if preview else ())
     translator = load_style(style)
@@ -290,6 +292,7 @@ def select(
     if perplexity <= 0:
         raise FactoryError(f"--perplexity: must be > 0 (got {perplexity})")
     require_at_least("--clusters", clusters, 1)
+    require_seed(seed)
     if device not in ("cpu", "cuda", "auto"):
         raise FactoryError(f"--device: must be cpu, cuda or auto (got '{device}')")
     require_at_least("--keep", keep, 1)

@@ -20,7 +20,7 @@ import os
 import shutil
 import socket
 import sys
-from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -387,13 +387,41 @@ def _executor(workers: int, scheduler: str | None) -> tuple[Executor, Any]:
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker_signals), None
 
 
+def _check_space(req: GenerateRequest, overwrite: bool) -> None:
+    """Refuse, before the directory is touched, a run whose remaining shards cannot fit on its disk."""
+    from ..outputs import check_disk_space
+    from ..shards import min_bytes_per_sample
+
+    remaining = req.n
+    try:
+        manifest = load_manifest(req.out)
+        if manifest.get("identity") == req.identity() and not overwrite:
+            remaining -= sum(s["stop"] - s["start"] for s in manifest.get("shards", []))
+    except (FactoryError, OSError, KeyError, TypeError):
+        pass
+    check_disk_space(req.out, max(remaining, 0) * min_bytes_per_sample(tuple(req.image_shape), req.keep_clean),
+                     f"generating {remaining:,} samples of {req.image_shape[0]}x{req.image_shape[1]} px")
+
+
+def _window(workers: int, client) -> int:
+    """How many shards are submitted ahead: two per worker (per Dask worker thread), so a worker
+    never waits for the driver and the queue holds a few tasks, not the whole run."""
+    if client is not None:
+        try:
+            return max(2, 2 * sum(client.nthreads().values()))
+        except Exception:  # noqa: BLE001 - a cluster that cannot say gets a generous window
+            return 64
+    return max(2, 2 * workers)
+
+
 def generate_dataset(req: GenerateRequest, *, workers: int = 1, scheduler: str | None = None, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Make (or finish) the dataset described by ``req``; returns the final manifest."""
     from tqdm import tqdm
 
+    _check_space(req, overwrite)
     executor, client = _executor(workers, scheduler)  # a scheduler is reached before the directory is touched
     try:
-        return _run_tasks(req, executor, overwrite, progress, tqdm)
+        return _run_tasks(req, executor, overwrite, progress, tqdm, _window(workers, client))
     except BaseException:
         if client is None:
             stop_pool(executor)
@@ -404,34 +432,48 @@ def generate_dataset(req: GenerateRequest, *, workers: int = 1, scheduler: str |
             client.close()
 
 
-def _run_tasks(req: GenerateRequest, executor: Executor, overwrite: bool, progress: bool, tqdm) -> dict[str, Any]:
+def _run_tasks(req: GenerateRequest, executor: Executor, overwrite: bool, progress: bool, tqdm, window: int) -> dict[str, Any]:
+    """Run the shards not yet done, at most ``window`` submitted at a time (the executor's queue stays short)."""
     manifest = _prepare_directory(req, overwrite)
     done = _recover_shards(req, manifest)
     manifest["shards"] = sorted(done.values(), key=lambda s: s["index"])
     write_json_atomic(req.out / MANIFEST_FILE, manifest)
     attrs = {"style_method": req.style["method"], "style_hash": req.style["hash"]} if req.style else {}
-    tasks = [
+    tasks = (  # made one at a time as the window frees: memory does not grow with n
         ShardTask(index, start, stop, req.config_yaml, req.base_dir, req.seed, str(req.out), req.style, req.resample_to_A, req.keep_clean, attrs=attrs)
         for index, (start, stop) in enumerate(shard_ranges(req.n, req.shard_size))
         if index not in done
-    ]
+    )
     already = sum(s["stop"] - s["start"] for s in done.values())
-    if tasks:
+    if already < req.n:
         with tqdm(total=req.n, initial=already, desc="generate", unit="sample", disable=not progress, dynamic_ncols=True) as bar:
-            futures = {executor.submit(make_shard, task): task for task in tasks}
+            in_flight: dict = {}
+
+            def top_up() -> None:
+                while len(in_flight) < window:
+                    task = next(tasks, None)
+                    if task is None:
+                        return
+                    in_flight[executor.submit(make_shard, task)] = task
+
             try:
-                for future in as_completed(futures):
-                    summary = future.result()
-                    done[summary["index"]] = summary
-                    manifest["shards"] = sorted(done.values(), key=lambda s: s["index"])
-                    write_json_atomic(req.out / MANIFEST_FILE, manifest)
-                    bar.update(summary["stop"] - summary["start"])
+                top_up()
+                while in_flight:
+                    finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                    for future in sorted(finished, key=lambda f: in_flight[f].index):
+                        del in_flight[future]
+                        summary = future.result()
+                        done[summary["index"]] = summary
+                        manifest["shards"] = sorted(done.values(), key=lambda s: s["index"])
+                        write_json_atomic(req.out / MANIFEST_FILE, manifest)
+                        bar.update(summary["stop"] - summary["start"])
+                    top_up()
             except BaseException:
                 # A cluster's tasks are cancelled here. A local pool is stopped by the caller
                 # (stop_pool), whose own thread then fails its futures: cancelling them from here
                 # as well races with that thread when a group signal kills its workers too.
                 if not isinstance(executor, ProcessPoolExecutor):
-                    for future in futures:
+                    for future in in_flight:
                         future.cancel()
                 raise
     codes = split_codes(req.seed, req.n, req.split)
