@@ -4,7 +4,9 @@ The command process turns SIGINT and SIGTERM into :class:`Interrupted`, so every
 ``try/except BaseException`` that removes a temporary file runs on the way out. Worker
 processes ignore SIGINT (the terminal sends it to the whole process group; the parent
 decides) and, on SIGTERM, remove the partial files they registered and exit, at once
-unless they are half way through sending a result (then as soon as it is sent).
+unless they are half way through sending a result (then as soon as it is sent). A worker
+whose parent died (kill -9) notices within 0.2 s, removes its partial files and exits, and
+never renames a finished file into place (:func:`orphaned`).
 :func:`stop_pool` is what the parent does with its pool.
 """
 
@@ -85,11 +87,39 @@ def _worker_terminated(signum, frame) -> None:
     os._exit(128 + signum)
 
 
+#: The process that started this worker (set by :func:`init_worker_signals`); None outside a pool.
+_PARENT_PID: int | None = None
+_WATCH_S = 0.2
+
+
+def orphaned() -> bool:
+    """Whether this pool worker's parent has died (the worker was re-parented): its work has no
+    one to report to, and a re-run of the command may already own the output."""
+    return _PARENT_PID is not None and os.getppid() != _PARENT_PID
+
+
+def _watch_parent() -> None:
+    """A worker's watchdog thread: when the parent dies (kill -9 gives it no chance to stop the
+    pool), remove this worker's partial files and exit at once, before it writes anything more."""
+    import time
+
+    while not orphaned():
+        time.sleep(_WATCH_S)
+    for path in list(_PARTIALS):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    os._exit(1)
+
+
 def init_worker_signals() -> None:
-    """Pool initializer: ignore SIGINT, and on SIGTERM remove this worker's partial files and
-    exit, once any result it is sending to the parent has been sent whole."""
+    """Pool initializer: ignore SIGINT; on SIGTERM remove this worker's partial files and exit,
+    once any result it is sending to the parent has been sent whole; and when the parent dies,
+    do the same at once (a watchdog thread looks every 0.2 s)."""
+    global _PARENT_PID
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _worker_terminated)
+    _PARENT_PID = os.getppid()
+    threading.Thread(target=_watch_parent, name="parent-watchdog", daemon=True).start()
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@ operating system and signals as one line, and crashes that a re-run recovers fro
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -491,3 +492,27 @@ def test_generate_submits_a_window_of_shards_not_the_whole_run(tmp_path):
     manifest = _run_tasks(request, executor, False, False, tqdm, 3)
     assert len(manifest["shards"]) == 40
     assert executor.most <= 3
+
+
+def test_kill_9_of_generate_leaves_no_worker_behind(tmp_path):
+    """The pool's workers and its resource tracker used to live on for minutes after the driver
+    was killed, writing shards while a re-run held the lock and keeping the caller's stdout open."""
+    out = tmp_path / "ds"
+    args = [str(a) for a in [*FACTORY, "generate", *SMALL, "--n", 400, "--shard-size", 4, "--workers", 2, "--out", out]]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: len(recorded_shards(out)) >= 1, proc=proc)
+        os.kill(proc.pid, signal.SIGKILL)  # the driver only: it has no chance to stop its pool
+        proc.wait()
+        wait_for(lambda: not group_alive(proc.pid), seconds=10)
+        assert proc.stdout.read() == b""  # end of file: no survivor holds the caller's stdout
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    on_disk = sorted(p.name for p in (out / "shards").iterdir())
+    time.sleep(1.0)
+    assert sorted(p.name for p in (out / "shards").iterdir()) == on_disk  # nothing written after the workers went
+    assert not list((out / "shards").glob("*.partial"))
+    done = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert factory("validate", out).returncode == 0

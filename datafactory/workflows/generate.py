@@ -44,7 +44,7 @@ from ..dataset import (
 )
 from ..croissant import DEFAULT_LICENSE
 from ..errors import FactoryError
-from ..interrupt import init_worker_signals, partial_file, stop_pool
+from ..interrupt import init_worker_signals, orphaned, partial_file, stop_pool
 from ..shards import SCHEMA_VERSION
 
 #: The config's extra augmentations, in the order they are drawn (recorded as ``params/augment_<name>``).
@@ -196,6 +196,8 @@ def _write_shard(task: ShardTask, plan, config, translator, tmp: Path, final: Pa
             "bytes": tmp.stat().st_size,
             "sha256": file_sha256(tmp),
         }
+        if orphaned():  # the driver died: a re-run may own the dataset now; write nothing
+            raise SystemExit(1)
         os.replace(tmp, final)
         return summary
     except BaseException:
