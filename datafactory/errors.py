@@ -24,3 +24,10 @@ class FactoryError(Exception):
 
     def __reduce__(self):  # keep the field across processes (pool workers raise these too)
         return type(self), (str(self), self.field)
+
+
+def notice(message: str) -> None:
+    """A note for the user on stderr, from any layer: something worth knowing that does not stop the job."""
+    import sys
+
+    print(f"note: {message}", file=sys.stderr, flush=True)

@@ -47,6 +47,12 @@ MODEL_RECORD = RecordKind(
 )
 
 
+def training_directory(out: Path) -> Path:
+    """Where a training to MODEL ``out`` keeps its checkpoint until the MODEL is written: ``OUT.training``."""
+    out = Path(out)
+    return out.with_name(out.name + ".training")
+
+
 def check_output(out: Path) -> None:
     """Refuse an ``out`` that is a file or a non-empty directory that is not a MODEL."""
     refuse_foreign_directory(out, MODEL_RECORD)

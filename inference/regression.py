@@ -142,9 +142,9 @@ def train_regression(
     progress: bool = True,
 ) -> tuple[Path, dict, torch.nn.Module]:
     """Train a regressor on dataset ``data`` and save MODEL ``out``; returns (out, record, model)."""
-    from .checkpoint import check_output, dataset_hash, save_model
+    from .checkpoint import check_output, dataset_hash, save_model, training_directory
     from .data import ShardDataset
-    from .training import TrainSettings, fit, resolve_device, seed_everything, seeded_generator, seeded_loader
+    from .training import Checkpointing, TrainSettings, fit, resolve_device, seed_everything, seeded_generator, seeded_loader
 
     settings = settings or TrainSettings()
     seed_everything(settings.seed)
@@ -185,7 +185,13 @@ def train_regression(
         errors = target.errors(Regressor(net, target, {"pixel_size_A": pixel_size_A}, device).predict(val_images), val_labels)
         return {"val_mean_error": float(errors.mean()), "val_p95_error": float(np.percentile(errors, 95))}
 
-    history = fit(model, batches, loss_fn, settings, len(loader), validate=validate, progress=progress, desc=f"train {target_kind}")
+    checkpointing = Checkpointing(
+        training_directory(out),
+        {"task": "regress", "arch": arch, "target": target_kind, "dataset": dataset_hash(train_set.manifest), "settings": settings.to_dict(),
+         "augmentation": augmentation.to_dict(), "loss": [mse_weight, l1_weight], "val_samples": val_samples},
+        epoch_generators={"loader": loader.generator}, step_generators={"augment": g})
+    history = fit(model, batches, loss_fn, settings, len(loader), validate=validate, progress=progress, desc=f"train {target_kind}",
+                  checkpointing=checkpointing)
     record = {
         "task": "regress",
         "arch": arch,
@@ -203,4 +209,6 @@ def train_regression(
         "history": history,
     }
     model.to("cpu").to(memory_format=torch.contiguous_format)
-    return save_model(out, model, record), record, model
+    saved = save_model(out, model, record)
+    checkpointing.remove()
+    return saved, record, model

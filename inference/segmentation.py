@@ -186,12 +186,12 @@ def train_segmentation(
     shifting each channel's logit back by ``ln(weight)`` suppressed the single-S vacancies
     entirely (synthetic S1 F1 0.925 without the shift, 0.0 with it, same model).
     """
-    from .checkpoint import check_output, dataset_hash, save_model
+    from .checkpoint import check_output, dataset_hash, save_model, training_directory
     from .data import ShardDataset
     from .columns import layer_groups_of
     from .exclusive import exclusive_loss, layer_softmax
     from .segmentation_losses import dice_loss, gomb_loss, soft_dice_loss
-    from .training import TrainSettings, fit, seed_everything, seeded_generator, seeded_loader
+    from .training import Checkpointing, TrainSettings, fit, seed_everything, seeded_generator, seeded_loader
 
     settings = settings or TrainSettings(epochs=10, batch=16)
     seed_everything(settings.seed)
@@ -262,7 +262,14 @@ def train_segmentation(
         iou = [pixel_scores(p >= 0.5, t)["mean_iou"] for p, t in zip(probs, truth)]
         return {"val_iou": float(np.mean(iou))}
 
-    history = fit(model, batches, loss_fn, settings, len(loader), validate=validate, progress=progress, desc=f"train {arch}")
+    checkpointing = Checkpointing(
+        training_directory(out),
+        {"task": "segment", "arch": arch, "width": width, "depth": depth, "classes": classes, "class_balance": bool(class_balance),
+         "fp_weight": fp_weight, "dataset": dataset_hash(train_set.manifest), "settings": settings.to_dict(),
+         "augmentation": augmentation.to_dict(), "val_samples": val_samples},
+        epoch_generators={"loader": loader.generator}, step_generators={"augment": g})
+    history = fit(model, batches, loss_fn, settings, len(loader), validate=validate, progress=progress, desc=f"train {arch}",
+                  checkpointing=checkpointing)
     record = {
         "task": "segment",
         "arch": arch,
@@ -289,4 +296,6 @@ def train_segmentation(
         "history": history,
     }
     model.to("cpu").to(memory_format=torch.contiguous_format)
-    return save_model(out, model, record), record, model
+    saved = save_model(out, model, record)
+    checkpointing.remove()
+    return saved, record, model

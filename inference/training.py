@@ -23,16 +23,18 @@ import contextlib
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable
+from pathlib import Path
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 
 from datafactory.device import autocast_dtype, resolve_device
 
-__all__ = ["Schedule", "TrainSettings", "fit", "autocast", "resolve_device", "seed_everything", "seeded_generator", "seeded_loader", "deterministic"]
+__all__ = ["Checkpointing", "Schedule", "TrainSettings", "fit", "autocast", "resolve_device", "seed_everything", "seeded_generator", "seeded_loader", "deterministic"]
 
 #: The named random streams of a run, each seeded from (run seed, number).
 STREAMS = {"global": 0, "loader": 1, "augment": 2, "fit": 3}
@@ -80,6 +82,83 @@ class Schedule:
 
     def done(self, step: int) -> bool:
         return self.progress(step) >= 1.0
+
+
+#: How often a training checkpoints within an epoch (it always does at the end of one).
+CHECKPOINT_EVERY_S = 60.0
+
+
+@dataclass
+class Checkpointing:
+    """Where and when :func:`fit` checkpoints, so that a re-run of the same command resumes.
+
+    ``directory`` (``OUT.training`` beside the MODEL) holds ``checkpoint.pt``: the network,
+    the optimiser, the step, the history, and the state of every random stream. ``identity``
+    is what must match for a checkpoint to be resumed (settings, dataset hash, architecture,
+    loss); a checkpoint of another training is set aside with a notice. ``epoch_generators``
+    are restored to their state at the start of the checkpoint's epoch (the loader's shuffle;
+    the batches already done in that epoch are skipped), ``step_generators`` to their state at
+    the checkpoint (augmentation). A checkpoint is written at the end of every epoch and every
+    ``every_s`` seconds within one; it is read with ``weights_only=True``.
+    """
+
+    directory: Path
+    identity: dict[str, Any]
+    epoch_generators: dict[str, torch.Generator] = field(default_factory=dict)
+    step_generators: dict[str, torch.Generator] = field(default_factory=dict)
+    every_s: float = field(default_factory=lambda: CHECKPOINT_EVERY_S)
+
+    FILE = "checkpoint.pt"
+
+    @property
+    def path(self) -> Path:
+        return Path(self.directory) / self.FILE
+
+    def save(self, payload: dict[str, Any]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.FILE + ".partial")
+        try:
+            torch.save({"identity": self.identity, **payload}, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def load(self) -> dict[str, Any] | None:
+        """The checkpoint to resume, or None (none there, or one of another training: set aside)."""
+        import pickle
+        import warnings
+
+        from datafactory.errors import notice
+
+        if not self.path.is_file():
+            return None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                payload = torch.load(self.path, map_location="cpu", weights_only=True)
+            same = isinstance(payload, dict) and _plain(payload.get("identity")) == _plain(self.identity)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError, ImportError, OSError):
+            notice(f"the checkpoint in {self.directory} is damaged or not one of this program's; training starts again")
+            return None
+        if not same:
+            notice(f"the checkpoint in {self.directory} is of another training (settings or dataset differ); training starts again")
+            return None
+        return payload
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with tuples as lists: a dict as it comes back from a checkpoint."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def autocast(device: str):
@@ -175,6 +254,7 @@ def fit(
     validate: Callable[[torch.nn.Module], dict] | None = None,
     progress: bool = True,
     desc: str = "train",
+    checkpointing: Checkpointing | None = None,
 ) -> list[dict]:
     """Train ``model`` in place; returns the per-epoch history (loss, lr, validation, seconds).
 
@@ -182,7 +262,10 @@ def fit(
     ``loss_fn(model, batch, device)`` returns the scalar loss of one batch. The loop stops
     after ``settings.epochs`` epochs or when ``settings.max_minutes`` have passed. It runs
     under :func:`deterministic` with the global torch generator (dropout) seeded from
-    ``settings.seed``.
+    ``settings.seed``. With ``checkpointing`` it saves its state as it goes and, when a
+    checkpoint of the same training is there, continues from it: to the same weights as an
+    uninterrupted run (for the same device and thread count; a ``max_minutes`` run keeps its
+    clock but not bit-identity).
     """
     from tqdm import tqdm
 
@@ -194,29 +277,80 @@ def fit(
     schedule = Schedule(settings.epochs * steps_per_epoch, settings.warmup_fraction, settings.max_minutes * 60 if settings.max_minutes else None)
     scaler = torch.amp.GradScaler("cuda") if device == "cuda" and autocast_dtype(device) == torch.float16 else None
     history: list[dict] = []
-    step = 0
-    t0 = time.monotonic()
-    bar = tqdm(total=schedule.total_steps, desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
+    step, first_epoch, skip, losses = 0, 0, 0, []
+    epoch_start: dict[str, torch.Tensor] = {}
+    resumed = checkpointing.load() if checkpointing is not None else None
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        optimiser.load_state_dict(resumed["optimiser"])
+        if scaler is not None and resumed.get("scaler"):
+            scaler.load_state_dict(resumed["scaler"])
+        step, first_epoch, skip = int(resumed["step"]), int(resumed["epoch"]), int(resumed["batch_in_epoch"])
+        history, losses = list(resumed["history"]), list(resumed["epoch_losses"])
+        epoch_start = dict(resumed["epoch_start"])
+        for name, g in checkpointing.step_generators.items():
+            g.set_state(resumed["step_generators"][name])
+        torch.set_rng_state(resumed["torch_rng"])
+        if device == "cuda" and resumed.get("cuda_rng"):
+            torch.cuda.set_rng_state_all(list(resumed["cuda_rng"]))
+        schedule.start_time -= float(resumed["elapsed_s"])
+    t0 = time.monotonic() - (float(resumed["elapsed_s"]) if resumed is not None else 0.0)
+    last_save = time.monotonic()
+
+    def save(epoch: int, batch_in_epoch: int) -> None:
+        checkpointing.save({
+            "model": model.state_dict(), "optimiser": optimiser.state_dict(), "scaler": scaler.state_dict() if scaler is not None else {},
+            "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "history": history, "epoch_losses": losses,
+            "epoch_start": epoch_start, "step_generators": {k: g.get_state() for k, g in checkpointing.step_generators.items()},
+            "torch_rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all() if device == "cuda" else [],
+            "elapsed_s": time.monotonic() - t0,
+        })
+
+    bar = tqdm(total=schedule.total_steps, initial=step, desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
     with deterministic(device):
         try:
-            for epoch in range(settings.epochs):
+            for epoch in range(first_epoch, settings.epochs):
+                if schedule.done(step):
+                    break
                 model.train()
-                losses = []
+                if checkpointing is not None:
+                    if epoch == first_epoch and epoch_start:  # resuming within (or at the start of) this epoch
+                        for name, g in checkpointing.epoch_generators.items():
+                            g.set_state(epoch_start[name])
+                    else:
+                        epoch_start = {k: g.get_state() for k, g in checkpointing.epoch_generators.items()}
+                        losses = []
+                else:
+                    losses = []
+                done_in_epoch = 0
                 for batch in batches(epoch):
+                    if done_in_epoch < skip:  # done before the interruption: same batch, not trained again
+                        done_in_epoch += 1
+                        continue
                     for group in optimiser.param_groups:
                         group["lr"] = settings.lr * schedule.factor(step)
                     losses.append(_step(model, batch, loss_fn, optimiser, scaler, device, step))
                     step += 1
+                    done_in_epoch += 1
                     bar.update(1)
                     bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{optimiser.param_groups[0]['lr']:.2e}")
                     if schedule.done(step):
                         break
+                    if checkpointing is not None and time.monotonic() - last_save > checkpointing.every_s:
+                        save(epoch, done_in_epoch)
+                        last_save = time.monotonic()
+                skip = 0
                 record = {"epoch": epoch + 1, "steps": step, "loss": float(np.mean(losses)) if losses else math.nan, "seconds": time.monotonic() - t0}
                 if validate is not None:
                     model.eval()
                     record["val"] = validate(model)
                     bar.set_postfix(epoch=epoch + 1, loss=f"{record['loss']:.4f}", **{k: f"{v:.4g}" for k, v in record["val"].items() if isinstance(v, float)})
                 history.append(record)
+                if checkpointing is not None:  # the streams now stand where the next epoch starts
+                    losses = []
+                    epoch_start = {k: g.get_state() for k, g in checkpointing.epoch_generators.items()}
+                    save(epoch + 1, 0)
+                    last_save = time.monotonic()
                 if schedule.done(step):
                     break
         finally:

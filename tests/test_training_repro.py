@@ -90,3 +90,88 @@ def test_deterministic_restores_the_previous_settings():
         assert torch.are_deterministic_algorithms_enabled()
         assert not torch.is_deterministic_algorithms_warn_only_enabled()
     assert torch.are_deterministic_algorithms_enabled() == before
+
+
+@pytest.mark.parametrize("task", ["segment", "regress"])
+def test_an_interrupted_training_resumes_to_the_same_weights(task, mono, slip, run_cli, tmp_path, monkeypatch):
+    """Stopped in the middle of an epoch (a checkpoint after every step here), the re-run of the
+    same command continues from the checkpoint and ends with the uninterrupted run's weights."""
+    import signal
+
+    import inference.training as training
+    from datafactory.interrupt import Interrupted
+
+    data, options = (mono, SEGMENT) if task == "segment" else (slip, REGRESS)
+    options = (*options[:-1], "4")  # batch 4: several steps per epoch
+    whole = train(run_cli, task, data, tmp_path / "whole", 5, *options)
+
+    monkeypatch.setattr(training, "CHECKPOINT_EVERY_S", 0.0)
+    real_step, calls = training._step, []
+
+    def interrupted_at_7(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 7:
+            raise Interrupted(signal.SIGINT)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_step", interrupted_at_7)
+    out = tmp_path / "resumed"
+    code, _, err = run_cli("train", task, "--data", data, "--out", out, "--seed", 5, "--device", "cpu", "--threads", "1", "-q", *options)
+    assert code == 130 and "re-run the same command to resume" in err
+    assert not out.exists()
+    checkpoint = torch.load(tmp_path / "resumed.training" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["step"] == 6 and checkpoint["batch_in_epoch"] > 0  # in the middle of an epoch
+    again = []
+    monkeypatch.setattr(training, "_step", lambda *a, **k: again.append(1) or real_step(*a, **k))
+    resumed = train(run_cli, task, data, out, 5, *options)
+    assert len(again) == whole[1][-1]["steps"] - 6  # only the steps not done before the interruption
+    assert same_weights(whole[0], resumed[0])
+    assert whole[1] == resumed[1]
+    assert not (tmp_path / "resumed.training").exists()
+
+
+def test_a_checkpoint_of_another_training_is_set_aside(slip, run_cli, tmp_path):
+    out = tmp_path / "m"
+    code, _, err = run_cli("train", "regress", "--data", slip, "--out", out, "--seed", 1, "--device", "cpu", "--threads", "1", "-q", *REGRESS)
+    assert code == 0, err
+    (tmp_path / "n.training").mkdir()
+    import shutil
+
+    # a checkpoint written for seed 1 does not resume a seed-2 training
+    from inference.training import Checkpointing
+
+    Checkpointing(tmp_path / "n.training", {"other": True}).save({"step": 1})
+    code, _, err = run_cli("train", "regress", "--data", slip, "--out", tmp_path / "n", "--seed", 2, "--device", "cpu", "--threads", "1", "-q", *REGRESS)
+    assert code == 0, err
+    assert "of another training" in err
+    assert not (tmp_path / "n.training").exists()
+    shutil.rmtree(out)
+
+
+def test_training_killed_with_sigkill_resumes_to_the_same_weights(slip, run_cli, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    options = ("--target", "slip", "--epochs", "30", "--batch", "8", "--seed", "2", "--device", "cpu", "--threads", "1", "-q")
+    def command_to(out: Path) -> list[str]:
+        return [sys.executable, "-m", "datafactory.cli", "train", "regress", "--data", str(slip), "--out", str(out), *options]
+
+    assert subprocess.run(command_to(tmp_path / "whole"), capture_output=True, timeout=600).returncode == 0
+    out = tmp_path / "killed"
+    command = command_to(out)
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    checkpoint = tmp_path / "killed.training" / "checkpoint.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if checkpoint.exists() and torch.load(checkpoint, weights_only=True)["epoch"] >= 2:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists(), "the training finished before it could be killed"
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert same_weights(torch.load(tmp_path / "whole" / "weights.pt", weights_only=True), torch.load(out / "weights.pt", weights_only=True))

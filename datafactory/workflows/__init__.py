@@ -11,9 +11,6 @@ models or the downstream models may import it.
 
 from __future__ import annotations
 
-import typer
+from ..errors import notice
 
-
-def notice(message: str) -> None:
-    """A note for the user, on stderr: something worth knowing that does not stop the job."""
-    typer.echo(f"note: {message}", err=True)
+__all__ = ["notice"]
