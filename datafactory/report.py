@@ -75,6 +75,7 @@ def _gather(root: Path, manifest: dict[str, Any], mask_samples: int) -> dict[str
     mask_attrs: dict[str, Any] = {}
     pixels_set = np.zeros(channels)
     masks_read = 0
+    bad_images: list[str] = []
     shards = sorted(manifest.get("shards") or [], key=lambda s: s["start"])
     total = sum(s["stop"] - s["start"] for s in shards)
     rng = np.random.default_rng(0)
@@ -95,6 +96,8 @@ def _gather(root: Path, manifest: dict[str, Any], mask_samples: int) -> dict[str
                 shard_set = np.zeros(channels)
                 for i in rows:
                     shard_set += (f["masks"][i] > 0).reshape(channels, -1).mean(axis=1)
+                    if not np.isfinite(f["images"][i]).all():
+                        bad_images.append(f"the image of sample {shard['start'] + i} holds NaN/inf")
         except Exception as exc:  # noqa: BLE001 - report what can be read; 'factory validate' explains the rest
             text = str(exc).strip().splitlines()
             notes.append(f"{shard['file']} skipped: {type(exc).__name__}{': ' + text[0] if text else ''}")
@@ -110,6 +113,7 @@ def _gather(root: Path, manifest: dict[str, Any], mask_samples: int) -> dict[str
             samples += n
         seen += n
     return {
+        "bad_images": bad_images,
         "params": {k: np.concatenate(v) for k, v in params.items()},
         "labels": {k: np.concatenate(v) for k, v in labels.items()},
         "class_counts": class_counts,
@@ -132,9 +136,17 @@ def inspect_dataset(root: Path, *, mask_samples: int = MASK_SAMPLES) -> str:
     """
     import yaml
 
+    from .validate import require_sound_shards
+
     root = Path(root)
     manifest = load_manifest(root)
+    require_sound_shards(root, manifest, field="dataset")
     data = _gather(root, manifest, mask_samples)
+    damaged = [f"{name} holds NaN/inf" for name, values in data["params"].items() if not np.isfinite(values).all()]
+    damaged += [f"labels/{name} holds NaN/inf" for name, values in data["labels"].items() if not np.isfinite(values).all()]
+    damaged += data["bad_images"]
+    if damaged:
+        raise FactoryError(f"dataset '{root}' is damaged: {damaged[0]}; `factory validate {root}` lists every problem", field="dataset")
     n = int(manifest["n"])
     shards = manifest.get("shards") or []
     names = [str(c) for c in manifest.get("channel_names") or []]
@@ -263,8 +275,11 @@ def preview_dataset(root: Path, out_png: Path, *, n: int = 12, seed: int = 0, co
 
     if n < 1:
         raise FactoryError(f"preview: the number of samples must be at least 1 (got {n})")
+    from .validate import require_sound_shards
+
     root, out_png = Path(root), Path(out_png)
     manifest = load_manifest(root)
+    require_sound_shards(root, manifest, field="dataset")
     shards = sorted(manifest.get("shards") or [], key=lambda s: s["start"])
     shards = [s for s in shards if (root / s["file"]).is_file()]
     pool = np.concatenate([np.arange(s["start"], s["stop"]) for s in shards]) if shards else np.zeros(0, dtype=np.int64)
@@ -294,6 +309,11 @@ def preview_dataset(root: Path, out_png: Path, *, n: int = 12, seed: int = 0, co
             with h5py.File(root / shard["file"], "r") as f:
                 for i in indices:
                     samples.append((i, read_sample(f, i - shard["start"])))
+                    if not np.isfinite(samples[-1][1]["image"]).all():
+                        raise FactoryError(f"dataset '{root}' is damaged: the image of sample {i} holds NaN/inf; "
+                                           f"`factory validate {root}` lists every problem", field="dataset")
+        except FactoryError:
+            raise
         except Exception as exc:  # noqa: BLE001 - one line for the user, not a traceback
             text = str(exc).strip().splitlines()
             raise FactoryError(

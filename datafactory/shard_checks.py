@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .dataset import file_sha256
+from .dataset import file_sha256, text_sha256
 from .shards import ATOM_FIELDS, SCHEMA_VERSION
 
 #: Bytes of images + masks (+ clean) read per block when scanning a shard's samples.
@@ -75,6 +75,18 @@ def _check_structure(f, name: str, n: int, first: int, ctx: dict[str, Any]) -> t
     first_index = _int_attr(f.attrs.get("first_index"))
     if first_index != first:
         problems.append(f"{name}: root attribute first_index is {first_index}, the manifest says the shard starts at {first}")
+
+    config_text = f.attrs.get("config")
+    if ctx.get("config_sha256") and config_text is not None:
+        text = config_text.decode() if isinstance(config_text, bytes) else str(config_text)
+        if text_sha256(text) != ctx["config_sha256"]:
+            problems.append(f"{name}: made from another config than the manifest's (a shard of another dataset?)")
+    if ctx.get("seed") is not None and "seed" in f.attrs and _int_attr(f.attrs["seed"]) != ctx["seed"]:
+        problems.append(f"{name}: made with seed {_int_attr(f.attrs['seed'])}, the manifest says {ctx['seed']} (a shard of another dataset?)")
+    style = f.attrs.get("style_hash")
+    style = style.decode() if isinstance(style, bytes) else (None if style is None else str(style))
+    if style is not None and style != ctx.get("style_hash", style):  # shards of early versions carry no style_hash
+        problems.append(f"{name}: styled by {style or 'no style'}, the manifest says {ctx.get('style_hash') or 'no style'} (a shard of another dataset?)")
 
     def dataset(path: str, shape: tuple[int, ...], why: str = "") -> bool:
         if path not in f:
@@ -216,6 +228,42 @@ def _atoms_off_mask(masks: np.ndarray, sample: np.ndarray, cls: np.ndarray, rowc
     return off
 
 
+def _blobs_without_atoms(masks: np.ndarray, sample: np.ndarray, cls: np.ndarray, rowcol: np.ndarray, radius: int, full: int, group: int = 8) -> np.ndarray:
+    """Block-relative indices of samples where a solid mask pixel (>= half the full value) has
+    no atom of its channel within ``radius`` px: a blob drawn where no labelled atom is.
+
+    ``sample``, ``cls`` and ``rowcol`` are the block's atoms on the image with a valid class;
+    ``full`` is the masks' ``max_value``.
+    Pixels within ``radius`` of the border are not checked: a column centred just off the
+    image has a mask there but no atom in the table. Counts of atoms per (sample, channel)
+    are box-summed through a summed-area table, ``group`` samples at a time.
+    """
+    count, channels, height, width = masks.shape
+    if height <= 2 * radius or width <= 2 * radius:
+        return np.zeros(0, dtype=np.int64)
+    r = np.clip(np.rint(rowcol[:, 0]).astype(np.int64), 0, height - 1) + radius
+    c = np.clip(np.rint(rowcol[:, 1]).astype(np.int64), 0, width - 1) + radius
+    bad = []
+    span = 2 * radius + 1
+    for lo in range(0, count, group):
+        hi = min(lo + group, count)
+        mine = (sample >= lo) & (sample < hi)
+        padded = np.zeros((hi - lo, channels, height + 2 * radius, width + 2 * radius), dtype=np.int32)
+        np.add.at(padded, (sample[mine] - lo, cls[mine], r[mine], c[mine]), 1)
+        table = np.zeros((hi - lo, channels, padded.shape[2] + 1, padded.shape[3] + 1), dtype=np.int32)
+        table[:, :, 1:, 1:] = padded.cumsum(2, dtype=np.int32).cumsum(3, dtype=np.int32)
+        box = (table[:, :, span : span + height, span : span + width] - table[:, :, :height, span : span + width]
+               - table[:, :, span : span + height, :width] + table[:, :, :height, :width])
+        solid = masks[lo:hi] >= (full + 1) // 2
+        solid[..., :radius, :] = False
+        solid[..., height - radius :, :] = False
+        solid[..., :, :radius] = False
+        solid[..., :, width - radius :] = False
+        lonely = (solid & (box == 0)).reshape(hi - lo, -1).any(axis=1)
+        bad.append(lo + np.flatnonzero(lonely))
+    return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
+
+
 def _check_contents(f, name: str, n: int, first: int, ctx: dict[str, Any], ok: dict[str, bool]) -> list[str]:
     """NaN/inf, mask values and atom/mask consistency, reading the samples block by block."""
     problems = []
@@ -227,6 +275,15 @@ def _check_contents(f, name: str, n: int, first: int, ctx: dict[str, Any], ok: d
             bad = _nonfinite_samples(f[f"labels/{label}"][:])
             if bad.size:
                 problems.append(f"{name}: labels/{label} holds NaN/inf in {bad.size} sample(s) ({sample_list(first + bad)})")
+
+    if "params" in f:
+        for param in sorted(f["params"]):
+            ds = f["params"][param]
+            if ds.shape != (n,) or ds.dtype.kind not in "fiu":
+                continue
+            bad = _nonfinite_samples(ds[:])
+            if bad.size:
+                problems.append(f"{name}: params/{param} holds NaN/inf in {bad.size} sample(s) ({sample_list(first + bad)})")
 
     atoms = None
     if ok["atoms"]:
@@ -275,7 +332,10 @@ def _check_contents(f, name: str, n: int, first: int, ctx: dict[str, Any], ok: d
         reach = _mask_reach_px(f["masks"].attrs, safe_px) if "masks" in f else np.full(m, np.inf)
         checkable &= reach >= 0.75  # > √2/2: the pixel nearest a column centre is always marked
         window = np.ceil(1 + ctx["allowance_A"] / safe_px).astype(np.int64)
-        atoms = (offsets, position_px, cls, on_image & ~bad_cls & checkable, owner, window)
+        usable = on_image & ~bad_cls & checkable
+        finite_reach = reach[usable] if m else np.zeros(0)
+        radius = int(np.ceil(finite_reach.max() + window[usable].max())) + 1 if finite_reach.size and np.isfinite(finite_reach).all() else None
+        atoms = (offsets, position_px, cls, usable, owner, window, on_image & ~bad_cls, radius)
 
     readers = [key for key in ("images", "clean") if ok[key]]
     if ok["masks"]:
@@ -288,6 +348,7 @@ def _check_contents(f, name: str, n: int, first: int, ctx: dict[str, Any], ok: d
     max_value = int(f["masks"].attrs.get("max_value", 255)) if "masks" in readers else 255
     over_max: list[np.ndarray] = []
     off_mask_count, off_mask_samples, checked = 0, [], 0
+    lonely_blobs: list[np.ndarray] = []
     for lo in range(0, n, block):
         hi = min(lo + block, n)
         for key in ("images", "clean"):
@@ -299,8 +360,11 @@ def _check_contents(f, name: str, n: int, first: int, ctx: dict[str, Any], ok: d
         if max_value < 255:
             over_max.append(lo + np.flatnonzero((masks > max_value).reshape(hi - lo, -1).any(axis=1)))
         if atoms is not None:
-            offsets, position_px, cls, usable, owner, window = atoms
+            offsets, position_px, cls, usable, owner, window, placed, radius = atoms
             a, b = offsets[lo], offsets[hi]
+            if radius is not None:
+                here = np.flatnonzero(placed[a:b]) + a
+                lonely_blobs.append(lo + _blobs_without_atoms(masks, owner[here] - lo, cls[here], position_px[here], radius, max_value))
             use = usable[a:b]
             sel = np.flatnonzero(use) + a
             if sel.size:
@@ -322,6 +386,9 @@ def _check_contents(f, name: str, n: int, first: int, ctx: dict[str, Any], ok: d
             f"{ctx['allowance_A']:.2g} Å + 1 px) "
             f"in sample(s) {sample_list(first + np.array(sorted(set(off_mask_samples))))}"
         )
+    lonely = np.concatenate(lonely_blobs) if lonely_blobs else np.zeros(0, dtype=np.int64)
+    if lonely.size:
+        problems.append(f"{name}: masks mark columns where no atom of their channel is, in {lonely.size} sample(s) ({sample_list(first + lonely)})")
     return problems
 
 

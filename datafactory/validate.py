@@ -103,6 +103,10 @@ def _check_manifest_fields(manifest: dict[str, Any]) -> tuple[list[str], dict[st
         "param_names": None,  # set from the first readable shard, to compare the others with
         "pixel_size_A": _float(manifest.get("pixel_size_A")),
         "allowance_A": _column_tolerance_A(manifest.get("config")) + THERMAL_ALLOWANCE_A,
+        # the dataset's identity, which every shard's root attributes must carry
+        "config_sha256": manifest.get("config_sha256"),
+        "seed": manifest.get("seed"),
+        "style_hash": (manifest.get("style") or {}).get("hash"),
     }
     return problems, context
 
@@ -304,4 +308,43 @@ def validate_dataset(root: Path, *, checksums: bool = True, progress: bool = Fal
     return problems
 
 
-__all__ = ["validate_dataset"]
+def check_shards(root: Path, manifest: dict[str, Any]) -> list[str]:
+    """The quick checks before a dataset is used (training, evaluate, inspect, preview): every
+    listed shard is there with its recorded size, opens, and holds the datasets, shapes and
+    identity (config, seed, style, first index) the manifest says. No sample is read, so NaN
+    and the other content checks are :func:`validate_dataset`'s (readers check what they read)."""
+    import h5py
+
+    from .shard_checks import _check_structure
+
+    problems, ctx = _check_manifest_fields(manifest)
+    problems = [p for p in problems if "'completed' is not set" not in p]
+    if ctx is None:
+        return problems
+    for entry in sorted(manifest.get("shards") or [], key=lambda e: e.get("start", 0)):
+        name, path = entry.get("file"), Path(root) / str(entry.get("file"))
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            problems.append(f"{name}: cannot be read ({exc.strerror})")
+            continue
+        if size != entry.get("bytes"):
+            problems.append(f"{name}: {size} bytes on disk, the manifest says {entry.get('bytes')} (truncated or rewritten)")
+            continue
+        try:
+            with h5py.File(path, "r") as f:
+                problems += _check_structure(f, name, int(entry["stop"]) - int(entry["start"]), int(entry["start"]), ctx)[0]
+        except Exception as exc:  # noqa: BLE001 - any reason HDF5 refuses the file is the problem
+            problems.append(f"{name}: HDF5 cannot read it ({first_line(exc)})")
+    return problems
+
+
+def require_sound_shards(root: Path, manifest: dict[str, Any], field: str = "data") -> None:
+    """Raise one line naming the first problem of :func:`check_shards` (and how many there are)."""
+    problems = check_shards(root, manifest)
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise FactoryError(f"dataset '{root}' is damaged: {problems[0]}{more}; `factory validate {root}` lists them", field=field)
+
+
+__all__ = ["check_shards", "require_sound_shards", "validate_dataset"]

@@ -58,6 +58,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from datafactory.validate import require_sound_shards
 from datafactory.dataset import load_manifest, shard_table, split_indices
 from datafactory.errors import FactoryError
 from datafactory.shards import ATOM_FIELDS
@@ -239,12 +240,18 @@ class ShardDataset(Dataset):
                 f"dataset '{self.root}' lacks {len(missing)} shard file(s) (first: {missing[0].name}); "
                 f"re-running the same command remakes them: {manifest.get('command')}"
             )
+        require_sound_shards(self.root, manifest)  # sizes, structure and identity: a foreign or gutted shard stops here
         self._starts = starts
         # where every item lives, computed once: shard number and row within it
         self._shard_of = (np.searchsorted(starts, self.indices, side="right") - 1).astype(np.int64)
         self._row_of = (self.indices - starts[self._shard_of]).astype(np.int64)
         self._fieldset = frozenset(self.fields)
         self._reset()
+
+    @property
+    def shard_paths(self) -> list[Path]:
+        """The dataset's shard files, in sample order."""
+        return list(self._paths)
 
     @property
     def mask_max_value(self) -> int:
@@ -305,6 +312,9 @@ class ShardDataset(Dataset):
             if field in ("image", "clean"):
                 block = shard.image if field == "image" else shard.clean
                 array = block.read(row, np.empty((1, *block.shape), block.dtype))
+                if not np.isfinite(array).all():
+                    raise FactoryError(f"dataset '{self.root}': the {field} of sample {int(self.indices[k])} holds NaN/inf; "
+                                       f"`factory validate {self.root}` lists every damaged sample", field="data")
                 sample[field] = torch.from_numpy(array).float()
             elif field == "masks":
                 block = shard.masks

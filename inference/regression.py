@@ -89,6 +89,26 @@ def label_field(target: Target) -> str:
     return "twist_deg" if target.kind == "twist" else "slip_frac"
 
 
+def require_variation(dataset, target: Target, kind: str) -> None:
+    """Refuse a target the dataset never varies (e.g. the twist of a slip dataset, 0° in every
+    sample): a model would learn a constant and report a perfect validation error."""
+    import h5py
+
+    values = []
+    for path in dataset.shard_paths:
+        with h5py.File(path, "r") as f:
+            values.append(np.asarray(f["labels"][label_field(target)][:], dtype=np.float64)[:, : target.n_interfaces])
+    values = np.concatenate(values)
+    period = target.period_deg if target.kind == "twist" else 1.0
+    phase = np.exp(2j * np.pi * values / period)  # spread on the circle: a period apart is the same value
+    spread = np.abs(phase - phase.mean(axis=0)).max(initial=0.0)
+    if spread < 1e-6:
+        shown = ", ".join(f"{v:.4g}" for v in np.ravel(values[0]))
+        unit = "°" if target.kind == "twist" else " (cell fractions)"
+        raise FactoryError(f"the dataset's {label_field(target)} is {shown}{unit} in every sample: there is nothing to learn; "
+                           f"regress a target its config draws from a range", field="target")
+
+
 # ---------------------------------------------------------------------- prediction
 
 
@@ -160,6 +180,7 @@ def train_regression(
         raise FactoryError(f"'{data}' mixes pixel sizes; regression needs one (generate it with `resample=True`)", field="data")
     target = target_for(target_kind, train_set.manifest, Path(data))
     field = label_field(target)
+    require_variation(train_set, target, target_kind)
     val_set = ShardDataset(data, split="val", fields=("image", field))
     val_items = [val_set[k] for k in np.linspace(0, len(val_set) - 1, min(val_samples, len(val_set))).astype(int)] if len(val_set) else []
     if val_items:

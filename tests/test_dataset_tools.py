@@ -92,7 +92,10 @@ def test_truncated_shard_is_reported_not_crashed_on(copy):
     assert any("sha256" in p for p in mine), problems
     assert any("HDF5 cannot open" in p for p in mine), problems
     assert mine == problems, "the other shards must still check clean"
-    assert "skipped" in inspect_dataset(copy)  # inspect carries on with the readable shards
+    from datafactory.errors import FactoryError
+
+    with pytest.raises(FactoryError, match="shard-00000.h5: .* bytes on disk"):  # inspect names it instead of skipping it in silence
+        inspect_dataset(copy)
 
 
 def test_missing_shard_file_is_a_missing_range(copy):
@@ -211,3 +214,93 @@ def test_preview_writes_a_png(dataset, tmp_path):
     data = out.read_bytes()
     assert data.startswith(b"\x89PNG") and len(data) > 1000
     assert not list(out.parent.glob("*.partial"))
+
+
+# --------------------------------------------------------------------------- damaged datasets never reach a reader
+
+
+def _foreign_shard(copy: Path, tmp_path: Path) -> None:
+    """Shard 1 replaced by the same rows of a dataset made with another seed, the manifest updated to match."""
+    from datafactory.config import load_config
+    from datafactory.samples import Plan
+    from datafactory.workflows.generate import GenerateRequest, generate_dataset
+
+    cfg, path = load_config("mos2_bilayer_slip", {"microscope.image_size_px": 64})
+    plan = Plan.from_config(cfg, base_dir=path.parent)
+    other = tmp_path / "other"
+    generate_dataset(GenerateRequest(
+        config_yaml=cfg.to_yaml(), base_dir=str(path.parent.resolve()), n=N, seed=4, out=other, shard_size=SHARD_SIZE,
+        command="test", pixel_size_A=float(cfg.microscope.pixel_size_A.values[0]), image_shape=plan.image_shape,
+        channel_names=list(plan.channel_names), n_interfaces=plan.n_interfaces), workers=1, progress=False)
+    shutil.copyfile(other / "shards/shard-00001.h5", copy / "shards/shard-00001.h5")
+    _rehash(copy, "shards/shard-00001.h5")
+
+
+def _no_masks(copy: Path, tmp_path: Path) -> None:
+    with h5py.File(copy / "shards/shard-00001.h5", "a") as f:
+        del f["masks"]
+    _rehash(copy, "shards/shard-00001.h5")
+
+
+def _nan_image(copy: Path, tmp_path: Path) -> None:
+    with h5py.File(copy / "shards/shard-00000.h5", "a") as f:
+        f["images"][:] = np.nan
+    _rehash(copy, "shards/shard-00000.h5")
+
+
+def _truncated(copy: Path, tmp_path: Path) -> None:
+    path = copy / "shards/shard-00002.h5"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("damage, words", [(_foreign_shard, "another"), (_no_masks, "masks"), (_nan_image, "NaN"), (_truncated, "bytes on disk")])
+def test_a_damaged_dataset_is_one_line_for_every_reader(copy, tmp_path, run_cli, damage, words):
+    """Foreign, gutted, NaN or truncated shards used to give KeyError/TypeError tracebacks in
+    training, or exit 0 (and weights) once the manifest's checksums were updated; inspect and
+    preview said nothing."""
+    damage(copy, tmp_path)
+    for args in (("train", "segment", "--data", copy, "--epochs", 1, "--width", 4, "--depth", 1, "-q", "--out", tmp_path / "seg"),
+                 ("train", "regress", "--data", copy, "--epochs", 1, "--batch", 32, "-q", "--out", tmp_path / "reg"),
+                 ("inspect", copy),
+                 ("preview", copy, "--n", N, "--out", tmp_path / "p.png")):
+        code, _, err = run_cli(*args)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and words in lines[0], (args[:2], err)
+    assert not (tmp_path / "seg").exists() and not (tmp_path / "reg").exists() and not (tmp_path / "p.png").exists()
+    assert any(words in p for p in validate_dataset(copy))
+
+
+@pytest.mark.parametrize("checksums", ["rehash", "no-checksums"])
+def test_validate_finds_a_nan_parameter_without_the_checksum(copy, checksums):
+    with h5py.File(copy / "shards/shard-00001.h5", "a") as f:
+        f["params/defocus_A"][3] = np.nan
+    if checksums == "rehash":
+        _rehash(copy, "shards/shard-00001.h5")
+    problems = validate_dataset(copy, checksums=checksums == "rehash")
+    assert any("params/defocus_A holds NaN/inf in 1 sample(s) (15)" in p for p in problems), problems
+
+
+def test_validate_finds_a_mask_blob_with_no_atom_under_it(copy):
+    with h5py.File(copy / "shards/shard-00000.h5", "a") as f:
+        masks = f["masks"][2]
+        offsets = f["atoms/offsets"][:]
+        cls = f["atoms/column_class"][offsets[2]:offsets[3]]
+        channel = int(np.argmin(np.bincount(cls, minlength=masks.shape[0])))  # the channel with fewest columns here
+        atoms = f["atoms/position_px"][offsets[2]:offsets[3]][cls == channel]
+        # the interior pixel farthest (in the chessboard metric of the check's window) from every atom of that channel
+        yy, xx = np.mgrid[16:48, 16:48]
+        far = np.min(np.maximum(abs(yy[..., None] - atoms[:, 0]), abs(xx[..., None] - atoms[:, 1])), axis=-1, initial=99.0)
+        y, x = np.unravel_index(np.argmax(far), far.shape)
+        assert far[y, x] > 15
+        masks[channel, 16 + y - 1 : 16 + y + 2, 16 + x - 1 : 16 + x + 2] = 255
+        f["masks"][2] = masks
+    _rehash(copy, "shards/shard-00000.h5")
+    problems = validate_dataset(copy)
+    assert any("masks mark columns where no atom of their channel is, in 1 sample(s) (2)" in p for p in problems), problems
+
+
+def test_a_regression_target_the_dataset_never_varies_is_refused(dataset, tmp_path, run_cli):
+    """The twist of a slip dataset is 0 in every sample: training used to exit 0 with a perfect score."""
+    code, _, err = run_cli("train", "regress", "--data", dataset, "--target", "twist", "--epochs", 1, "-q", "--out", tmp_path / "m")
+    assert code == 2 and "nothing to learn" in err, err
+    assert not (tmp_path / "m").exists()
