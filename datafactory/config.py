@@ -398,11 +398,15 @@ def read_config_mapping(path: Path) -> dict:
         raw = {}
     if not isinstance(raw, dict):
         raise FactoryError(f"config {path}: the top level must be a mapping of sections (structure, microscope, ...)")
+    return raw
+
+
+def _require_sections(raw: dict, path: Path) -> None:
+    """Refuse a config file that leaves the structure or the microscope to the defaults."""
     missing = [k for k in REQUIRED_SECTIONS if k not in raw]
     if missing:
         raise FactoryError(f"config {path}: no {' and no '.join(f'`{k}:` section' for k in missing)}; a config says what to simulate "
                            f"(start from a preset: {', '.join(preset_names()[:3])}, ...)")
-    return raw
 
 
 #: CLI flags that override config keys: flag -> dotted key.
@@ -469,7 +473,10 @@ def validate_config(raw: dict, source: str = "config", overrides: dict[str, Any]
 def load_config(spec: str | Path, overrides: dict[str, Any] | None = None) -> tuple[Config, Path]:
     """Load, override and validate a config file or preset; returns the config and its path."""
     path = resolve_config_path(spec)
-    return validate_config(read_config_mapping(path), str(path), overrides), path
+    raw = read_config_mapping(path)
+    config = validate_config(raw, str(path), overrides)  # the values first: their messages are the more precise
+    _require_sections(raw, path)
+    return config, path
 
 
 def _deep_copy(value: Any, memo: dict[int, Any] | None = None) -> Any:

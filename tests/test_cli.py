@@ -15,9 +15,9 @@ BAD_CONFIGS = {
     "semiangle_negative": "microscope:\n  semiangle_mrad: -30\n",
     "image_too_small": "microscope:\n  image_size_px: 16\n",
     "unknown_element": "structure:\n  dopants:\n    - {element: Xy, replaces: S, fraction: 0.1}\n",
-    "huge_twist_patch": "structure:\n  layers: 2\n  twist_deg: 0.5\nmicroscope:\n  image_size_px: 30000\n  pixel_size_A: 0.5\n",
-    "unreadable_structure": "structure:\n  cell: broken.cif\n",
-    "missing_structure": "structure:\n  cell: nothere.cif\n",
+    "huge_twist_patch": "structure:\n  layers: 2\n  twist_deg: 0.5\nmicroscope:\n  image_size_px: 16000\n  pixel_size_A: 0.5\n",
+    "unreadable_structure": "structure:\n  cell: broken.cif\nmicroscope:\n  pixel_size_A: 0.1\n",
+    "missing_structure": "structure:\n  cell: nothere.cif\nmicroscope:\n  pixel_size_A: 0.1\n",
     "not_yaml": "structure: [unclosed\n",
 }
 
