@@ -291,6 +291,43 @@ def test_truncated_or_garbled_yaml_fails_cleanly_or_runs(text, cut, preset):
     run_simulate(source[: cut % (len(source) + 1)] + text)
 
 
+@PROPERTY(60)
+@given(data=st.data(), magnitude=st.floats(1.01e10, 1e308), negative=st.booleans())
+def test_a_number_beyond_every_bound_is_refused(data, magnitude, negative):
+    """Round three: ``twist_deg: 1e308`` was stored as a label. Every numeric value of a config has a bound."""
+    name = data.draw(st.sampled_from(sorted(FULL_PRESETS)), label="preset")
+    tree = copy.deepcopy(FULL_PRESETS[name])
+    numbers = [p for p in _paths(tree) if p and isinstance(_get(tree, p), (int, float)) and not isinstance(_get(tree, p), bool)]
+    path = data.draw(st.sampled_from(numbers), label="path")
+    _set(tree, path, -magnitude if negative else magnitude)
+    text = yaml.safe_dump(tree, sort_keys=False)
+    note(f"{'.'.join(map(str, path))} = {_get(tree, path)}")
+    assert run_simulate(text) == 2
+
+
+@PROPERTY(30)
+@given(preset=st.sampled_from(sorted(PRESETS)), data=st.data())
+def test_a_section_or_key_given_twice_is_refused(preset, data):
+    """Round three: a second ``microscope:`` silently replaced the first (defocus, Cs and source size became 0)."""
+    lines = yaml.safe_dump(PRESETS[preset], sort_keys=False).splitlines()
+    keys = [k for k, line in enumerate(lines) if line and not line.startswith((" ", "-")) and line.endswith(":")]
+    k = data.draw(st.sampled_from(keys), label="section")
+    end = next((j for j in range(k + 1, len(lines)) if lines[j] and not lines[j].startswith((" ", "-"))), len(lines))
+    text = "\n".join(lines + lines[k:end]) + "\n"
+    assert run_simulate(text) == 2
+
+
+@PROPERTY(30)
+@given(flag=st.sampled_from(["--seed", "--n", "--workers"]), value=st.integers(2**32, 10**40))
+def test_huge_command_line_numbers_are_refused_before_work(flag, value):
+    """Round three: a 23-digit --seed gave a TypeError traceback and a .partial file; a huge --n grew memory without bound."""
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        before = files_in(directory)
+        code, out, err = invoke("simulate", "--config", "mos2_monolayer", "--size", 32, flag, value, "--out", directory / "o.h5", "-q")
+        assert_refused(code, out, err, directory, before)
+
+
 def _alias_bomb(levels: int = 9) -> str:
     """A "billion laughs" document: 9**levels references to one small list, under an unknown key."""
     lines = ["bomb:", "  a0: &a0 [x, x, x, x, x, x, x, x, x]"]
