@@ -90,6 +90,18 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+@contextlib.contextmanager
+def named_os_errors(path: Path):
+    """Within the block, an ``OSError`` that names no file (a failed ``write``: no space, a size
+    limit) is raised again naming ``path``, so its one-line message says what was being written."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename or exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+
+
 def write_json_atomic(path: Path, record: dict[str, Any]) -> None:
     """Write JSON under a unique temporary name, fsync, and rename: a reader sees the old or
     the new file, never half, and two writers never share a temporary file."""
@@ -97,7 +109,7 @@ def write_json_atomic(path: Path, record: dict[str, Any]) -> None:
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     tmp = Path(name)
     try:
-        with os.fdopen(fd, "w") as f:
+        with named_os_errors(path), os.fdopen(fd, "w") as f:
             json.dump(record, f, indent=1)
             f.write("\n")
             f.flush()

@@ -11,6 +11,7 @@ record with the caller's checker before any value of it is used.
 
 from __future__ import annotations
 
+
 import json
 import math
 from collections.abc import Callable, Mapping
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .dataset import replacing_directory
+from .dataset import named_os_errors, replacing_directory
 from .errors import FactoryError
 
 
@@ -66,8 +67,10 @@ def write_record_directory(out: Path, kind: RecordKind, record_text: str, files:
     refuse_foreign_directory(out, kind)
     with replacing_directory(out) as tmp:
         for name, content in files.items():
-            (tmp / name).write_bytes(content)
-        (tmp / kind.record_file).write_text(record_text)
+            with named_os_errors(out / name):
+                (tmp / name).write_bytes(content)
+        with named_os_errors(out / kind.record_file):
+            (tmp / kind.record_file).write_text(record_text)
     return out
 
 

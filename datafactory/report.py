@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .dataset import load_manifest
+from .dataset import load_manifest, named_os_errors
 from .errors import FactoryError
 
 #: Width in characters of the longest histogram bar.
@@ -346,7 +346,8 @@ def preview_dataset(root: Path, out_png: Path, *, n: int = 12, seed: int = 0, co
     out_png.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_png.with_name(out_png.name + ".partial")
     try:
-        fig.savefig(tmp, dpi=110, format="png")
+        with named_os_errors(out_png):
+            fig.savefig(tmp, dpi=110, format="png")
         os.replace(tmp, out_png)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -280,10 +280,19 @@ def evaluate(model_path: Path, data: Path, split: str, out: Path, device: str = 
         metrics, arrays = evaluate_segmentation(model, data, split, progress=progress)
     metrics.update({"model": str(Path(model_path).resolve()), "data": str(Path(data).resolve()), "split": split, "trained_on": record.get("dataset", {}).get("sha256")})
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out, metrics)
     plot = out.with_suffix(".png")
-    if record["task"] == "regress":
-        _regression_plot(plot, arrays, record)
-    else:
-        _segmentation_plot(plot, arrays)
+    tmp = plot.with_name(plot.stem + ".partial.png")
+    try:  # the plot under a temporary name first: a failure leaves neither file half-written
+        try:
+            if record["task"] == "regress":
+                _regression_plot(tmp, arrays, record)
+            else:
+                _segmentation_plot(tmp, arrays)
+        except OSError as exc:  # matplotlib's error names no file
+            raise OSError(exc.errno, exc.strerror or str(exc), str(plot)) from None
+        write_json_atomic(out, metrics)
+        if tmp.exists():
+            tmp.replace(plot)
+    finally:
+        tmp.unlink(missing_ok=True)
     return metrics

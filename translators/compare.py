@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from datafactory.dataset import named_os_errors
+
 from . import metrics
 from .column_shift import column_shift_from_positions
 from .metric_inputs import as_count, as_image, as_positive, as_rng
@@ -383,7 +385,8 @@ def draw_comparison(reference, pixel_size_A: float, others, out_png, *, referenc
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        fig.savefig(tmp, format="png", dpi=110)
+        with named_os_errors(tmp):
+            fig.savefig(tmp, format="png", dpi=110)
         os.replace(tmp, out)
     finally:
         if tmp.exists():

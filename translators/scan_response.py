@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from datafactory.dataset import named_os_errors
+
 #: Largest pole fitted; beyond it the line would be smeared over many pixels.
 MAX_POLE = 0.95
 #: A fitted pole smaller than this many standard errors is reported as no response.
@@ -173,6 +175,7 @@ def draw_response(path: Path, fit: ResponseFit, image_name: str = "experiment") 
     ax.legend(fontsize=7)
     fig.tight_layout()
     partial = path.with_name(path.name + ".partial")
-    fig.savefig(partial, dpi=110, format="png")
+    with named_os_errors(partial):
+        fig.savefig(partial, dpi=110, format="png")
     os.replace(partial, path)
     return path

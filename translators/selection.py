@@ -23,6 +23,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from datafactory.dataset import named_os_errors
 from datafactory.errors import FactoryError
 
 from .selection_features import (  # noqa: F401 - the feature functions are offered here too
@@ -289,7 +290,8 @@ def plot_selection(selection: Selection, out_png) -> Path:
     fig.tight_layout()
     tmp = out.with_name(out.stem + ".partial" + out.suffix)
     try:
-        fig.savefig(tmp, dpi=110, format="png")
+        with named_os_errors(tmp):
+            fig.savefig(tmp, dpi=110, format="png")
         tmp.replace(out)
     except BaseException:
         tmp.unlink(missing_ok=True)

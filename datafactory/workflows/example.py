@@ -17,6 +17,8 @@ does not have:
 
 from __future__ import annotations
 
+import contextlib
+
 from pathlib import Path
 
 import numpy as np
@@ -86,12 +88,22 @@ def make_example_experiment(out_dir: Path, seed: int = 0) -> Path:
     image = degrade_like_experiment(clean, TRUE_PIXEL_SIZE_A, np.random.default_rng(seed))
     scaled = np.clip(1000 + 400 * image, 0, 65535).astype(np.uint16)  # detector offset and gain
     out_dir = Path(out_dir)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / EXAMPLE_NAME
     tmp = path.with_name(path.name + ".partial")
-    tifffile.imwrite(
-        tmp, scaled, imagej=True, resolution=(1 / FILE_PIXEL_SIZE_A, 1 / FILE_PIXEL_SIZE_A),
-        metadata={"unit": "A", "Info": "stem-datafactory digital twin: monolayer MoS2, 60 kV HAADF"},
-    )
-    tmp.replace(path)
+    try:
+        tifffile.imwrite(
+            tmp, scaled, imagej=True, resolution=(1 / FILE_PIXEL_SIZE_A, 1 / FILE_PIXEL_SIZE_A),
+            metadata={"unit": "A", "Info": "stem-datafactory digital twin: monolayer MoS2, 60 kV HAADF"},
+        )
+        tmp.replace(path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if created:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
+        if isinstance(exc, OSError) and not exc.filename:  # tifffile's short-write error names no file
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+        raise
     return path
