@@ -516,3 +516,20 @@ def test_kill_9_of_generate_leaves_no_worker_behind(tmp_path):
     done = subprocess.run(args, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr
     assert factory("validate", out).returncode == 0
+
+
+def test_a_file_size_limit_in_any_writer_is_one_line_and_leaves_nothing(tmp_path):
+    """torch.save raised a RuntimeError traceback under ``ulimit -f``; plots and the example left half-written files."""
+    data = tmp_path / "ds"
+    assert factory("generate", *SMALL, "--n", 24, "--shard-size", 12, "--workers", 1, "--out", data).returncode == 0
+    assert factory("train", "regress", "--data", data, "--epochs", 1, "-q", "--out", tmp_path / "m").returncode == 0
+    place = tmp_path / "limited"
+    place.mkdir()
+    for args in (("train", "regress", "--data", data, "--epochs", 1, "-q", "--out", place / "m2"),
+                 ("evaluate", tmp_path / "m", "--data", data, "-q", "--out", place / "metrics.json"),
+                 ("preview", data, "--out", place / "p.png"),
+                 ("example", "--out", place / "ex")):
+        result = subprocess.run([*FACTORY, *map(str, args)], capture_output=True, text=True, timeout=600, preexec_fn=_file_size_limit(20_000))
+        assert result.returncode == 2, (args[0], result.stderr)
+        assert "File too large" in one_line(result.stderr) or "written" in result.stderr, result.stderr
+        assert list(place.iterdir()) == [], (args[0], list(place.iterdir()))
