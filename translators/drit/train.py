@@ -239,7 +239,7 @@ def _load_checkpoint(path: Path, device: str) -> dict[str, Any]:
         raise FactoryError(f"{what}: it is damaged ({type(exc).__name__}); drop `resume` to start again, or remove it", field="resume") from None
     needed = ("settings", "model", "discs", "opt_g", "opt_d", "numpy_rng", "torch_rng", "iteration", "history")
     if not isinstance(payload, dict) or any(k not in payload for k in needed) or not isinstance(payload["settings"], dict):
-        raise FactoryError(f"{what} (not a checkpoint of fit-style --method drit); drop `resume` to start again, or remove it", field="resume")
+        raise FactoryError(f"{what} (not a checkpoint of a DRIT training); drop `resume` to start again, or remove it", field="resume")
     return payload
 
 
