@@ -364,11 +364,26 @@ def _recover_shards(req: GenerateRequest, manifest: dict[str, Any]) -> dict[int,
 def check_scheduler(scheduler: str) -> None:
     """Refuse a scheduler address that is not one (before anything is written)."""
     from distributed.comm import parse_address
+    from distributed.comm.registry import get_backend
 
     try:
-        parse_address(scheduler, strict=True)
+        scheme, _ = parse_address(scheduler, strict=True)
+        # an unknown scheme fails here, not in Client(): a Client that failed to connect stays
+        # registered as the process's default client, and abTEM then sends its work there
+        get_backend(scheme)
     except (ValueError, TypeError) as exc:
         raise FactoryError(f"'{scheduler}' is not a scheduler address such as tcp://host:8786 ({exc})", field="scheduler") from None
+
+
+def _forget_failed_client() -> None:
+    """A Client that failed to connect stays registered as the process's default client (and
+    abTEM sends later work there): close whatever is registered."""
+    import contextlib
+
+    from distributed import default_client
+
+    with contextlib.suppress(Exception):
+        default_client().close()
 
 
 def _executor(workers: int, scheduler: str | None) -> tuple[Executor, Any]:
@@ -382,6 +397,7 @@ def _executor(workers: int, scheduler: str | None) -> tuple[Executor, Any]:
         try:
             client = Client(scheduler, timeout=10)
         except (OSError, TimeoutError, ValueError) as exc:
+            _forget_failed_client()
             raise FactoryError(f"cannot reach {scheduler} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})", field="scheduler") from None
         return client.get_executor(pure=False), client
     import multiprocessing
