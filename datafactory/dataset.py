@@ -102,6 +102,22 @@ def named_os_errors(path: Path):
         raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
 
 
+def write_bytes_atomic(path: Path, data: bytes | memoryview) -> None:
+    """Write ``data`` to ``PATH.partial``, fsync, and rename it to ``path``; a failure removes the
+    temporary file and raises an ``OSError`` naming ``path``."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        with named_os_errors(path), open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_json_atomic(path: Path, record: dict[str, Any]) -> None:
     """Write JSON under a unique temporary name, fsync, and rename: a reader sees the old or
     the new file, never half, and two writers never share a temporary file."""

@@ -117,21 +117,15 @@ class Checkpointing:
     def save(self, payload: dict[str, Any]) -> None:
         import io
 
-        from datafactory.dataset import named_os_errors
+        from datafactory.dataset import write_bytes_atomic
 
         buffer = io.BytesIO()  # serialised in memory: a refused write is then an OSError naming the file
         torch.save({"identity": self.identity, **payload}, buffer)
         created = not self.directory.exists()
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.FILE + ".partial")
         try:
-            with named_os_errors(self.path), open(tmp, "wb") as f:
-                f.write(buffer.getbuffer())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            write_bytes_atomic(self.path, buffer.getbuffer())
         except BaseException:
-            tmp.unlink(missing_ok=True)
             if created:
                 with contextlib.suppress(OSError):
                     self.directory.rmdir()

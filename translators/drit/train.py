@@ -199,22 +199,15 @@ def lr_factor(iteration: int, total: int, constant_fraction: float) -> float:
 
 
 def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    import io
+
     import torch
 
-    import io
+    from datafactory.dataset import write_bytes_atomic
 
     buffer = io.BytesIO()  # serialised in memory: a refused write is then an OSError naming the file
     torch.save(payload, buffer)
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(buffer.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, buffer.getbuffer())
 
 
 def _load_checkpoint(path: Path, device: str) -> dict[str, Any]:
