@@ -51,7 +51,6 @@ keeps the last good checkpoint and names the diverging term.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
