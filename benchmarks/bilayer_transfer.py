@@ -28,7 +28,8 @@ Cases (:data:`CASES`): twisted graphene near 30°, twisted graphene at 3.4° (a 
     .venv/bin/python benchmarks/bilayer_transfer.py --table-only                                        # the cached table
 
 Everything is cached in ``--work`` (default ``runs/bilayer_transfer``). Writes
-``docs/img/bilayer_bonds.png`` (bond-length histograms). Last line:
+``docs/img/bilayer_bonds.png`` (bond-length histograms; ``bilayer_bonds_gombnet<E>.png`` with
+``--segment-epochs E`` other than the default). Last line:
 ``bilayer_transfer: tbg_29 twist err <median>° (worst seed) ... F1 <worst layer, worst seed> ...``.
 Targets (issue 26): twist ≤ 0.3°, slip ≤ 0.15 Å, per-layer F1 ≥ 0.97 (worst seed).
 """
@@ -329,7 +330,8 @@ def main() -> None:
         results[name] = run_case(args.work, name, CASES[name], seeds, args.n, args.regress_epochs, args.segment_epochs, args.table_only)
         (args.work / "results.json").write_text(json.dumps(results, indent=1))
     results = {k: v for k, v in results.items() if v["seeds"]}
-    bond_figure(results, ROOT / "docs" / "img" / "bilayer_bonds.png")
+    figure = "bilayer_bonds.png" if args.segment_epochs == DEFAULT_SEGMENT_EPOCHS else f"bilayer_bonds_gombnet{args.segment_epochs}.png"
+    bond_figure(results, ROOT / "docs" / "img" / figure)
     print(f"{'case':<11} {'truth':>14} {'calibrate':>18} {'seed':>4} {'training':>16} {'map err (median, p90)':>24} {'FFT twist':>9} {'F1 L1/L2':>11} {'bond found/true':>24}")
     parts = []
     for name, res in results.items():
