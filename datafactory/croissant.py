@@ -247,7 +247,7 @@ def _sample_fields(manifest: dict[str, Any], columns: list[str]) -> list[dict[st
     known = {
         "sample": ("sc:Integer", "global sample index, 0..N-1; sample i depends only on (config, style, seed, i)"),
         "split": ("sc:Text", "the sample's split (train, val or test), fixed by the seed"),
-        "shard": ("sc:Text", "the HDF5 shard file (schema v1) that holds the sample, relative to the dataset"),
+        "shard": ("sc:Text", "the HDF5 shard file (schema v2) that holds the sample, relative to the dataset"),
         "row": ("sc:Integer", "the sample's row in its shard"),
         "image": ("sc:Text", f"HDF5 address of the image: shape ({h}, {w}), float32, {intensity}; "
                              f"pixel (row, col) is centred at x = col·Δ, y = row·Δ"),
@@ -318,7 +318,7 @@ def croissant_metadata(root: Path, manifest: dict[str, Any], columns: list[str])
         + (", interlayer slip and twist" if manifest["n_interfaces"] else "")
         + "), "
         + (f"restyled with a fitted '{style['method']}' style to look like a real experiment" if style else "not restyled")
-        + ". Made by stem-datafactory; the arrays are in HDF5 shards (schema v1), one row per sample in samples.csv. "
+        + ". Made by stem-datafactory; the arrays are in HDF5 shards (schema v2), one row per sample in samples.csv. "
         "See README.md (the dataset card) for how it was made and how real it looks."
     )
     materials = stack_materials(manifest)

@@ -8,7 +8,7 @@ Layout::
       preview.png            eight samples with their mask overlays
       samples.csv            one row per sample: array addresses, labels, physical metadata, parameters
       croissant.json         Croissant (MLCommons) metadata: files, splits, fields (see datafactory.croissant)
-      shards/shard-00000.h5  schema-v1 shards (see :mod:`datafactory.shards`), samples start..stop-1
+      shards/shard-00000.h5  schema-v2 shards (see :mod:`datafactory.shards`), samples start..stop-1
       shards/shard-00001.h5  ...
 
 ``manifest.json`` fields:

@@ -154,7 +154,7 @@ def classify_columns(atoms: Atoms, cell: LayerCell | Sequence[LayerCell], vocabu
 
 
 def atom_table(atoms: Atoms, columns: Columns, grid: PixelGrid) -> dict[str, np.ndarray]:
-    """Atoms whose centre lies on the image: schema-v1 ``atoms/*`` arrays of one sample."""
+    """Atoms whose centre lies on the image: schema-v2 ``atoms/*`` arrays of one sample."""
     rowcol = grid.to_pixels(atoms.positions[:, :2])
     inside = grid.contains(rowcol)
     return {

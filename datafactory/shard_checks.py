@@ -70,8 +70,9 @@ def _check_structure(f, name: str, n: int, first: int, ctx: dict[str, Any]) -> t
     ok = {"images": False, "clean": False, "masks": False, "atoms": False, "labels": False}
 
     version = _int_attr(f.attrs.get("schema_version"))
-    if version != SCHEMA_VERSION:
-        problems.append(f"{name}: root attribute schema_version is {version}, expected {SCHEMA_VERSION}")
+    expected = ctx.get("schema_version") or SCHEMA_VERSION
+    if version != expected:
+        problems.append(f"{name}: root attribute schema_version is {version}, expected {expected} (the manifest's)")
     first_index = _int_attr(f.attrs.get("first_index"))
     if first_index != first:
         problems.append(f"{name}: root attribute first_index is {first_index}, the manifest says the shard starts at {first}")

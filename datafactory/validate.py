@@ -11,7 +11,7 @@ What is checked
 ---------------
 Manifest
     It loads (:func:`datafactory.dataset.load_manifest`), ``completed`` is set,
-    ``schema_version`` is 1, the fields every reader needs are present.
+    ``schema_version`` is one this version reads (1 or 2), the fields every reader needs are present.
 Coverage
     The shards' ``[start, stop)`` ranges tile ``0..n`` exactly: gaps, overlaps and
     duplicate entries are reported, as are listed shard files missing on disk, ``.h5``
@@ -50,7 +50,7 @@ from typing import Any
 from .dataset import CARD_FILE, SHARD_DIR, load_manifest
 from .errors import FactoryError
 from .shard_checks import THERMAL_ALLOWANCE_A, first_line, sample_list, sample_range, check_shard
-from .shards import SCHEMA_VERSION
+from .shards import READABLE_SCHEMA_VERSIONS
 
 # --------------------------------------------------------------------------- manifest-level checks
 
@@ -78,8 +78,9 @@ def _check_manifest_fields(manifest: dict[str, Any]) -> tuple[list[str], dict[st
     problems = []
     if not manifest.get("completed"):
         problems.append("manifest: 'completed' is not set: generation did not finish (re-run the same 'factory generate' command)")
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        problems.append(f"manifest: schema_version is {manifest.get('schema_version')!r}, this version reads {SCHEMA_VERSION}")
+    if manifest.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
+        problems.append(f"manifest: schema_version is {manifest.get('schema_version')!r}, this version reads "
+                        f"{', '.join(str(v) for v in READABLE_SCHEMA_VERSIONS)}")
     missing = [k for k in ("image_shape", "channel_names", "n_interfaces") if k not in manifest]
     if missing:
         problems.append(f"manifest: missing field(s) {', '.join(missing)}; shard contents cannot be checked")
@@ -100,6 +101,7 @@ def _check_manifest_fields(manifest: dict[str, Any]) -> tuple[list[str], dict[st
         "channel_names": channel_names,
         "n_interfaces": n_interfaces,
         "keep_clean": bool(manifest.get("keep_clean", False)),
+        "schema_version": manifest.get("schema_version"),
         "param_names": None,  # set from the first readable shard, to compare the others with
         "pixel_size_A": _float(manifest.get("pixel_size_A")),
         "allowance_A": _column_tolerance_A(manifest.get("config")) + THERMAL_ALLOWANCE_A,

@@ -51,12 +51,12 @@ def test_sample_i_depends_only_on_seed_and_i():
         np.testing.assert_array_equal(getattr(direct, name), getattr(in_run, name), err_msg=name)
 
 
-def test_schema_v1_layout(tmp_path):
+def test_schema_v2_layout(tmp_path):
     plan = make_plan(BILAYER)
     out, preview = write_simulation(plan, 0, 5, tmp_path / "s.h5", workers=1, progress=False)
     assert preview.name == "s.preview.png" and preview.stat().st_size > 10_000
     with h5py.File(out, "r") as f:
-        assert f.attrs["schema_version"] == SCHEMA_VERSION == 1
+        assert f.attrs["schema_version"] == SCHEMA_VERSION == 2
         assert f.attrs["seed"] == 0 and "created" not in f.attrs and f.attrs["package_version"]
         assert f.attrs["first_index"] == 0
         # the config as requested (BILAYER over the ideal microscope of conftest)
@@ -65,7 +65,7 @@ def test_schema_v1_layout(tmp_path):
         assert config["structure"]["slip_a"] == [0, 1] and config["structure"]["twist_deg"] == [0, 60]
         assert config["microscope"]["image_size_px"] == 64 and config["microscope"]["pixel_size_A"] == 0.1
         assert config["microscope"]["defocus_A"] == [-10, 10] and config["microscope"]["source_size_A"] == [0.3, 0.6]
-        assert f["images"].shape == (5, 64, 64) and f["images"].dtype == np.float32
+        assert f["images"].shape == (5, 64, 64) and f["images"].dtype == np.float16
         names = [str(n) for n in f["masks"].attrs["channel_names"]]
         assert names == plan.channel_names == ["L1:Mo", "L1:S2", "L1:S1", "L2:Mo", "L2:S2", "L2:S1"]  # S1: a column with one S left
         assert f["masks"].attrs["max_value"] == 255 and f["masks"].attrs["radius_A"] == 0.5
@@ -96,7 +96,7 @@ def test_schema_v1_layout(tmp_path):
         np.testing.assert_allclose(f["labels/slip_frac"][:, 0, 0], f["params/slip_a_1"][()])
         sample = read_sample(f, 3)
         direct = simulate_sample(plan, 0, 3)
-        np.testing.assert_array_equal(sample["image"], direct.image)
+        np.testing.assert_array_equal(sample["image"], direct.image.astype(np.float16))  # stored as float16
         np.testing.assert_array_equal(sample["masks"], direct.masks)
         for name, values in direct.atoms.items():
             np.testing.assert_array_equal(sample["atoms"][name], values)

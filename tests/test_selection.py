@@ -105,13 +105,13 @@ def sim_file(tmp_path_factory):
     return path
 
 
-def test_run_selection_writes_a_schema_v1_subset(sim_file, tmp_path):
+def test_run_selection_writes_a_schema_v2_subset(sim_file, tmp_path):
     big = _noisy(_images("MoS2", 1, size=192, seed=5), 7)[0]
     coarse = resample(big, PIXEL_A, 1.3 * PIXEL_A)  # an experiment at another pixel size
     out, plot = tmp_path / "selected.h5", tmp_path / "selected.png"
     selection = run_selection(sim_file, [FakeMicrograph(coarse, 1.3 * PIXEL_A)], keep=8, out_path=out, plot_path=plot, progress=False)
     with h5py.File(out, "r") as f, h5py.File(sim_file, "r") as src:
-        assert f.attrs["schema_version"] == 1
+        assert f.attrs["schema_version"] == 2
         index = f["source_index"][:]
         assert len(index) == len(selection.kept) <= 8
         np.testing.assert_array_equal(index, selection.kept)

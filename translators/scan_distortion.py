@@ -195,15 +195,17 @@ def displace_points(points_px: np.ndarray, field: np.ndarray, iterations: int = 
     return p
 
 
-def move_atoms(atoms: dict[str, np.ndarray], field: np.ndarray, pixel_size_A: float) -> dict[str, np.ndarray]:
-    """Schema-v1 atom rows of one sample, displaced by ``field``; atoms moved off the image are dropped.
+def move_atoms(atoms: dict[str, np.ndarray], field: np.ndarray, pixel_size_A: float, averaged: bool = False) -> dict[str, np.ndarray]:
+    """Atom rows of one sample, displaced by ``field``; atoms moved off the image are dropped.
 
     ``position_px`` follows :func:`displace_points`; ``position_A`` is recomputed as
     ``position_px × pixel_size_A``; every other field is kept for the surviving rows.
+    ``averaged=True`` says that ``field`` is :func:`line_averaged` already.
     """
     from datafactory.grid import PixelGrid
 
-    moved = displace_points(atoms["position_px"], field, line_sigma_px=COLUMN_SIGMA_A / pixel_size_A)
+    sigma_px = 0.0 if averaged else COLUMN_SIGMA_A / pixel_size_A  # 0: the field is line-averaged already
+    moved = displace_points(atoms["position_px"], field, line_sigma_px=sigma_px)
     keep = PixelGrid(tuple(field.shape[1:]), pixel_size_A).contains(moved)
     out = {name: np.asarray(values)[keep] for name, values in atoms.items()}
     out["position_px"] = moved[keep].astype(atoms["position_px"].dtype)
@@ -221,5 +223,5 @@ def warp_labels(masks: np.ndarray, atoms: dict[str, np.ndarray], field: np.ndarr
     own shift. For smooth fields (line jitter along the lines, drift, shear, flyback) the
     average changes nothing.
     """
-    sigma_px = COLUMN_SIGMA_A / pixel_size_A
-    return warp_masks(masks, line_averaged(field, sigma_px), binary=binary), move_atoms(atoms, field, pixel_size_A)
+    averaged = line_averaged(field, COLUMN_SIGMA_A / pixel_size_A)  # once, for both
+    return warp_masks(masks, averaged, binary=binary), move_atoms(atoms, averaged, pixel_size_A, averaged=True)

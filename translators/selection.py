@@ -9,7 +9,7 @@ Typical use::
 
     sel = run_selection("sims.h5", micrographs, keep=100, out_path="selected.h5", plot_path="selected.png")
 
-The output is a schema-v1 file (see :mod:`datafactory.shards`) holding the kept samples in
+The output is a schema-v2 file (see :mod:`datafactory.shards`) holding the kept samples in
 rank order, with ``source_index`` pointing back into the input and the selection settings
 in root attributes named ``selection_*``.
 """
@@ -310,7 +310,7 @@ def _sim_features(f, extract, n: int, chunk: int, progress: bool) -> np.ndarray:
     out = []
     with tqdm(total=n, desc="features", unit="img", disable=not progress, dynamic_ncols=True) as bar:
         for start in range(0, n, chunk):
-            out.append(extract(f["images"][start : start + chunk]))
+            out.append(extract(np.asarray(f["images"][start : start + chunk], dtype=np.float32)))
             bar.update(min(chunk, n - start))
     return np.concatenate(out)
 
@@ -359,20 +359,22 @@ def run_selection(
     if not micrographs:
         raise FactoryError("no experimental images given")
 
+    import hdf5plugin  # noqa: F401 - registers the Blosc filter of schema-v2 images
+
     try:
         f = h5py.File(sim_path, "r")
     except OSError as exc:
         raise FactoryError(f"cannot read {sim_path} as HDF5: {exc}") from None
     with f:
         if "images" not in f or f["images"].ndim != 3:
-            raise FactoryError(f"{sim_path}: no (N, H, W) 'images' dataset (not a schema-v1 file?)")
+            raise FactoryError(f"{sim_path}: no (N, H, W) 'images' dataset (not a schema-v2 file?)")
         n_sim, rows, cols = f["images"].shape
         if keep < 1 or keep > n_sim:
             raise FactoryError(f"keep must be between 1 and the number of simulations ({n_sim}), got {keep}")
         try:
             pixel_sizes = sample_pixel_sizes_A(f)
         except KeyError:
-            raise FactoryError(f"{sim_path}: no params/pixel_size_A (not a schema-v1 file?)") from None
+            raise FactoryError(f"{sim_path}: no params/pixel_size_A (not a schema-v2 file?)") from None
         if len(pixel_sizes) != n_sim or not np.all(pixel_sizes > 0):
             raise FactoryError(f"{sim_path}: params/pixel_size_A must hold one positive value per image")
         if not np.allclose(pixel_sizes, pixel_sizes[0], rtol=1e-6, atol=0):

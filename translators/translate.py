@@ -1,4 +1,4 @@
-"""Apply a STYLE to samples and to whole schema-v1 files (``factory translate``).
+"""Apply a STYLE to samples and to whole schema-v2 files (``factory translate``).
 
 Only ``images`` change. The one exception is a geometric artefact's displacement field,
 which moves the masks and the atom table with the image; the input image is kept in
@@ -18,7 +18,7 @@ from datafactory.errors import FactoryError
 from datafactory.grid import resample, resampled_shape, same_pixel_size
 from datafactory.samples import Sample
 from datafactory.rng import sample_rng
-from datafactory.shards import SCHEMA_VERSION, ShardWriter, read_sample, sample_pixel_sizes_A
+from datafactory.shards import READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION, ShardWriter, read_sample, sample_pixel_sizes_A
 
 from .scan_distortion import warp_labels
 from .base import Translation, Translator
@@ -85,9 +85,9 @@ def _open_input(path: Path) -> h5py.File:
         f = h5py.File(path, "r")
     except OSError as exc:
         raise FactoryError(f"'{path}' is not a readable HDF5 file ({str(exc).splitlines()[0]})", field="in") from None
-    if f.attrs.get("schema_version") != SCHEMA_VERSION or "images" not in f or "atoms" not in f:
+    if f.attrs.get("schema_version") not in READABLE_SCHEMA_VERSIONS or "images" not in f or "atoms" not in f:
         f.close()
-        raise FactoryError(f"'{path}' is not a schema-v{SCHEMA_VERSION} file written by factory simulate", field="in")
+        raise FactoryError(f"'{path}' is not a file written by factory simulate (schema v{', v'.join(str(v) for v in READABLE_SCHEMA_VERSIONS)})", field="in")
     return f
 
 

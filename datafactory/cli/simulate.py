@@ -12,7 +12,7 @@ from .common import claim, require_at_least, require_at_most, require_seed
 
 
 def simulate(
-    out: Path = typer.Option(..., "--out", "-o", help="Output HDF5 file (schema v1); a FILE.preview.png is written beside it."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output HDF5 file (schema v2); a FILE.preview.png is written beside it."),
     config: str = typer.Option("mos2_bilayer_slip", "--config", "-c", help="YAML config file, or the name of a preset in configs/."),
     n: int = typer.Option(16, "--n", help="Number of samples."),
     size: Optional[int] = typer.Option(None, "--size", help="Image size in pixels (overrides microscope.image_size_px)."),

@@ -16,7 +16,7 @@ def fit_style(
     exp: List[Path] = typer.Argument(..., help="Experimental micrographs (.tif .dm3 .dm4 .emd .ser .mrc .png .jpg .npy); stacks give one image per frame."),
     out: Path = typer.Option(..., "--out", "-o", help="STYLE bundle directory to write."),
     method: str = typer.Option("drit", "--method", help="drit (learned translator, the default) or parametric (fitted physics model)."),
-    sim: Optional[Path] = typer.Option(None, "--sim", help="drit: schema-v1 file of clean simulations at the experiments' pixel size."),
+    sim: Optional[Path] = typer.Option(None, "--sim", help="drit: schema-v2 file of clean simulations at the experiments' pixel size."),
     config: Optional[str] = typer.Option(None, "--config", "-c", help="Config (file or preset) of the simulations the style is for: its microscope calibrates the column contrast (with --material); drit: the pool is simulated from it, instead of --sim."),
     preset: str = typer.Option("quick", "--preset", help="drit: quick (≤ 20 min on 2 CPU cores) or paper (the reference's settings, for a GPU)."),
     iterations: Optional[int] = typer.Option(None, "--iterations", help="drit: training iterations (overrides the preset)."),
@@ -195,6 +195,8 @@ def compare_input(spec: str, pixel_size, index: int, allow_rgb: bool, lattice=No
     if path.suffix.lower() in (".h5", ".hdf5"):
         if not path.is_file():
             raise FactoryError(f"'{path}' does not exist")
+        import hdf5plugin  # noqa: F401 - registers the Blosc filter of schema-v2 images
+
         try:
             with h5py.File(path, "r") as f:
                 name = field or "images"

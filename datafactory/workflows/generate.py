@@ -2,7 +2,7 @@
 
 One task makes one shard (:func:`make_shard`): it simulates samples ``start..stop-1``,
 translates them with the STYLE, applies the config's extra augmentations, writes a
-schema-v1 shard under a temporary name, re-opens and verifies it, and only then renames it.
+schema-v2 shard under a temporary name, re-opens and verifies it, and only then renames it.
 The driver (:func:`generate_dataset`) submits the tasks to a ``concurrent.futures``
 executor (a local process pool, or a Dask cluster through ``Client.get_executor()`` — the
 same code path) and gathers only small summaries; after each finished shard it rewrites
@@ -259,6 +259,7 @@ class GenerateRequest:
     def identity(self) -> dict[str, Any]:
         """What must match for a re-run to resume this dataset instead of being refused."""
         return {
+            "schema_version": SCHEMA_VERSION,  # a dataset of an earlier schema is never continued in a newer one
             "config_sha256": text_sha256(self.config_yaml),
             "seed": self.seed,
             "n": self.n,

@@ -1,6 +1,6 @@
 """``fit-style --method drit``: the simulation pool, Trident selection, training, and the report.
 
-1. The simulation pool: a schema-v1 file the user gives (``--sim``), or simulated here from
+1. The simulation pool: a schema-v2 file the user gives (``--sim``), or simulated here from
    a config at the experiments' pixel size, by default ten times as many images as the
    experiments give training crops.
 2. Trident step I (unless ``--no-select``): the pool is ranked against the experimental
