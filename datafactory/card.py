@@ -167,7 +167,7 @@ def card_text(root: Path, manifest: dict[str, Any]) -> str:
         "## Load it",
         "",
         "```python",
-        "import h5py, hdf5plugin, json  # hdf5plugin: the Blosc filter of the images (pip install hdf5plugin)",
+        "import h5py, json",
         f"manifest = json.load(open('{root.name}/manifest.json'))",
         f"with h5py.File('{root.name}/' + manifest['shards'][0]['file']) as f:",
         "    image, masks = f['images'][0].astype('float32'), f['masks'][0]  # images are stored as float16",

@@ -418,7 +418,10 @@ def check_shard(root: Path, entry: dict[str, Any], ctx: dict[str, Any] | None, c
         if ctx is None or stop <= start:
             return problems
         n = stop - start
-        structure, ok = _check_structure(f, name, n, start, ctx)
-        problems += structure
-        problems += _check_contents(f, name, n, start, ctx, ok)
+        try:
+            structure, ok = _check_structure(f, name, n, start, ctx)
+            problems += structure
+            problems += _check_contents(f, name, n, start, ctx, ok)
+        except Exception as exc:  # noqa: BLE001 - a damaged compressed chunk: HDF5 cannot decode it
+            problems.append(f"{name}: its contents cannot be read ({first_line(exc)})")
     return problems

@@ -35,9 +35,10 @@ pickles without handles, so spawned workers work too. The transform, if any, mus
 picklable for spawned workers.
 
 Reading one sample touches only that sample's chunks: images and masks are stored one
-sample per chunk, and are read as raw chunks (``read_direct_chunk``) straight into new
-arrays, bypassing HDF5's per-call selection machinery and chunk cache; a dataset stored with
-other filters or chunking falls back to ``read_direct``. Atom rows are sliced per sample;
+sample per chunk, and are read as raw chunks (``read_direct_chunk``) and decoded here straight
+into new arrays (inflate, and for images the byte shuffle undone), bypassing HDF5's per-call
+selection machinery and chunk cache; a dataset stored with other filters or chunking falls
+back to ``read_direct``. Images come as float32 whatever their storage (float16 in schema 2). Atom rows are sliced per sample;
 the small per-shard arrays (``atoms/offsets``, ``labels/*``, ``params/*``) are read whole
 once per shard and process.
 
@@ -61,7 +62,7 @@ from torch.utils.data import Dataset, default_collate
 from datafactory.validate import require_sound_shards
 from datafactory.dataset import load_manifest, shard_table, split_indices
 from datafactory.errors import FactoryError
-from datafactory.shards import ATOM_FIELDS
+from datafactory.shards import ATOM_FIELDS, unpack_chunk
 
 FIELDS = ("image", "clean", "masks", "slip_frac", "slip_A", "twist_deg", "params", "atoms", "index")
 LABEL_FIELDS = ("slip_frac", "slip_A", "twist_deg")
@@ -103,7 +104,7 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _raw_chunk_kind(ds: h5py.Dataset) -> str | None:
-    """'raw' or 'deflate' when one sample is one chunk that we can decode ourselves, else None."""
+    """'raw', 'deflate' or 'shuffle+deflate' when one sample is one chunk that we can decode ourselves, else None."""
     if ds.chunks != (1, *ds.shape[1:]) or not ds.dtype.isnative:
         return None
     plist = ds.id.get_create_plist()
@@ -112,6 +113,8 @@ def _raw_chunk_kind(ds: h5py.Dataset) -> str | None:
         return "raw"
     if filters == [h5py.h5z.FILTER_DEFLATE]:
         return "deflate"
+    if filters == [h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_DEFLATE]:
+        return "shuffle+deflate"
     return None
 
 
@@ -137,11 +140,15 @@ class _Block:
                     self.ds.id.read_direct_chunk(offset, out=flat)
                     return out
                 filter_mask, data = self.ds.id.read_direct_chunk(offset)
-                if not filter_mask & 1:  # bit set: deflate was skipped for this chunk, stored as is
-                    data = inflate(data, self.nbytes)
-                if len(data) == self.nbytes:
-                    flat[:] = np.frombuffer(data, np.uint8)
-                    return out
+                if self.kind == "shuffle+deflate":
+                    if filter_mask == 0:  # both filters applied (a bit set means that filter was skipped)
+                        return unpack_chunk(data, out, inflate)
+                else:
+                    if not filter_mask & 1:  # bit set: deflate was skipped for this chunk, stored as is
+                        data = inflate(data, self.nbytes)
+                    if len(data) == self.nbytes:
+                        flat[:] = np.frombuffer(data, np.uint8)
+                        return out
             except Exception:  # noqa: BLE001 - e.g. a chunk never written (fill value): let HDF5 decide
                 pass
         self.ds.read_direct(out.reshape((1, *self.shape)), source_sel=np.s_[row : row + 1])

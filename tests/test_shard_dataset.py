@@ -190,6 +190,8 @@ def test_block_reads_every_storage_layout(tmp_path):
     with h5py.File(tmp_path / "layouts.h5", "w") as f:
         f.create_dataset("deflate", data=masks, chunks=(1, 3, 8, 8), compression="gzip", compression_opts=1)
         f.create_dataset("shuffled", data=masks, chunks=(1, 3, 8, 8), compression="gzip", shuffle=True)
+        f.create_dataset("float16_shuffled", data=images.astype(np.float16), chunks=(1, 8, 8), compression="gzip", shuffle=True)
+        f.create_dataset("float32_shuffled", data=images, chunks=(1, 8, 8), compression="gzip", compression_opts=1, shuffle=True)
         f.create_dataset("two_per_chunk", data=masks, chunks=(2, 3, 8, 8), compression="gzip")
         f.create_dataset("raw", data=images, chunks=(1, 8, 8))
         f.create_dataset("big_endian", data=images.astype(">f4"), chunks=(1, 8, 8))
@@ -211,4 +213,5 @@ def test_block_reads_every_storage_layout(tmp_path):
                 np.testing.assert_array_equal(got, f[name][i], err_msg=f"{name}[{i}]")
         np.testing.assert_array_equal(_Block(f["filter_skipped"]).read(1, np.empty((3, 8, 8), np.uint8)), masks[1])
         assert kinds == {"deflate": "deflate", "filter_skipped": "deflate", "raw": "raw", "unwritten": "raw",
-                         "shuffled": None, "two_per_chunk": None, "big_endian": None}
+                         "shuffled": "shuffle+deflate", "float16_shuffled": "shuffle+deflate", "float32_shuffled": "shuffle+deflate",
+                         "two_per_chunk": None, "big_endian": None}

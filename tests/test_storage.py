@@ -1,5 +1,5 @@
-"""Schema-v2 storage: float16 images where they fit (float32 where not), Blosc-compressed images
-and atoms, and datasets of schema 1 still read, validated and trained on."""
+"""Schema-v2 storage: float16 images where they fit (float32 where not), images and atoms stored
+with HDF5's shuffle + deflate filters, and datasets of schema 1 still read, validated and loaded."""
 
 import json
 from pathlib import Path
@@ -10,9 +10,19 @@ import pytest
 
 from conftest import make_plan
 from datafactory.samples import simulate_sample, write_simulation
-from datafactory.shards import FLOAT16_RANGE, SCHEMA_VERSION, ShardWriter, filter_keywords, fits_float16, read_sample, write_subset
+from datafactory.shards import (
+    FLOAT16_RANGE,
+    SCHEMA_VERSION,
+    ShardWriter,
+    filter_keywords,
+    fits_float16,
+    pack_chunk,
+    read_sample,
+    unpack_chunk,
+    write_subset,
+)
 
-BLOSC_FILTER_ID = 32001
+SHUFFLE_DEFLATE = [h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_DEFLATE]
 
 
 def _filters(ds: h5py.Dataset) -> list[int]:
@@ -24,14 +34,30 @@ def test_images_are_float16_within_half_a_step_and_compressed(tmp_path):
     plan = make_plan()
     out = write_simulation(plan, 0, 3, tmp_path / "s.h5", workers=1, progress=False, preview=False)[0]
     with h5py.File(out, "r") as f:
-        assert f["images"].dtype == np.float16 and BLOSC_FILTER_ID in _filters(f["images"])
-        assert BLOSC_FILTER_ID in _filters(f["atoms/position_px"]) and BLOSC_FILTER_ID in _filters(f["atoms/Z"])
+        assert f["images"].dtype == np.float16 and _filters(f["images"]) == SHUFFLE_DEFLATE  # built-in filters: any HDF5 reader
+        assert _filters(f["atoms/position_px"]) == SHUFFLE_DEFLATE and _filters(f["atoms/Z"]) == SHUFFLE_DEFLATE
+        assert _filters(f["atoms/layer"]) == [h5py.h5z.FILTER_DEFLATE]  # one byte: nothing to shuffle
         for i in range(3):
             stored = read_sample(f, i)["image"]
             exact = simulate_sample(plan, 0, i).image
             assert stored.dtype == np.float32
             # round to nearest: at most half a float16 step, 2^-11 of the value
             assert np.all(np.abs(stored - exact) <= np.abs(exact) * 2.0**-11 + 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.uint8, np.int64])
+def test_packed_chunks_are_what_hdf5_filters_read(tmp_path, dtype):
+    rng = np.random.default_rng(0)
+    data = (rng.normal(100, 10, (3, 8, 9))).astype(dtype)
+    with h5py.File(tmp_path / "p.h5", "w") as f:
+        ds = f.create_dataset("x", data.shape, dtype, chunks=(1, 8, 9), shuffle=np.dtype(dtype).itemsize > 1, compression="gzip")
+        for i in range(3):
+            ds.id.write_direct_chunk((i, 0, 0), pack_chunk(data[i]))
+    with h5py.File(tmp_path / "p.h5", "r") as f:
+        np.testing.assert_array_equal(f["x"][:], data)  # HDF5's own filters undo the packing
+        for i in range(3):
+            _, raw = f["x"].id.read_direct_chunk((i, 0, 0))
+            np.testing.assert_array_equal(unpack_chunk(raw, np.empty((8, 9), dtype)), data[i])
 
 
 def test_fits_float16_bounds():

@@ -359,8 +359,6 @@ def run_selection(
     if not micrographs:
         raise FactoryError("no experimental images given")
 
-    import hdf5plugin  # noqa: F401 - registers the Blosc filter of schema-v2 images
-
     try:
         f = h5py.File(sim_path, "r")
     except OSError as exc:

@@ -195,8 +195,6 @@ def compare_input(spec: str, pixel_size, index: int, allow_rgb: bool, lattice=No
     if path.suffix.lower() in (".h5", ".hdf5"):
         if not path.is_file():
             raise FactoryError(f"'{path}' does not exist")
-        import hdf5plugin  # noqa: F401 - registers the Blosc filter of schema-v2 images
-
         try:
             with h5py.File(path, "r") as f:
                 name = field or "images"
