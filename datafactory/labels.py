@@ -209,15 +209,36 @@ def mask_values(distance_px: np.ndarray, style: MaskStyle, pixel_size_A: float) 
 
 
 def draw_masks(columns: Columns, n_channels: int, grid: PixelGrid, style: MaskStyle) -> np.ndarray:
-    """Per-class masks (C, H, W) uint8: one disk or Gaussian per column, centred at sub-pixel accuracy."""
+    """Per-class masks (C, H, W) uint8: one disk or Gaussian per column, centred at sub-pixel accuracy.
+
+    Every column stamps the pixels of a round footprint around its nearest pixel into a canvas
+    padded by the footprint's radius, so no stamp needs a bounds check; the image is the
+    canvas's centre.
+    """
     height, width = grid.shape
-    masks = np.zeros((n_channels, height, width), dtype=np.uint8)
     reach_px = style.reach_A() / grid.pixel_size_A + 0.5
     near = grid.contains(columns.rowcol, margin_px=reach_px)
     centres = columns.rowcol[near]
     classes = columns.class_index[near]
     if len(centres) == 0:
-        return masks
+        return np.zeros((n_channels, height, width), dtype=np.uint8)
+    r = int(np.ceil(reach_px)) + 1
+    offsets = np.arange(-r, r + 1)
+    dr, dc = np.meshgrid(offsets, offsets, indexing="ij")
+    # a pixel's centre is at most 0.71 px (half a diagonal) farther from the column than from its nearest pixel
+    footprint = dr**2 + dc**2 <= (reach_px + 0.75) ** 2
+    dr, dc = dr[footprint], dc[footprint]
+    base = np.round(centres).astype(np.int64)
+    offset = centres - base  # exact: a number minus its nearest integer
+    distance = np.hypot(dr[None, :] - offset[:, 0, None], dc[None, :] - offset[:, 1, None])
+    values = mask_values(distance, style, grid.pixel_size_A)
+    hit = values > 0
+    pad = r + int(np.ceil(reach_px)) + 1  # base lies within reach_px + 0.5 of the image
+    rows_p, cols_p = height + 2 * pad, width + 2 * pad
+    flat = ((classes[:, None] * rows_p + base[:, 0, None] + pad + dr[None, :]) * cols_p + base[:, 1, None] + pad + dc[None, :])[hit]
+    canvas = np.zeros((n_channels, rows_p, cols_p), dtype=np.uint8)
+    np.maximum.at(canvas.reshape(-1), flat, values[hit].astype(np.uint8))
+    return np.ascontiguousarray(canvas[:, pad : pad + height, pad : pad + width])
     r = int(np.ceil(reach_px)) + 1
     offsets = np.arange(-r, r + 1)
     dr, dc = np.meshgrid(offsets, offsets, indexing="ij")
