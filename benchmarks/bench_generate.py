@@ -5,9 +5,17 @@
    through the style model with dose 30, 0.05 Å jitter and 0.02 streaks), no external data.
 2. ``factory generate`` makes N 256×256 MoS2 bilayers (configs/mos2_bilayer_slip.yaml) in
    a subprocess on all cores, once with that style and once without; the wall time covers
-   everything (start-up, simulation, translation, writing, verification, manifest).
-   Then ``generate[drit]`` with an untrained DRIT bundle of the quick preset's
-   architecture (speed does not depend on training), on fewer samples.
+   everything (start-up, simulation, translation, writing, verification, manifest,
+   description). Each is run for N/4 samples too: the difference of the two runs is the
+   steady rate, without the fixed cost of a run (start-up and description, a few seconds),
+   which is the rate a 100,000-sample run sees. ``factory simulate`` is run the same way for
+   the bare simulation rate on the same cores. Then ``generate[drit]`` with an untrained
+   DRIT bundle of the quick preset's architecture (speed does not depend on training), on
+   fewer samples.
+2b. The stages of one sample on one core, in memory (simulate, parametric translation,
+   write: masks deflated, image packed, rows written): on 2 cores a worker runs them one
+   after the other, so the stages' sum bounds the rate, and ``generate``'s steady rate is
+   reported as a fraction of that bound.
 3. :class:`inference.data.ShardDataset` reads the styled dataset (image + masks) through a
    ``DataLoader(num_workers=2, batch_size=64, shuffle=True)`` with persistent workers, in a
    fresh process as a training script would: one pass to warm up, then five timed passes
@@ -80,12 +88,59 @@ def untrained_drit_style(out: Path, parametric_style: Path) -> Path:
 
 def generate(out: Path, style: str, n: int, shard_size: int) -> float:
     """Run ``factory generate`` in a subprocess; returns samples per second, wall clock."""
+    return n / _seconds(["generate", "--config", str(CONFIG), "--size", str(SIZE), "--n", str(n), "--shard-size", str(shard_size),
+                         "--style", style, "--out", str(out), "-q"])
+
+
+def _seconds(args: list[str]) -> float:
     factory = Path(sys.executable).parent / "factory"
-    command = [str(factory), "generate", "--config", str(CONFIG), "--size", str(SIZE), "--n", str(n),
-               "--shard-size", str(shard_size), "--style", style, "--out", str(out), "-q"]
     t0 = time.perf_counter()
-    subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
-    return n / (time.perf_counter() - t0)
+    subprocess.run([str(factory), *args], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def steady_rate(n: int, seconds: float, n_small: int, seconds_small: float) -> float:
+    """Samples/s of the samples a run adds beyond a smaller run: the rate without a run's fixed cost."""
+    return (n - n_small) / max(seconds - seconds_small, 1e-9)
+
+
+def simulate_seconds(out: Path, n: int) -> float:
+    """Wall seconds of ``factory simulate`` (same config and size, all cores, no preview)."""
+    return _seconds(["simulate", "--config", str(CONFIG), "--size", str(SIZE), "--n", str(n), "--out", str(out), "--no-preview", "-q"])
+
+
+def stage_ms(style_dir: Path, n: int = 48) -> dict[str, float]:
+    """Milliseconds per sample of each stage on one core, in memory."""
+    from threadpoolctl import threadpool_limits
+
+    from datafactory.config import load_config
+    from datafactory.samples import Plan, simulate_sample
+    from datafactory.shards import ShardWriter
+    from translators.base import load_style
+    from translators.translate import translate_samples
+
+    style = load_style(style_dir)
+    config, path = load_config(CONFIG, {"microscope.image_size_px": SIZE, "microscope.pixel_size_A": style.pixel_size_A})
+    plan = Plan.from_config(config, base_dir=path.parent)
+    out = {}
+    with threadpool_limits(1), tempfile.TemporaryDirectory() as tmp:
+        simulate_sample(plan, 0, 0)
+        t0 = time.perf_counter()
+        samples = [simulate_sample(plan, 0, i) for i in range(n)]
+        out["simulate"] = (time.perf_counter() - t0) / n * 1e3
+        translate_samples(style, samples[:2], 0)
+        t0 = time.perf_counter()
+        styled = [s for k in range(0, n, 16) for s in translate_samples(style, samples[k : k + 16], 0)]
+        out["translate"] = (time.perf_counter() - t0) / n * 1e3
+        names = list(plan.param_names) + [f"style_{p}" for p in style.recorded_parameters]
+        writer = ShardWriter(Path(tmp) / "w.h5", n, 0, plan.image_shape, plan.channel_names, plan.n_interfaces, names, {"config": "", "seed": 0},
+                             {"shape": plan.mask_style.shape})
+        t0 = time.perf_counter()
+        for sample in styled:
+            writer.write(sample)
+        writer.close()
+        out["write"] = (time.perf_counter() - t0) / n * 1e3
+    return out
 
 
 def read_rate(root: Path, passes: int = 5) -> tuple[float, float]:
@@ -135,18 +190,42 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_generate_") as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        for name in ("styled", "clean", "drit"):
+        for name in ("styled", "styled_small", "clean", "clean_small", "drit"):
             if (work / name).exists():
                 raise SystemExit(f"{work / name} exists; remove it or choose another --keep directory")
         style = fit_synthetic_style(work / "style")
         workers = os.cpu_count() or 1
+        stages = stage_ms(style)
+        print("one sample on one core: " + ", ".join(f"{k} {v:.2f} ms" for k, v in stages.items()), flush=True)
 
-        styled = generate(work / "styled", str(style), args.n, args.shard_size)
-        hours = projected_hours(100_000, styled)
-        print(f"generate[parametric]: {styled:.1f} samples/s ({args.n} samples {SIZE}x{SIZE}, {workers} workers, end to end)", flush=True)
-        print(f"generate[parametric]: 100,000 samples in {hours:.2f} h at that rate", flush=True)
-        plain = generate(work / "clean", "none", args.n, args.shard_size)
-        print(f"generate[none]: {plain:.1f} samples/s", flush=True)
+        small = max(args.n // 4, 2 * args.shard_size // 2)
+        t_styled = _seconds(["generate", "--config", str(CONFIG), "--size", str(SIZE), "--n", str(args.n), "--shard-size", str(args.shard_size),
+                             "--style", str(style), "--out", str(work / "styled"), "-q"])
+        t_styled_small = _seconds(["generate", "--config", str(CONFIG), "--size", str(SIZE), "--n", str(small), "--shard-size",
+                                   str(args.shard_size // 2), "--style", str(style), "--out", str(work / "styled_small"), "-q"])
+        styled = args.n / t_styled
+        styled_steady = steady_rate(args.n, t_styled, small, t_styled_small)
+        hours = projected_hours(100_000, styled_steady)
+        print(f"generate[parametric]: {styled:.1f} samples/s end to end ({args.n} samples {SIZE}x{SIZE}, {workers} workers), "
+              f"steady {styled_steady:.1f} samples/s (fixed cost of a run {t_styled - args.n / styled_steady:.1f} s)", flush=True)
+        print(f"generate[parametric]: 100,000 samples in {hours:.2f} h at the steady rate", flush=True)
+        t_plain = _seconds(["generate", "--config", str(CONFIG), "--size", str(SIZE), "--n", str(args.n), "--shard-size", str(args.shard_size),
+                            "--style", "none", "--out", str(work / "clean"), "-q"])
+        t_plain_small = _seconds(["generate", "--config", str(CONFIG), "--size", str(SIZE), "--n", str(small), "--shard-size",
+                                  str(args.shard_size // 2), "--style", "none", "--out", str(work / "clean_small"), "-q"])
+        plain, plain_steady = args.n / t_plain, steady_rate(args.n, t_plain, small, t_plain_small)
+        print(f"generate[none]: {plain:.1f} samples/s end to end, steady {plain_steady:.1f} samples/s", flush=True)
+        t_sim, t_sim_small = simulate_seconds(work / "sim.h5", args.n), simulate_seconds(work / "sim_small.h5", small)
+        sim_steady = steady_rate(args.n, t_sim, small, t_sim_small)
+        # the bound of each pipeline on these cores: every core busy with the stages of one sample after another
+        bound_plain = workers * 1e3 / (stages["simulate"] + stages["write"])
+        bound_styled = workers * 1e3 / (stages["simulate"] + stages["translate"] + stages["write"])
+        print(f"simulate (bare, same config, {workers} workers, writes float16 shards in the driver): {args.n / t_sim:.1f} samples/s end to end, "
+              f"steady {sim_steady:.1f} samples/s", flush=True)
+        print(f"ratios: generate[none] / simulate {plain_steady / sim_steady:.2f}; against the stages' bound ({workers} cores, each running "
+              f"one sample's stages after another): generate[none] {plain_steady / bound_plain:.2f} of {bound_plain:.0f} samples/s, "
+              f"generate[parametric] {styled_steady / bound_styled:.2f} of {bound_styled:.0f} samples/s; the slowest stage alone, "
+              f"translate, would allow {workers * 1e3 / stages['translate']:.0f}", flush=True)
 
         n_drit = max(64, args.n // 4)  # one shard per worker: each loads the model and builds its kernels once per shard
         drit = generate(work / "drit", str(untrained_drit_style(work / "drit_style", style)), n_drit, max(32, n_drit // workers))
@@ -172,7 +251,9 @@ def main() -> None:
         described = manifest["n"] / statistics.median(times)
         table_b = (work / "styled" / SAMPLE_TABLE_FILE).stat().st_size / manifest["n"]
         print(f"croissant: {described:.0f} samples/s described (samples.csv {table_b:.0f} B/sample; 100,000 samples in {1e5 / described:.0f} s)", flush=True)
-        print(f"generate[parametric] {styled:.0f} samples/s (100k in {hours:.1f} h), generate[none] {plain:.0f} samples/s, generate[drit] {drit:.1f} samples/s, "
+        print(f"generate[parametric] {styled:.0f} samples/s end to end, {styled_steady:.0f} steady (100k in {hours:.2f} h; "
+              f"{styled_steady / bound_styled:.2f} of the stages' bound), generate[none] {plain:.0f}/{plain_steady:.0f} "
+              f"(simulate {sim_steady:.0f}: ratio {plain_steady / sim_steady:.2f}), generate[drit] {drit:.1f} samples/s, "
               f"read {median:.0f} samples/s, {kb:.0f} kB/sample, croissant {described:.0f} samples/s")
 
 

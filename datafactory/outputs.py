@@ -88,6 +88,32 @@ def check_disk_space(path: Path, needed_bytes: float, what: str, flag: str = "--
                            "free some space, choose another place, or ask for fewer samples")
 
 
+def available_memory_bytes() -> float | None:
+    """Memory the system can give new work without swapping (``MemAvailable``), or None when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(needed_per_worker: float, workers: int, what: str) -> None:
+    """Refuse, before any work, a run whose workers together need more memory than is available."""
+    available = available_memory_bytes()
+    if available is None or needed_per_worker * workers <= available:
+        return
+    fit = int(available // needed_per_worker)
+    advice = f"use --workers {fit}" if fit >= 1 else "ask for smaller images (--size)"
+    raise FactoryError(f"--workers: {what} needs about {_size(needed_per_worker)} per worker, {_size(needed_per_worker * workers)} for "
+                       f"{workers} worker(s), and this machine has {_size(available)} available; {advice}")
+
+
 def _size(n_bytes: float) -> str:
     for unit in ("B", "kB", "MB", "GB", "TB"):
         if n_bytes < 1000 or unit == "TB":

@@ -308,3 +308,19 @@ def test_an_interrupted_run_cancels_cluster_tasks_and_leaves_a_local_pool_to_its
     waiting = executor.futures[1:]
     assert len(waiting) == 3
     assert [f.cancelled() for f in waiting] == [not local] * 3
+
+
+def test_workers_that_cannot_fit_in_memory_are_refused_before_work(run_cli, tmp_path, monkeypatch):
+    import datafactory.outputs as outputs
+    from datafactory.workflows.generate import worker_memory_bytes
+
+    need = worker_memory_bytes((1024, 1024))
+    assert 0.6e9 < need < 1.2e9  # measured: 0.84 GB peak for a 1024² parametric worker
+    monkeypatch.setattr(outputs, "available_memory_bytes", lambda: 1.5 * need)
+    out = tmp_path / "ds"
+    code, _, err = run_cli("generate", "--config", "mos2_monolayer", "--size", 1024, "--n", 4, "--workers", 2, "--out", out, "-q")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--workers 1" in err and "available" in err, err
+    assert not out.exists()
+    monkeypatch.setattr(outputs, "available_memory_bytes", lambda: 0.5 * need)
+    code, _, err = run_cli("generate", "--config", "mos2_monolayer", "--size", 1024, "--n", 4, "--workers", 1, "--out", out, "-q")
+    assert code == 2 and "smaller images (--size)" in err and not out.exists()
