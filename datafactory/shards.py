@@ -4,8 +4,8 @@ Layout (later versions may add datasets but never rename these):
 
 ``images`` (N, H, W) float16 (schema 1: float32), HDF5's byte shuffle + deflate filters
     The image as delivered (for ``factory simulate``: the clean simulation). Float16 keeps
-    11 significant bits: a relative error below 2.5e-4 of the pixel's value, far below the
-    shot noise of any image with fewer than about 10⁷ counts per pixel. A shard that holds an
+    11 significant bits: a pixel is within 2⁻¹¹ (4.9e-4) of its value, below the relative shot
+    noise of any pixel with fewer than about 4 million counts. A shard that holds an
     image float16 cannot carry (largest magnitude ≥ 65,504, or below 2⁻¹⁰ and not zero) stores
     its images as float32 instead; readers take either and compute in float32.
 ``clean`` (N, H, W) float16, optional, stored like ``images``
