@@ -365,14 +365,14 @@ def run_selection(
         raise FactoryError(f"cannot read {sim_path} as HDF5: {exc}") from None
     with f:
         if "images" not in f or f["images"].ndim != 3:
-            raise FactoryError(f"{sim_path}: no (N, H, W) 'images' dataset (not a schema-v2 file?)")
+            raise FactoryError(f"{sim_path}: no (N, H, W) 'images' dataset (not a file written by factory simulate?)")
         n_sim, rows, cols = f["images"].shape
         if keep < 1 or keep > n_sim:
             raise FactoryError(f"keep must be between 1 and the number of simulations ({n_sim}), got {keep}")
         try:
             pixel_sizes = sample_pixel_sizes_A(f)
         except KeyError:
-            raise FactoryError(f"{sim_path}: no params/pixel_size_A (not a schema-v2 file?)") from None
+            raise FactoryError(f"{sim_path}: no params/pixel_size_A (not a file written by factory simulate?)") from None
         if len(pixel_sizes) != n_sim or not np.all(pixel_sizes > 0):
             raise FactoryError(f"{sim_path}: params/pixel_size_A must hold one positive value per image")
         if not np.allclose(pixel_sizes, pixel_sizes[0], rtol=1e-6, atol=0):
