@@ -109,9 +109,9 @@ def check_memory(needed_per_worker: float, workers: int, what: str) -> None:
     if available is None or needed_per_worker * workers <= available:
         return
     fit = int(available // needed_per_worker)
-    advice = f"use --workers {fit}" if fit >= 1 else "ask for smaller images (--size)"
-    raise FactoryError(f"--workers: {what} needs about {_size(needed_per_worker)} per worker, {_size(needed_per_worker * workers)} for "
-                       f"{workers} worker(s), and this machine has {_size(available)} available; {advice}")
+    advice = f"use `workers={fit}`" if fit >= 1 else "ask for smaller images (`size`)"
+    raise FactoryError(f"{what} needs about {_size(needed_per_worker)} per worker, {_size(needed_per_worker * workers)} for "
+                       f"{workers} worker(s), and this machine has {_size(available)} available; {advice}", field="workers")
 
 
 def _size(n_bytes: float) -> str:

@@ -318,9 +318,14 @@ def test_workers_that_cannot_fit_in_memory_are_refused_before_work(run_cli, tmp_
     assert 0.6e9 < need < 1.2e9  # measured: 0.84 GB peak for a 1024² parametric worker
     monkeypatch.setattr(outputs, "available_memory_bytes", lambda: 1.5 * need)
     out = tmp_path / "ds"
-    code, _, err = run_cli("generate", "--config", "mos2_monolayer", "--size", 1024, "--n", 4, "--workers", 2, "--out", out, "-q")
+    code, _, err = run_cli("generate", "--config", "mos2_monolayer", "--size", 1024, "--n", 64, "--shard-size", 16, "--workers", 2, "--out", out, "-q")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--workers 1" in err and "available" in err, err
     assert not out.exists()
     monkeypatch.setattr(outputs, "available_memory_bytes", lambda: 0.5 * need)
-    code, _, err = run_cli("generate", "--config", "mos2_monolayer", "--size", 1024, "--n", 4, "--workers", 1, "--out", out, "-q")
+    code, _, err = run_cli("generate", "--config", "mos2_monolayer", "--size", 1024, "--n", 64, "--shard-size", 16, "--workers", 1, "--out", out, "-q")
     assert code == 2 and "smaller images (--size)" in err and not out.exists()
+    # a worker without a shard holds nothing, and a small shard holds fewer samples at once
+    monkeypatch.setattr(outputs, "available_memory_bytes", lambda: 1.5 * need)
+    code, _, err = run_cli("generate", "--config", "mos2_monolayer", "--size", 1024, "--n", 16, "--shard-size", 16, "--workers", 2,
+                           "--out", tmp_path / "one", "-q")
+    assert code == 0, err

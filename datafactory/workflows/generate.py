@@ -439,7 +439,9 @@ def _check_memory(req: GenerateRequest, workers: int) -> None:
     """Refuse, before any work, local workers that together need more memory than the machine has."""
     from ..outputs import check_memory
 
-    check_memory(worker_memory_bytes(tuple(req.image_shape), req.keep_clean), workers,
+    busy = min(workers, -(-req.n // req.shard_size))  # a worker without a shard holds nothing
+    in_flight = min(ShardTask.batch, req.shard_size, req.n)
+    check_memory(worker_memory_bytes(tuple(req.image_shape), req.keep_clean, in_flight), max(busy, 1),
                  f"generating {req.image_shape[0]}x{req.image_shape[1]} px samples")
 
 
