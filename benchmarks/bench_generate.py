@@ -86,10 +86,10 @@ def untrained_drit_style(out: Path, parametric_style: Path) -> Path:
     return DritTranslator(model, codes, parameters, PIXEL_A).save(out)
 
 
-def generate(out: Path, style: str, n: int, shard_size: int) -> float:
-    """Run ``factory generate`` in a subprocess; returns samples per second, wall clock."""
-    return n / _seconds(["generate", "--config", str(CONFIG), "--size", str(SIZE), "--n", str(n), "--shard-size", str(shard_size),
-                         "--style", style, "--out", str(out), "-q"])
+def generate_seconds(out: Path, style: str, n: int, shard_size: int) -> float:
+    """Wall seconds of ``factory generate`` in a subprocess."""
+    return _seconds(["generate", "--config", str(CONFIG), "--size", str(SIZE), "--n", str(n), "--shard-size", str(shard_size),
+                     "--style", style, "--out", str(out), "-q"])
 
 
 def _seconds(args: list[str]) -> float:
@@ -198,21 +198,17 @@ def main() -> None:
         stages = stage_ms(style)
         print("one sample on one core: " + ", ".join(f"{k} {v:.2f} ms" for k, v in stages.items()), flush=True)
 
-        small = max(args.n // 4, 2 * args.shard_size // 2)
-        t_styled = _seconds(["generate", "--config", str(CONFIG), "--size", str(SIZE), "--n", str(args.n), "--shard-size", str(args.shard_size),
-                             "--style", str(style), "--out", str(work / "styled"), "-q"])
-        t_styled_small = _seconds(["generate", "--config", str(CONFIG), "--size", str(SIZE), "--n", str(small), "--shard-size",
-                                   str(args.shard_size // 2), "--style", str(style), "--out", str(work / "styled_small"), "-q"])
+        small = max(args.n // 4, args.shard_size)  # two shards of half the size: both workers busy in the small run too
+        t_styled = generate_seconds(work / "styled", str(style), args.n, args.shard_size)
+        t_styled_small = generate_seconds(work / "styled_small", str(style), small, args.shard_size // 2)
         styled = args.n / t_styled
         styled_steady = steady_rate(args.n, t_styled, small, t_styled_small)
         hours = projected_hours(100_000, styled_steady)
         print(f"generate[parametric]: {styled:.1f} samples/s end to end ({args.n} samples {SIZE}x{SIZE}, {workers} workers), "
               f"steady {styled_steady:.1f} samples/s (fixed cost of a run {t_styled - args.n / styled_steady:.1f} s)", flush=True)
         print(f"generate[parametric]: 100,000 samples in {hours:.2f} h at the steady rate", flush=True)
-        t_plain = _seconds(["generate", "--config", str(CONFIG), "--size", str(SIZE), "--n", str(args.n), "--shard-size", str(args.shard_size),
-                            "--style", "none", "--out", str(work / "clean"), "-q"])
-        t_plain_small = _seconds(["generate", "--config", str(CONFIG), "--size", str(SIZE), "--n", str(small), "--shard-size",
-                                  str(args.shard_size // 2), "--style", "none", "--out", str(work / "clean_small"), "-q"])
+        t_plain = generate_seconds(work / "clean", "none", args.n, args.shard_size)
+        t_plain_small = generate_seconds(work / "clean_small", "none", small, args.shard_size // 2)
         plain, plain_steady = args.n / t_plain, steady_rate(args.n, t_plain, small, t_plain_small)
         print(f"generate[none]: {plain:.1f} samples/s end to end, steady {plain_steady:.1f} samples/s", flush=True)
         t_sim, t_sim_small = simulate_seconds(work / "sim.h5", args.n), simulate_seconds(work / "sim_small.h5", small)
@@ -228,7 +224,7 @@ def main() -> None:
               f"translate, would allow {workers * 1e3 / stages['translate']:.0f}", flush=True)
 
         n_drit = max(64, args.n // 4)  # one shard per worker: each loads the model and builds its kernels once per shard
-        drit = generate(work / "drit", str(untrained_drit_style(work / "drit_style", style)), n_drit, max(32, n_drit // workers))
+        drit = n_drit / generate_seconds(work / "drit", str(untrained_drit_style(work / "drit_style", style)), n_drit, max(32, n_drit // workers))
         print(f"generate[drit]: {drit:.1f} samples/s ({n_drit} samples, quick-preset architecture and physics prior on the CPU)", flush=True)
 
         # a fresh process: the DataLoader's workers fork from a process that has done nothing else

@@ -26,7 +26,7 @@ from .interrupt import init_worker_signals, stop_pool
 from .labels import MaskStyle, SiteRule, atom_table, classify_columns, column_vocabulary, draw_masks
 from .microscope import Microscope, probe_margin_A
 from .rng import derived_seed, sample_rng
-from .shards import MASK_DEFLATE_LEVEL
+from .shards import MASK_DEFLATE_LEVEL, pack_chunk
 from .simulation import MultisliceSettings, simulate_image
 from .structures import (
     BYTES_PER_PATCH_ATOM,
@@ -81,9 +81,7 @@ class Sample:
     def masks_deflate(self) -> bytes:
         """The masks as one zlib stream, as stored in an HDF5 deflate chunk."""
         if self._masks_deflate is None:
-            import deflate  # libdeflate: zlib's format, faster and smaller at the same speed
-
-            self._masks_deflate = deflate.zlib_compress(np.ascontiguousarray(self._masks).tobytes(), MASK_DEFLATE_LEVEL)
+            self._masks_deflate = pack_chunk(self._masks, MASK_DEFLATE_LEVEL)  # one byte per value: a plain zlib stream
         return self._masks_deflate
 
     @classmethod
