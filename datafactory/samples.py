@@ -299,17 +299,36 @@ def build_sample_structure(plan: Plan, params: dict[str, float], grid: PixelGrid
     return atoms, interfaces, drawn
 
 
-def simulate_sample(plan: Plan, seed: int, index: int) -> Sample:
-    """Sample ``index`` of a run: structure, image, masks, atom table and labels."""
+def margin_pixels(margin_A: float, pixel_size_A: float) -> int:
+    """Pixels of extra specimen on each side for ``margin_A``: rounded up to a multiple of 4
+    (so that a padded 256² image stays a multiple of 8 for the DRIT generator)."""
+    if margin_A <= 0:
+        return 0
+    return 4 * math.ceil(margin_A / pixel_size_A / 4)
+
+
+def simulate_sample(plan: Plan, seed: int, index: int, margin_A: float = 0.0) -> Sample:
+    """Sample ``index`` of a run: structure, image, masks, atom table and labels.
+
+    With ``margin_A`` > 0 the sample shows :func:`margin_pixels` more specimen on each
+    side: the same image grid, grown on all four sides (pixel ``(r, c)`` of the plain sample
+    is pixel ``(r + m, c + m)`` here), for a translation that records pixels from beyond the
+    image; :func:`translators.translate.crop_sample` cuts it back to the plan's shape.
+    """
     c = plan.config
     params = sample_parameters(c, sample_rng(seed, index, "params"))
     microscope = Microscope(**{k: params[k] for k in MICROSCOPE_KEYS})
     grid = PixelGrid(plan.image_shape, params["pixel_size_A"])
+    pad = margin_pixels(margin_A, grid.pixel_size_A)
     margin_A = probe_margin_A(microscope)
-    patch_margin_A = max(margin_A, plan.mask_style.reach_A()) + grid.pixel_size_A
+    patch_margin_A = max(margin_A, plan.mask_style.reach_A()) + grid.pixel_size_A + pad * grid.pixel_size_A
     atoms, interfaces, drawn = build_sample_structure(plan, params, grid, patch_margin_A, sample_rng(seed, index, "structure"))
     atoms = displace_thermally(atoms, sample_rng(seed, index, "thermal"), plan.thermal_rms_A, plan.thermal_default_A)
     params.update(drawn)
+    if pad:  # the grown grid: the same specimen, seen from pad pixels further up and left
+        atoms = atoms.copy()
+        atoms.positions[:, :2] += pad * grid.pixel_size_A
+        grid = PixelGrid((plan.image_shape[0] + 2 * pad, plan.image_shape[1] + 2 * pad), grid.pixel_size_A)
 
     image = simulate_image(
         atoms, grid, microscope, margin_A=margin_A, backend=c.simulation.backend, gamma=params["gamma"],

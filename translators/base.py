@@ -127,6 +127,16 @@ class Translator(ABC):
     def from_parameters(cls, parameters: dict[str, Any], directory: Path) -> "Translator":
         """Rebuild a translator from :meth:`parameters` (and weight files in ``directory``)."""
 
+    def margin_A(self, shape: tuple[int, int]) -> float:
+        """Width (Å) of specimen beyond an image of ``shape`` (px) that a translation may show.
+
+        A geometric artefact (scan shear, drift, jitter) records pixels from outside the
+        clean image. Simulating this much more specimen on each side, and cropping after the
+        translation (:func:`translators.translate.crop_sample`), keeps that content real and
+        labelled. 0 for a translation that moves nothing.
+        """
+        return 0.0
+
     def weight_files(self) -> dict[str, bytes]:
         """Extra files of the bundle, name -> content (none for the parametric model)."""
         return {}

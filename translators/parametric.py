@@ -338,6 +338,38 @@ def scan_distortion(p: StyleParameters, shape: tuple[int, int], pixel_size_A: fl
     )
 
 
+#: Draws bounded by :func:`scan_reach_px`: log-normal factors up to this many spreads,
+#: per-line jitter up to this many of its RMS values.
+REACH_SPREADS = 3.0
+REACH_JITTER_RMS = 5.0
+#: Pixels beyond a displaced sample point that the image's bicubic warp and the extra blur read.
+WARP_READ_PX = 4
+#: Below this reach (px) the warp shows under a pixel of the mirrored border: no margin.
+MIN_REACH_PX = 1.0
+
+
+def scan_reach_px(p: StyleParameters, shape: tuple[int, int], pixel_size_A: float) -> float:
+    """How far (px) beyond an image of ``shape`` the scan geometry of a draw of ``p`` reads the clean image.
+
+    Bounds the backward field ``d`` over the image for draws whose log-normal factors stay
+    within :data:`REACH_SPREADS` spreads (99.9 % of them) and whose per-line jitter stays
+    within :data:`REACH_JITTER_RMS` of its RMS, plus :data:`WARP_READ_PX` for the bicubic
+    kernel and the extra blur. 0 when that bound is under :data:`MIN_REACH_PX` (no geometric
+    artefact, or one that moves the image by less than a pixel).
+    """
+    grow = math.exp(REACH_SPREADS * p.spread)
+    distortion = (np.asarray(p.affine, dtype=float) - np.eye(2)) * grow
+    reach = np.zeros(2)
+    if np.abs(distortion).max() > 0:
+        inverse = np.linalg.inv(np.eye(2) + distortion) - np.eye(2)
+        half = (np.asarray(shape, dtype=float) - 1) / 2
+        corners = np.array([[sr * half[0], sc * half[1]] for sr in (-1, 1) for sc in (-1, 1)])
+        reach += np.abs(corners @ inverse.T).max(axis=0)
+    reach += REACH_JITTER_RMS * grow * np.array([p.jitter_y_A, p.jitter_A]) / pixel_size_A
+    reach[1] += grow * abs(p.flyback_A) / pixel_size_A
+    return float(reach.max() + WARP_READ_PX) if reach.max() >= MIN_REACH_PX else 0.0
+
+
 def extra_blur_sigma_A(clean: np.ndarray, p: StyleParameters, pixel_size_A: float) -> float:
     """Extra Gaussian blur (Å) that gives the clean image the experiment's spectral fall-off."""
     if p.psd_slope_A2 is None or not p.psd_bands_per_A:
@@ -476,6 +508,9 @@ class ParametricTranslator(Translator):
                 if f is not None:
                     displacement[i] = f
         return Translation(images=images, clean=clean, displacement=displacement, params=drawn)
+
+    def margin_A(self, shape: tuple[int, int]) -> float:
+        return scan_reach_px(self.params, shape, self.pixel_size_A) * self.pixel_size_A
 
     def parameters(self) -> dict[str, Any]:
         return self.params.to_dict()

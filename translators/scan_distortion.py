@@ -23,9 +23,13 @@ The same field moves the labels, so they stay exact:
   learns to split real columns in two.
 
 Pixel coordinates follow :mod:`datafactory.grid`: ``[row, col]``, pixel centres at integers.
-Samples that the field pulls from outside the image reflect at the border, so a band of a
-few pixels at the edges shows mirrored content; atoms that the field moves off the image
-are dropped from the atom table.
+Samples that the field pulls from outside the image reflect at the border. ``factory
+generate`` therefore simulates more specimen than the image shows
+(:meth:`translators.base.Translator.margin_A`, :func:`translators.parametric.scan_reach_px`)
+and cuts the margin off after the warp, so what it records there is real, labelled specimen;
+only ``factory translate`` of an existing file, which has no specimen beyond its images,
+shows mirrored content in a band of a few pixels at the edges. Atoms that the field moves
+off the image are dropped from the atom table.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from datafactory.errors import FactoryError
-from datafactory.grid import resample, resampled_shape, same_pixel_size
+from datafactory.grid import PixelGrid, resample, resampled_shape, same_pixel_size
 from datafactory.samples import Sample
 from datafactory.rng import sample_rng
 from datafactory.shards import READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION, ShardWriter, read_sample, sample_pixel_sizes_A
@@ -47,6 +47,33 @@ def resample_sample(sample: Sample, from_pixel_size_A: float, to_pixel_size_A: f
     out = Sample(sample.index, image, masks, atoms, sample.slip_frac, sample.slip_A, sample.twist_deg, params)
     if sample.clean is not None:
         out.clean = resample(sample.clean, from_pixel_size_A, to_pixel_size_A)
+    return out
+
+
+def crop_sample(sample: Sample, shape: tuple[int, int]) -> Sample:
+    """The central ``shape`` of a sample simulated with a margin (``simulate_sample(..., margin_A)``).
+
+    Image, clean image and masks are cut; atoms get pixel coordinates on the cut grid and
+    those off it are dropped (``position_A`` follows as ``position_px × pixel_size_A``).
+    A sample of ``shape`` already is returned as it is.
+    """
+    rows, cols = sample.image.shape
+    if (rows, cols) == tuple(shape):
+        return sample
+    if rows < shape[0] or cols < shape[1]:
+        raise ValueError(f"cannot crop a {rows}x{cols} sample to {shape[0]}x{shape[1]}")
+    r0, c0 = (rows - shape[0]) // 2, (cols - shape[1]) // 2
+    window = (slice(r0, r0 + shape[0]), slice(c0, c0 + shape[1]))
+    pixel_size_A = float(sample.params["pixel_size_A"])
+    position = np.asarray(sample.atoms["position_px"], dtype=np.float64) - np.array([r0, c0])
+    keep = PixelGrid(tuple(shape), pixel_size_A).contains(position)
+    atoms = {name: np.asarray(values)[keep] for name, values in sample.atoms.items()}
+    atoms["position_px"] = position[keep].astype(sample.atoms["position_px"].dtype)
+    atoms["position_A"] = (position[keep] * pixel_size_A).astype(sample.atoms["position_A"].dtype)
+    out = Sample(sample.index, np.ascontiguousarray(sample.image[window]), np.ascontiguousarray(sample.masks[(slice(None),) + window]),
+                 atoms, sample.slip_frac, sample.slip_A, sample.twist_deg, dict(sample.params))
+    if sample.clean is not None:
+        out.clean = np.ascontiguousarray(sample.clean[window])
     return out
 
 

@@ -133,7 +133,7 @@ def make_shard(task: ShardTask) -> dict[str, Any]:
 def _write_shard(task: ShardTask, plan, config, translator, tmp: Path, final: Path) -> dict[str, Any]:
     from threadpoolctl import threadpool_limits
 
-    from translators.translate import resample_sample, translate_samples
+    from translators.translate import crop_sample, resample_sample, translate_samples
 
     from ..samples import simulate_sample
     from ..rng import sample_rng
@@ -153,6 +153,8 @@ def _write_shard(task: ShardTask, plan, config, translator, tmp: Path, final: Pa
         from ..grid import resampled_shape
 
         shape = resampled_shape(shape, config.microscope.pixel_size_A.values[0], task.resample_to_A)
+    # specimen beyond the image that the style's scan geometry records, simulated and cut off after it
+    margin_A = translator.margin_A(shape) if translator is not None else 0.0
     writer = ShardWriter(
         tmp,
         n=task.stop - task.start,
@@ -173,11 +175,11 @@ def _write_shard(task: ShardTask, plan, config, translator, tmp: Path, final: Pa
     try:
         with threadpool_limits(1):
             for lo in range(task.start, task.stop, task.batch):
-                samples = [simulate_sample(plan, task.seed, i) for i in range(lo, min(lo + task.batch, task.stop))]
+                samples = [simulate_sample(plan, task.seed, i, margin_A) for i in range(lo, min(lo + task.batch, task.stop))]
                 if task.resample_to_A:
                     samples = [resample_sample(s, s.params["pixel_size_A"], task.resample_to_A, binary) for s in samples]
                 if translator is not None:
-                    samples = translate_samples(translator, samples, task.seed, binary)
+                    samples = [crop_sample(s, shape) for s in translate_samples(translator, samples, task.seed, binary)]
                 for sample in samples:
                     if task.keep_clean and sample.clean is None:
                         sample.clean = sample.image

@@ -235,6 +235,13 @@ class DritTranslator(Translator):
         images = (lo + (hi - lo) * out).astype(np.float32)
         return Translation(images=images, clean=clean, displacement=displacement, params=drawn)
 
+    def margin_A(self, shape: tuple[int, int]) -> float:
+        if self.prior is None:  # the generator moves nothing geometric
+            return 0.0
+        from ..parametric import scan_reach_px
+
+        return scan_reach_px(self.prior, shape, self.pixel_size_A) * self.pixel_size_A
+
     # ---------------------------------------------------------------- bundle
 
     def parameters(self) -> dict[str, Any]:
