@@ -88,8 +88,8 @@ def boundary_image(work: Path, size: int = 512) -> tuple[Path, int]:
     import yaml
 
     sys.path.insert(0, str(ROOT))
-    from datafactory.config import validate_config
-    from datafactory.samples import Plan, simulate_sample
+    from datafactory.simulation.config import validate_config
+    from datafactory.simulation.samples import Plan, simulate_sample
     from translators.base import load_style
 
     path = work / "boundary.tif"

@@ -58,7 +58,7 @@ def fit_synthetic_style(out: Path) -> Path:
     """Fit a parametric style on a simulated 512² MoS2 image rendered with known artefacts."""
     from conftest import make_plan
 
-    from datafactory.samples import simulate_sample
+    from datafactory.simulation.samples import simulate_sample
     from translators.parametric import ParametricTranslator, StyleParameters, render
 
     plan = make_plan({"microscope": {"image_size_px": 512, "pixel_size_A": PIXEL_A, "source_size_A": 0.6}, "structure": {"rotation_deg": 7.0}})
@@ -113,9 +113,9 @@ def stage_ms(style_dir: Path, n: int = 48) -> dict[str, float]:
     """Milliseconds per sample of each stage on one core, in memory."""
     from threadpoolctl import threadpool_limits
 
-    from datafactory.config import load_config
-    from datafactory.samples import Plan, simulate_sample
-    from datafactory.shards import ShardWriter
+    from datafactory.simulation.config import load_config
+    from datafactory.simulation.samples import Plan, simulate_sample
+    from datafactory.datasets.shards import ShardWriter
     from translators.base import load_style
     from translators.translate import translate_samples
 
@@ -185,7 +185,7 @@ def main() -> None:
         print(read_line(args.read), flush=True)
         return
 
-    from datafactory.workflows.generate import projected_hours
+    from factory_app.workflows.generate import projected_hours
 
     with tempfile.TemporaryDirectory(prefix="bench_generate_") as tmp:
         work = args.keep or Path(tmp)
@@ -237,7 +237,7 @@ def main() -> None:
         kb = sum(s["bytes"] for s in manifest["shards"]) / manifest["n"] / 1000
         print(f"bytes/sample: {kb:.0f} kB", flush=True)
 
-        from datafactory.croissant import SAMPLE_TABLE_FILE, write_croissant
+        from datafactory.datasets.croissant import SAMPLE_TABLE_FILE, write_croissant
 
         times = []
         for _ in range(3):

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from threadpoolctl import threadpool_limits
 
-from datafactory.config import load_config
-from datafactory.samples import Plan, simulate_sample, simulate_samples, write_simulation
+from datafactory.simulation.config import load_config
+from datafactory.simulation.samples import Plan, simulate_sample, simulate_samples, write_simulation
 
 
 def main() -> None:

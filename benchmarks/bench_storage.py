@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from datafactory.shards import pack_chunk  # noqa: E402
+from datafactory.datasets.shards import pack_chunk  # noqa: E402
 
 
 def blosc(level: int, shuffle: bool) -> dict:
@@ -116,11 +116,11 @@ def read_back(path: Path) -> tuple[float, np.ndarray]:
 def make_samples(work: Path, n: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], float]:
     """``n`` styled samples as ``generate`` makes them, kept in float32: images, masks, atom table,
     and the median time (s) to draw one sample's masks from its columns."""
-    import datafactory.samples as samples_module
+    import datafactory.simulation.samples as samples_module
     from bench_generate import CONFIG, fit_synthetic_style
 
-    from datafactory.config import load_config
-    from datafactory.samples import Plan, simulate_sample
+    from datafactory.simulation.config import load_config
+    from datafactory.simulation.samples import Plan, simulate_sample
     from translators.base import load_style
     from translators.translate import translate_samples
 

@@ -92,8 +92,8 @@ def main() -> None:
     import cv2
     import torch
 
-    from datafactory.config import validate_config
-    from datafactory.samples import Plan, simulate_sample
+    from datafactory.simulation.config import validate_config
+    from datafactory.simulation.samples import Plan, simulate_sample
     from translators.compare import compare_images
     from translators.drit.fit import select_pool
     from translators.drit.train import PRESETS

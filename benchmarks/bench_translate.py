@@ -49,7 +49,7 @@ def _work(start: int) -> int:
 def main() -> None:
     from conftest import make_plan
 
-    from datafactory.samples import simulate_sample
+    from datafactory.simulation.samples import simulate_sample
     from translators.parametric import ParametricTranslator, StyleParameters, fit_image, render
 
     pixel_A = 0.127

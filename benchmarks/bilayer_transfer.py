@@ -2,7 +2,7 @@
 """Bilayer transfer: twist, slip and per-layer atoms read from digital twins of real bilayers.
 
 A twin is a bilayer simulated by the factory at a fixed twist or slip and then corrupted by
-the example experiment's model (``datafactory.workflows.example``: saturating detector, shot
+the example experiment's model (``factory_app.workflows.example``: saturating detector, shot
 noise low-passed along the scan, 50 Hz-like line jitter, a shearing drift), none of which
 the parametric style model has. Its file calibration is 3 % off, as real files often are.
 Its labels are exact: the simulated columns, moved by the same scan field as the image.
@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 from factory_cli import factory
 
-from datafactory.matching import match_pairs
+from datafactory.micrographs.matching import match_pairs
 from real_transfer import read_atoms_csv  # ([row, col] px, channel names)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,9 +130,9 @@ def make_twin(work: Path, name: str, case: Case, seed: int = 7) -> tuple[Path, d
     atom table's ``position_px``; twist, slip)."""
     import tifffile
 
-    from datafactory.config import validate_config
-    from datafactory.samples import Plan, simulate_sample
-    from datafactory.workflows.example import degrade_like_experiment, twin_scan_field
+    from datafactory.simulation.config import validate_config
+    from datafactory.simulation.samples import Plan, simulate_sample
+    from factory_app.workflows.example import degrade_like_experiment, twin_scan_field
     from translators.scan_distortion import move_atoms
 
     tif, truth_file = work / f"twin_{name}.tif", work / f"twin_{name}.json"

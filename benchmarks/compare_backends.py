@@ -29,10 +29,10 @@ import scipy.optimize
 
 from datafactory.errors import FactoryError
 from datafactory.grid import PixelGrid
-from datafactory.microscope import Microscope, probe_margin_A
+from datafactory.simulation.microscope import Microscope, probe_margin_A
 from datafactory.simulation import MultisliceSettings, simulate_image
 from datafactory.simulation.incoherent import incoherent_image
-from datafactory.structures import LayerCell, Placement, build_patch, builtin_cell, rotation_matrix
+from datafactory.simulation.structures import LayerCell, Placement, build_patch, builtin_cell, rotation_matrix
 
 
 def zscore(image: np.ndarray) -> np.ndarray:

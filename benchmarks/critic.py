@@ -86,7 +86,7 @@ def thresholds(p):
 def twin_clean(name: str, shape, pixel_size_A: float, simulation: dict) -> np.ndarray:
     """Crop ``name``'s reference columns (Mo, S2, S1, Se-doped S, empty) as a clean incoherent image."""
     from datafactory.grid import PixelGrid
-    from datafactory.microscope import Microscope
+    from datafactory.simulation.microscope import Microscope
     from datafactory.simulation.incoherent import incoherent_image
 
     table = np.load(SHARED / "reference" / f"mos2_60kv_{name}.npz", allow_pickle=True)
@@ -203,9 +203,9 @@ def main() -> None:
         return
     from threadpoolctl import threadpool_limits
 
-    from datafactory.config import load_config
-    from datafactory.io import read_micrographs
-    from datafactory.samples import Plan, simulate_sample
+    from datafactory.simulation.config import load_config
+    from datafactory.micrographs.io import read_micrographs
+    from datafactory.simulation.samples import Plan, simulate_sample
     from translators.base import load_style, read_style_record
     from translators.contrast_calibration import simulation_overrides
     from translators.metrics import classifier_test

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 from factory_cli import factory
 
-from datafactory.matching import match_pairs
+from datafactory.micrographs.matching import match_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "experimental"

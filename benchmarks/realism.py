@@ -87,10 +87,10 @@ def main() -> None:
         extra[name] = Path(directory)
     from threadpoolctl import threadpool_limits
 
-    from datafactory.config import load_config
-    from datafactory.workflows.generate import augment_image
-    from datafactory.io import read_micrographs
-    from datafactory.samples import Plan, simulate_sample
+    from datafactory.simulation.config import load_config
+    from factory_app.workflows.generate import augment_image
+    from datafactory.micrographs.io import read_micrographs
+    from datafactory.simulation.samples import Plan, simulate_sample
     from translators.base import load_style, read_style_record
     from translators.compare import compare_images
     from translators.contrast_calibration import simulation_overrides

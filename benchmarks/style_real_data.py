@@ -44,10 +44,10 @@ def main() -> None:
         return
     from threadpoolctl import threadpool_limits
 
-    from datafactory.cli import run
-    from datafactory.config import load_config
-    from datafactory.io import read_micrographs
-    from datafactory.samples import Plan, simulate_sample
+    from factory_app.cli import run
+    from datafactory.simulation.config import load_config
+    from datafactory.micrographs.io import read_micrographs
+    from datafactory.simulation.samples import Plan, simulate_sample
     from translators.base import load_style
     from translators.compare import compare_images
 

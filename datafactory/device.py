@@ -5,7 +5,7 @@ trainers all ask here. (abTEM's multislice device, which needs CuPy, is resolved
 
 from __future__ import annotations
 
-from .errors import FactoryError
+from datafactory.errors import FactoryError
 
 DEVICES = ("auto", "cpu", "cuda")
 

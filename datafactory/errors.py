@@ -15,7 +15,7 @@ class FactoryError(Exception):
     remedy names a parameter in backticks, as a keyword argument (```arch='unet'```,
     ```overwrite=True```, ```lr```). The command line prints the flag for ``field`` in
     front of the message and turns each backticked parameter into its flag
-    (``datafactory.cli.common.user_message``): ``--style: 'x' is not a STYLE bundle``.
+    (``factory_app.cli.common.user_message``): ``--style: 'x' is not a STYLE bundle``.
     """
 
     def __init__(self, message: str = "", field: str | None = None):

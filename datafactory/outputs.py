@@ -13,13 +13,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
+import shutil
 import socket
 import stat
+import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
-from .errors import FactoryError
+from datafactory.errors import FactoryError
 
 #: Outputs this process holds (POSIX locks are per process: a second claim here must be refused by hand).
 _HELD: set[str] = set()
@@ -74,7 +77,6 @@ def check_output(path: Path, kind: str, flag: str = "--out") -> None:
 def check_disk_space(path: Path, needed_bytes: float, what: str, flag: str = "--out") -> None:
     """Refuse, before any work, a run whose output cannot fit: ``needed_bytes`` (a lower bound of
     what it will write) against the free space of the file system that will hold ``path``."""
-    import shutil
 
     parent = Path(path)
     while not parent.exists() and parent != parent.parent:
@@ -175,3 +177,77 @@ def exclusive_output(path: Path, command: str = "", flag: str = "--out") -> Iter
         with contextlib.suppress(OSError):
             os.unlink(lock)
         os.close(fd)
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+@contextlib.contextmanager
+def named_os_errors(path: Path):
+    """Within the block, an ``OSError`` that names no file (a failed ``write``: no space, a size
+    limit) is raised again naming ``path``, so its one-line message says what was being written."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename or exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+
+
+def write_bytes_atomic(path: Path, data: bytes | memoryview) -> None:
+    """Write ``data`` to ``PATH.partial``, fsync, and rename it to ``path``; a failure removes the
+    temporary file and raises an ``OSError`` naming ``path``."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        with named_os_errors(path), open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, record: dict[str, Any]) -> None:
+    """Write JSON under a unique temporary name, fsync, and rename: a reader sees the old or
+    the new file, never half, and two writers never share a temporary file."""
+    path = Path(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    tmp = Path(name)
+    try:
+        with named_os_errors(path), os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=1)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def replacing_directory(directory: Path) -> Iterator[Path]:
+    """Yield a fresh temporary sibling of ``directory`` to fill. When the block ends normally it
+    takes the place of ``directory`` (an earlier one is removed only after the swap); when it
+    raises, the temporary directory is deleted and ``directory`` is left as it was."""
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        old = directory.with_name(directory.name + ".old")
+        if directory.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            directory.rename(old)
+        tmp.rename(directory)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

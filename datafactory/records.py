@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .dataset import named_os_errors, replacing_directory
-from .errors import FactoryError
+from datafactory.outputs import named_os_errors, replacing_directory
+from datafactory.errors import FactoryError
 
 
 @dataclass(frozen=True)

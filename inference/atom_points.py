@@ -2,7 +2,7 @@
 
 :func:`blob_centroids` turns a probability map into sub-pixel atom positions,
 :func:`masks_to_points` does so for every channel, :func:`match_points` pairs predicted and
-true positions one to one within a radius (:mod:`datafactory.matching`), :func:`atom_scores`
+true positions one to one within a radius (:mod:`datafactory.micrographs.matching`), :func:`atom_scores`
 turns the counts into precision/recall/F1, and :func:`pixel_scores` gives per-channel
 pixel accuracy and IoU.
 """
@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from datafactory.matching import as_points, match_pairs
+from datafactory.micrographs.matching import as_points, match_pairs
 
 __all__ = ["blob_centroids", "masks_to_points", "match_points", "atom_scores", "pixel_scores"]
 
@@ -123,7 +123,7 @@ def match_points(pred_A: np.ndarray, true_A: np.ndarray, radius_A: float = 0.5) 
 
     Each true position matches at most one prediction and vice versa; a pair can match
     only if its distance is <= ``radius_A``. Among the matchings of largest size, the one
-    of smallest total distance is found (:func:`datafactory.matching.match_pairs`).
+    of smallest total distance is found (:func:`datafactory.micrographs.matching.match_pairs`).
 
     Parameters
     ----------

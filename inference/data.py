@@ -1,8 +1,8 @@
 """PyTorch access to a dataset written by ``factory generate``.
 
 :class:`ShardDataset` is a map-style :class:`torch.utils.data.Dataset` over every shard of
-a dataset directory (see :mod:`datafactory.dataset` for the layout and
-:mod:`datafactory.shards` for one shard). Item *k* of a split is the sample with global
+a dataset directory (see :mod:`datafactory.datasets.dataset` for the layout and
+:mod:`datafactory.datasets.shards` for one shard). Item *k* of a split is the sample with global
 index ``indices[k]``::
 
     from torch.utils.data import DataLoader
@@ -59,10 +59,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from datafactory.validate import require_sound_shards
-from datafactory.dataset import load_manifest, shard_table, split_indices
+from datafactory.datasets.validate import require_sound_shards
+from datafactory.datasets.dataset import load_manifest, shard_table, split_indices
 from datafactory.errors import FactoryError
-from datafactory.shards import ATOM_FIELDS, unpack_chunk
+from datafactory.datasets.shards import ATOM_FIELDS, unpack_chunk
 
 FIELDS = ("image", "clean", "masks", "slip_frac", "slip_A", "twist_deg", "params", "atoms", "index")
 LABEL_FIELDS = ("slip_frac", "slip_A", "twist_deg")

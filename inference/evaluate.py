@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from datafactory.dataset import write_json_atomic
+from datafactory.outputs import write_json_atomic
 from datafactory.errors import FactoryError
 
 from .checkpoint import read_record

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from datafactory import h5_output
+from datafactory.datasets import h5_output
 from datafactory.checks import finite_positive
 
 from .sliding_map import GridMap, MapResult

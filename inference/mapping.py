@@ -89,7 +89,7 @@ def map_micrograph(
     and whether the two disagree by more than the model's validation error
     (:func:`inference.twist_check.fft_twist_summary`).
     """
-    from datafactory.dataset import write_json_atomic
+    from datafactory.outputs import write_json_atomic
     from datafactory.grid import same_pixel_size
 
     from .evaluate import load_model

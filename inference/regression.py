@@ -53,8 +53,8 @@ def target_for(kind: str, manifest: dict, base_dir: Path | None = None) -> Targe
     """The :class:`Target` of regressing ``kind`` on the dataset with ``manifest``."""
     import yaml
 
-    from datafactory.config import validate_config
-    from datafactory.samples import Plan
+    from datafactory.simulation.config import validate_config
+    from datafactory.simulation.samples import Plan
 
     if kind not in TARGETS:
         raise FactoryError(f"must be one of {', '.join(TARGETS)} (got '{kind}')", field="target")

@@ -117,7 +117,7 @@ class Checkpointing:
     def save(self, payload: dict[str, Any]) -> None:
         import io
 
-        from datafactory.dataset import write_bytes_atomic
+        from datafactory.outputs import write_bytes_atomic
 
         buffer = io.BytesIO()  # serialised in memory: a refused write is then an OSError naming the file
         torch.save({"identity": self.identity, **payload}, buffer)

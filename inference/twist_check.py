@@ -2,7 +2,7 @@
 
 :func:`fft_twist_summary` measures the twist of the whole micrograph and of each coarse
 window of a :class:`~inference.sliding_map.MapResult` with
-:func:`datafactory.fourier_twist.fourier_twist`, puts it next to the model's answers and
+:func:`datafactory.micrographs.fourier_twist.fourier_twist`, puts it next to the model's answers and
 says whether the two disagree by more than the model's own error. The material comes from
 the config of the model's training dataset (``structure.cell``).
 
@@ -49,8 +49,8 @@ def training_material(record: dict) -> tuple[np.ndarray | None, str, str]:
     """(lattice vectors (2, 2) Å or None, material name, why None) from the training config."""
     import yaml
 
-    from datafactory.lattice import lattice_vectors_A
-    from datafactory.structures import BUILTIN_CELL_NAMES
+    from datafactory.micrographs.lattice import lattice_vectors_A
+    from datafactory.simulation.structures import BUILTIN_CELL_NAMES
 
     dataset = record.get("dataset") or {}
     try:
@@ -112,7 +112,7 @@ def fft_twist_summary(image: np.ndarray, pixel_size_A: float, result, target, re
         the model's error used as the threshold and ``disagrees`` (with a ``warning`` line
         when true).
     """
-    from datafactory.fourier_twist import STATUS_TWIST, fold_deg, fourier_twist, window_twists
+    from datafactory.micrographs.fourier_twist import STATUS_TWIST, fold_deg, fourier_twist, window_twists
 
     if target.n_interfaces != 1:
         return {"skipped": "the FFT twist is measured for one interface (a bilayer) only"}

@@ -34,14 +34,14 @@ def deep_update(base: dict, update: dict) -> dict:
 
 def make_config(update: dict | None = None):
     """A validated config: ideal microscope, MoS2 monolayer, no thermal motion, then ``update``."""
-    from datafactory.config import validate_config
+    from datafactory.simulation.config import validate_config
 
     raw = {"structure": {"cell": "MoS2", "layers": 1}, "microscope": dict(IDEAL_MICROSCOPE)}
     return validate_config(deep_update(raw, update or {}), "test")
 
 
 def make_plan(update: dict | None = None):
-    from datafactory.samples import Plan
+    from datafactory.simulation.samples import Plan
 
     return Plan.from_config(make_config(update))
 
@@ -79,7 +79,7 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture
 def run_cli(capsys):
     """Run ``factory ARGS...`` in-process; returns (exit code, stdout, stderr)."""
-    from datafactory.cli import run
+    from factory_app.cli import run
 
     def _run(*args: str):
         code = run([str(a) for a in args])

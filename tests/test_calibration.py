@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datafactory.calibration import (
+from datafactory.micrographs.calibration import (
     LatticeCalibration,
     calibrate_lattice,
     calibration_check,
 )
-from datafactory.lattice import lattice_vectors_A
+from datafactory.micrographs.lattice import lattice_vectors_A
 from datafactory.errors import FactoryError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -385,9 +385,9 @@ def test_twisted_mos2_twin_is_not_indexed_as_one_finer_lattice():
     # Before: the spots of two twisted MoS2 layers were indexed as one lattice at 0.061 Å/px.
     import copy
 
-    from datafactory.config import validate_config
-    from datafactory.samples import Plan, simulate_sample
-    from datafactory.workflows.example import EXAMPLE_CONFIG, degrade_like_experiment
+    from datafactory.simulation.config import validate_config
+    from datafactory.simulation.samples import Plan, simulate_sample
+    from factory_app.workflows.example import EXAMPLE_CONFIG, degrade_like_experiment
 
     cfg = copy.deepcopy(EXAMPLE_CONFIG)
     cfg["structure"] = {"cell": "MoS2", "layers": 2, "rotation_deg": 7.0, "twist_deg": 15.0, "interlayer_distance_A": 6.15}

@@ -12,7 +12,7 @@ import pytest
 import tifffile
 from conftest import make_plan
 
-from datafactory.samples import simulate_sample, write_simulation
+from datafactory.simulation.samples import simulate_sample, write_simulation
 from translators.parametric import StyleParameters, render
 
 PIXEL_A = 0.127
@@ -162,7 +162,7 @@ def test_calibrate_reports_the_rendered_pixel_size(run_cli, experiment):
 def test_calibrate_finds_both_lattices_of_a_twisted_bilayer_and_refuses_a_missing_material(run_cli, tmp_path):
     from test_calibration import DISTORTION, GRAPHENE_SITES, HBN_SITES, bilayer
 
-    from datafactory.lattice import lattice_vectors_A
+    from datafactory.micrographs.lattice import lattice_vectors_A
 
     g, h = lattice_vectors_A("graphene"), lattice_vectors_A("hBN")
     tbg = write_imagej_tif(tmp_path / "tbg.tif", bilayer(g, GRAPHENE_SITES, g, GRAPHENE_SITES, 7.0, 29.0, seed=4), 0.106)
@@ -318,8 +318,8 @@ def test_real_crops_fit_and_translate_closer_than_clean(run_cli, tmp_path):
 
 def test_fitted_scan_distortion_is_reproduced_by_translation(run_cli, tmp_path):
     """--material fits the lattice's scan distortion; translated images carry the same shear."""
-    from datafactory.calibration import calibrate_lattice
-    from datafactory.lattice import lattice_vectors_A
+    from datafactory.micrographs.calibration import calibrate_lattice
+    from datafactory.micrographs.lattice import lattice_vectors_A
     from translators.base import load_style
 
     plan = make_plan({"microscope": {"image_size_px": 384, "pixel_size_A": PIXEL_A, "source_size_A": 0.6}, "structure": {"rotation_deg": 11.0}})

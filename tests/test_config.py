@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from conftest import make_config
-from datafactory.config import Param, load_config, preset_names, sample_parameters, validate_config
+from datafactory.simulation.config import Param, load_config, preset_names, sample_parameters, validate_config
 from datafactory.errors import FactoryError
-from datafactory.samples import Plan
+from datafactory.simulation.samples import Plan
 
 
 def test_param_forms():

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from conftest import make_config
 
-from datafactory.contrast import find_sites, fit_contrast, measure_contrast, pristine_config
+from datafactory.micrographs.contrast import find_sites, fit_contrast, measure_contrast, pristine_config
 from datafactory.errors import FactoryError
-from datafactory.samples import Plan, simulate_sample
+from datafactory.simulation.samples import Plan, simulate_sample
 
 PIXEL_A = 0.13
 A_MOS2 = 3.16
@@ -55,7 +55,7 @@ def test_fit_recovers_the_gamma_and_source_size_an_experiment_was_made_with():
     truth_gamma, truth_source = 1.78, 0.75
     style = StyleParameters(gain=3.0, offset=100.0, dose_counts=60.0, background=0.2, spread=0.0)
     experiment = [render(simulated(truth_gamma, truth_source, size=256, index=i), style, PIXEL_A, np.random.default_rng(i))[0] for i in range(2)]
-    from datafactory.contrast import pooled
+    from datafactory.micrographs.contrast import pooled
 
     measured = pooled([measure_contrast(e, PIXEL_A, A_MOS2) for e in experiment])
     config = make_config({"microscope": {"pixel_size_A": PIXEL_A, "source_size_A": [0.2, 0.4], "defocus_A": [-10, 10]}, "simulation": {"gamma": 1.5}})

@@ -14,8 +14,8 @@ import mlcroissant as mlc
 import numpy as np
 import pytest
 
-from datafactory.dataset import load_manifest
-from datafactory.validate import validate_dataset
+from datafactory.datasets.dataset import load_manifest
+from datafactory.datasets.validate import validate_dataset
 from translators.parametric import ParametricTranslator, StyleParameters
 
 N, SHARD_SIZE = 7, 4
@@ -26,7 +26,7 @@ ARGS = ["generate", "--config", "mos2_bilayer_slip", "--size", "48", "--n", N, "
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
     """A styled 7-sample bilayer dataset in two shards, made with the command line."""
-    from datafactory.cli import run
+    from factory_app.cli import run
 
     root = tmp_path_factory.mktemp("croissant")
     style = ParametricTranslator(StyleParameters(gain=2.0, dose_counts=40.0, background=0.2, jitter_A=0.05), 0.12).save(root / "style")

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from datafactory.dataset import MANIFEST_FILE, file_sha256, write_json_atomic
-from datafactory.report import inspect_dataset, preview_dataset
-from datafactory.validate import validate_dataset
+from datafactory.datasets.dataset import MANIFEST_FILE, file_sha256
+
+from datafactory.outputs import write_json_atomic
+from datafactory.datasets.report import inspect_dataset, preview_dataset
+from datafactory.datasets.validate import validate_dataset
 
 N, SHARD_SIZE = 30, 12  # shards 0..11, 12..23, 24..29
 
@@ -21,9 +23,9 @@ N, SHARD_SIZE = 30, 12  # shards 0..11, 12..23, 24..29
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     """A real 30-sample, 3-shard dataset of 64 px bilayer images (made once per module)."""
-    from datafactory.config import load_config
-    from datafactory.workflows.generate import GenerateRequest, generate_dataset
-    from datafactory.samples import Plan
+    from datafactory.simulation.config import load_config
+    from factory_app.workflows.generate import GenerateRequest, generate_dataset
+    from datafactory.simulation.samples import Plan
 
     cfg, path = load_config("mos2_bilayer_slip", {"microscope.image_size_px": 64})
     plan = Plan.from_config(cfg, base_dir=path.parent)
@@ -221,9 +223,9 @@ def test_preview_writes_a_png(dataset, tmp_path):
 
 def _foreign_shard(copy: Path, tmp_path: Path) -> None:
     """Shard 1 replaced by the same rows of a dataset made with another seed, the manifest updated to match."""
-    from datafactory.config import load_config
-    from datafactory.samples import Plan
-    from datafactory.workflows.generate import GenerateRequest, generate_dataset
+    from datafactory.simulation.config import load_config
+    from datafactory.simulation.samples import Plan
+    from factory_app.workflows.generate import GenerateRequest, generate_dataset
 
     cfg, path = load_config("mos2_bilayer_slip", {"microscope.image_size_px": 64})
     plan = Plan.from_config(cfg, base_dir=path.parent)

@@ -15,8 +15,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 README = ROOT / "README.md"
-PACKAGES = ("datafactory", "translators", "inference")
-#: A module path inside the layout tree: ``datafactory/io.py``, ``translators/drit/model.py``.
+PACKAGES = ("datafactory", "translators", "inference", "factory_app")
+#: A module path inside the layout tree: ``datafactory/micrographs/io.py``, ``translators/drit/model.py``.
 MODULE_PATH = re.compile(r"(?<![\w./-])((?:%s)/[\w/]*\.py)(?![\w.])" % "|".join(PACKAGES))
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.M | re.S)
 #: The longest README a newcomer reads in five minutes.
@@ -28,7 +28,7 @@ def factory_commands() -> list[str]:
     ``train``, ``train regress``; hidden commands left out."""
     import typer.main
 
-    from datafactory.cli import app
+    from factory_app.cli import app
 
     found: list[str] = []
 

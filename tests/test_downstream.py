@@ -17,7 +17,7 @@ TINY = dict(batch=8, threads=1, seed=0, device="cpu")
 
 
 def make(tmp_path_factory, name: str, config: str, n: int, size: int = 64) -> Path:
-    from datafactory.cli import run
+    from factory_app.cli import run
 
     out = tmp_path_factory.mktemp(name) / "ds"
     assert run(["generate", "--config", config, "--n", str(n), "--size", str(size), "--shard-size", str(n), "--out", str(out), "--workers", "1", "-q"]) == 0

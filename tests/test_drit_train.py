@@ -10,7 +10,7 @@ import torch
 from conftest import make_plan
 
 from datafactory.errors import FactoryError
-from datafactory.samples import simulate_sample
+from datafactory.simulation.samples import simulate_sample
 from translators.base import load_style
 from translators.drit.train import PRESETS, train
 from translators.drit.translator import DritTranslator

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from datafactory.cli.common import flag_of, user_message
+from factory_app.cli.common import flag_of, user_message
 from datafactory.errors import FactoryError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +58,7 @@ def test_the_field_survives_a_trip_to_a_worker_process():
 
 
 def test_the_command_line_prints_the_flag(tmp_path, capsys):
-    from datafactory.cli import run
+    from factory_app.cli import run
 
     assert run(["translate", "--style", str(tmp_path / "nowhere"), "--in", str(tmp_path / "in.h5"), "--out", str(tmp_path / "o.h5")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -12,8 +12,8 @@ import yaml
 from conftest import deep_update
 
 from datafactory.errors import FactoryError
-from datafactory.fourier_twist import FourierTwist, fold_deg, fourier_twist, spot_period_deg, window_twists
-from datafactory.lattice import lattice_vectors_A
+from datafactory.micrographs.fourier_twist import FourierTwist, fold_deg, fourier_twist, spot_period_deg, window_twists
+from datafactory.micrographs.lattice import lattice_vectors_A
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -22,8 +22,8 @@ def simulated(config: str, twist_deg: float | None, size_px: int = 256, rotation
     """An incoherent image of ``config`` (its microscope, with aberrations) at a fixed twist;
     ``twist_deg=None`` gives a monolayer. Frozen thermal displacements are left out unless
     asked for: on 250 atoms a layer they turn a 2.5 nm window's lattice by ~0.1° at random."""
-    from datafactory.config import validate_config
-    from datafactory.samples import Plan, simulate_sample
+    from datafactory.simulation.config import validate_config
+    from datafactory.simulation.samples import Plan, simulate_sample
 
     raw = yaml.safe_load((CONFIGS / f"{config}.yaml").read_text())
     structure = {"rotation_deg": rotation_deg, "thermal_rms_A": "default" if thermal else None}

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from conftest import assert_same_tree, h5_tree
 
-from datafactory.dataset import file_sha256, load_manifest, split_indices
-from datafactory.samples import simulate_sample
+from datafactory.datasets.dataset import file_sha256, load_manifest, split_indices
+from datafactory.simulation.samples import simulate_sample
 from translators.parametric import ParametricTranslator, StyleParameters
 
-FACTORY = [sys.executable, "-m", "datafactory.cli"]
+FACTORY = [sys.executable, "-m", "factory_app.cli"]
 SMALL = ["--config", "mos2_bilayer_slip", "--size", "48", "-q"]
 
 
@@ -187,8 +187,8 @@ def test_manifest_splits_card_and_clean_without_style(run_cli, tmp_path):
 def test_generated_sample_equals_the_simulation(run_cli, tmp_path):
     out = tmp_path / "ds"
     assert run_cli("generate", "--config", "mos2_monolayer", "--size", "48", "-q", "--n", 5, "--shard-size", 2, "--workers", 1, "--out", out)[0] == 0
-    from datafactory.config import load_config
-    from datafactory.samples import Plan
+    from datafactory.simulation.config import load_config
+    from datafactory.simulation.samples import Plan
 
     config, path = load_config("mos2_monolayer", {"microscope.image_size_px": 48})
     plan = Plan.from_config(config, base_dir=path.parent)
@@ -200,7 +200,7 @@ def test_generated_sample_equals_the_simulation(run_cli, tmp_path):
 def test_config_augmentations_change_only_images(run_cli, tmp_path):
     import yaml
 
-    from datafactory.config import load_config
+    from datafactory.simulation.config import load_config
 
     config, _ = load_config("mos2_monolayer", {"microscope.image_size_px": 48})
     raw = yaml.safe_load(config.to_yaml())
@@ -219,7 +219,7 @@ def test_config_augmentations_change_only_images(run_cli, tmp_path):
 
 
 def test_example_experiment_has_a_wrong_file_calibration_that_calibrate_finds(run_cli, tmp_path):
-    from datafactory.workflows.example import FILE_PIXEL_SIZE_A, TRUE_PIXEL_SIZE_A
+    from factory_app.workflows.example import FILE_PIXEL_SIZE_A, TRUE_PIXEL_SIZE_A
 
     code, out, err = run_cli("example", "--out", tmp_path)
     assert code == 0, err
@@ -290,9 +290,9 @@ def test_an_interrupted_run_cancels_cluster_tasks_and_leaves_a_local_pool_to_its
     """A local pool's futures are failed by the pool's thread when stop_pool kills its workers;
     cancelling them from the main thread too raced with it (CPython 3.11 printed an
     InvalidStateError traceback under SIGTERM to the process group). A cluster's are cancelled."""
-    from datafactory.config import load_config
-    from datafactory.workflows.generate import GenerateRequest, _run_tasks
-    from datafactory.samples import Plan
+    from datafactory.simulation.config import load_config
+    from factory_app.workflows.generate import GenerateRequest, _run_tasks
+    from datafactory.simulation.samples import Plan
     from tqdm import tqdm
 
     cfg, path = load_config("mos2_monolayer", {"microscope.image_size_px": 32})
@@ -312,7 +312,7 @@ def test_an_interrupted_run_cancels_cluster_tasks_and_leaves_a_local_pool_to_its
 
 def test_workers_that_cannot_fit_in_memory_are_refused_before_work(run_cli, tmp_path, monkeypatch):
     import datafactory.outputs as outputs
-    from datafactory.workflows.generate import worker_memory_bytes
+    from factory_app.workflows.generate import worker_memory_bytes
 
     need = worker_memory_bytes((1024, 1024))
     assert 0.6e9 < need < 1.2e9  # measured: 0.84 GB peak for a 1024² parametric worker

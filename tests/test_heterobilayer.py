@@ -15,10 +15,10 @@ import yaml
 from scipy.spatial import cKDTree
 
 from conftest import make_config, make_plan
-from datafactory.config import load_config, preset_names, validate_config
+from datafactory.simulation.config import load_config, preset_names, validate_config
 from datafactory.errors import FactoryError
-from datafactory.samples import Plan, simulate_sample
-from datafactory.structures import (
+from datafactory.simulation.samples import Plan, simulate_sample
+from datafactory.simulation.structures import (
     Interface,
     LayerCell,
     Placement,
@@ -269,8 +269,8 @@ def test_regression_refuses_slip_on_a_hetero_dataset_and_keeps_twist():
 
 
 def test_dataset_description_lists_the_materials():
-    from datafactory.contrast import pristine_config
-    from datafactory.croissant import stack_materials, stack_sentence
+    from datafactory.micrographs.contrast import pristine_config
+    from datafactory.datasets.croissant import stack_materials, stack_sentence
 
     hetero = make_config({"structure": {"cell": ["MoS2", "WS2"], "layers": 2}})
     assert stack_materials({"config": hetero.to_yaml()}) == ["MoS2", "WS2"]

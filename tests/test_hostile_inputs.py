@@ -19,7 +19,7 @@ then the run must succeed and write its output. Nothing else is allowed.
   header, constant pixels, or finite values far beyond any detector (the style fit refuses them). They run ``factory calibrate FILE --material MoS2`` (reads
   only) and ``factory fit-style FILE --method parametric ... --out STYLE`` (writes a bundle).
 
-The CLI runs in-process (``datafactory.cli.run``) with fresh temporary directories per
+The CLI runs in-process (``factory_app.cli.run``) with fresh temporary directories per
 example. Log records of level WARNING and above and Python warnings are counted as stderr
 lines, since a real run prints them there (logging's last resort, ``warnings.showwarning``),
 while pytest would otherwise swallow them.
@@ -48,7 +48,7 @@ from hypothesis import note as _note
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
-from datafactory.config import PRESET_DIR, load_config, preset_names, read_config_mapping
+from datafactory.simulation.config import PRESET_DIR, load_config, preset_names, read_config_mapping
 
 #: ``HOSTILE_EXAMPLES=500 pytest tests/test_hostile_inputs.py`` searches deeper, with fresh random draws;
 #: by default the examples are few (the file runs in about a minute on 2 CPU cores) and reproducible.
@@ -73,7 +73,7 @@ _HIDDEN_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, ImportWarning
 
 def invoke(*argv) -> tuple[int, str, str]:
     """``factory ARGV`` in-process: (exit code, stdout, stderr as a real run would print it)."""
-    from datafactory.cli import run
+    from factory_app.cli import run
 
     out, err = io.StringIO(), io.StringIO()
     handler = logging.StreamHandler(err)  # what logging's last resort would print in a real run
@@ -387,7 +387,7 @@ def suffix(fmt: str) -> str:
 def lattice_image() -> np.ndarray:
     """A 96×96 uint16 image of a noisy simulated MoS2 lattice at 0.1 Å/px (read and fitted fine)."""
     from conftest import make_plan
-    from datafactory.samples import simulate_sample
+    from datafactory.simulation.samples import simulate_sample
 
     plan = make_plan({"microscope": {"image_size_px": 96, "pixel_size_A": PIXEL_SIZE_A, "source_size_A": 0.5}})
     clean = simulate_sample(plan, 0, 0).image

@@ -6,8 +6,8 @@ from scipy.spatial import cKDTree
 
 from conftest import find_peaks, make_plan
 from datafactory.grid import PixelGrid
-from datafactory.microscope import Microscope, probe_intensity
-from datafactory.samples import simulate_sample
+from datafactory.simulation.microscope import Microscope, probe_intensity
+from datafactory.simulation.samples import simulate_sample
 from datafactory.simulation.incoherent import incoherent_image
 
 MICROSCOPE = Microscope(energy_keV=60, semiangle_mrad=30)

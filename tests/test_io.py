@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from datafactory.errors import FactoryError
-from datafactory.io import (
+from datafactory.micrographs.io import (
     MIN_IMAGE_PX,
     SUPPORTED_SUFFIXES,
     Micrograph,

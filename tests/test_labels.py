@@ -8,9 +8,9 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from conftest import make_plan
-from datafactory.config import load_config, read_config_mapping, resolve_config_path, validate_config
-from datafactory.labels import column_content_name
-from datafactory.samples import Plan, simulate_sample
+from datafactory.simulation.config import load_config, read_config_mapping, resolve_config_path, validate_config
+from datafactory.simulation.labels import column_content_name
+from datafactory.simulation.samples import Plan, simulate_sample
 
 
 def test_column_names():
@@ -84,8 +84,8 @@ def test_dopant_in_layer_2_appears_only_in_layer_2_channels():
 
 
 def test_janus_preset_has_w_s2_sse_per_layer():
-    from datafactory.config import load_config
-    from datafactory.samples import Plan
+    from datafactory.simulation.config import load_config
+    from datafactory.simulation.samples import Plan
 
     cfg, path = load_config("wsse_janus_twisted_bilayer", {"microscope.image_size_px": 64})
     plan = Plan.from_config(cfg, path.parent)

@@ -1,9 +1,10 @@
 """The house rules of the imports: each layer imports only those below it, and nothing cycles.
 
-Layers, bottom to top: the data core (``datafactory``) ← the style models (``translators``)
-← the downstream models (``inference``) ← the application layer (``datafactory.workflows``,
-then ``datafactory.cli``). Imports inside functions count as much as those at the top of a
-file: a deferred import still ties the two modules together.
+Layers by folder, bottom to top: the data core (``datafactory/``: its base files, then
+``datasets/``, ``simulation/``, ``micrographs/``) ← the style models (``translators/``) ← the
+downstream models (``inference/``) ← the application (``factory_app/``: ``workflows/``, then
+``cli/``). Imports inside functions count as much as those at the top of a file: a deferred
+import still ties the two modules together.
 """
 
 from __future__ import annotations
@@ -13,9 +14,19 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("datafactory", "translators", "inference")
-#: Longest prefix wins.
-LAYERS = {"datafactory": 0, "translators": 1, "inference": 2, "datafactory.workflows": 3, "datafactory.cli": 4}
+PACKAGES = ("datafactory", "translators", "inference", "factory_app")
+#: Folder -> layer; the longest matching prefix wins.
+LAYERS = {
+    "datafactory": 0,
+    "datafactory.datasets": 1,
+    "datafactory.simulation": 2,
+    "datafactory.micrographs": 3,
+    "translators": 10,
+    "inference": 20,
+    "factory_app": 30,
+    "factory_app.workflows": 30,
+    "factory_app.cli": 40,
+}
 
 
 def layer_of(module: str) -> int | None:
@@ -137,4 +148,28 @@ def test_the_checks_see_an_upward_import_and_a_cycle(tmp_path):
     graph = {"datafactory.a": {"translators.b": 3}, "translators.b": {"datafactory.a": 1}, "inference.c": {"datafactory.a": 2}}
     assert cycles(graph) == [["datafactory.a", "translators.b"]]
     assert [m for m, ts in graph.items() for t in ts if layer_of(t) > layer_of(m)] == ["datafactory.a"]
-    assert layer_of("datafactory.cli.style") == 4 and layer_of("datafactory.workflows.generate") == 3 and layer_of("datafactory.io") == 0
+    assert layer_of("factory_app.cli.style") > layer_of("factory_app.workflows.generate") > layer_of("inference.data")
+    assert layer_of("translators.parametric") > layer_of("datafactory.micrographs.io") > layer_of("datafactory.simulation.samples")
+    assert layer_of("datafactory.simulation.samples") > layer_of("datafactory.datasets.shards") > layer_of("datafactory.outputs")
+
+
+def test_the_application_is_not_inside_a_library():
+    """The command line and the workflows live in ``factory_app/`` only (their old home was ``datafactory/``)."""
+    for package in ("datafactory", "translators", "inference"):
+        assert not (ROOT / package / "cli").exists() and not (ROOT / package / "workflows").exists()
+
+
+def test_old_import_paths_still_work_and_warn():
+    import importlib
+    import sys
+    import warnings
+
+    for name in ("datafactory.shards", "datafactory.cli", "datafactory.cli.main"):
+        sys.modules.pop(name, None)  # only the aliases: the modules stay under their new names
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        old = importlib.import_module("datafactory.shards")
+        cli = importlib.import_module("datafactory.cli.main")
+    assert old is importlib.import_module("datafactory.datasets.shards")
+    assert cli is importlib.import_module("factory_app.cli.main")
+    assert sum(issubclass(w.category, DeprecationWarning) and "moved to" in str(w.message) for w in caught) >= 2

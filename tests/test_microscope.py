@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from datafactory.microscope import (
+from datafactory.simulation.microscope import (
     Microscope,
     aberration_phase,
     otf_support,

@@ -9,7 +9,7 @@ import pytest
 
 from datafactory.errors import FactoryError
 from datafactory.grid import PixelGrid
-from datafactory.microscope import Microscope, probe_intensity, probe_margin_A, probe_wavefunction
+from datafactory.simulation.microscope import Microscope, probe_intensity, probe_margin_A, probe_wavefunction
 from datafactory.simulation import MultisliceSettings, simulate_image
 from datafactory.simulation.multislice import (
     max_potential_sampling_A,
@@ -18,7 +18,7 @@ from datafactory.simulation.multislice import (
     resolve_device,
     source_blur,
 )
-from datafactory.structures import DEFAULT_THERMAL_RMS_A, LayerCell, Placement, build_patch, builtin_cell
+from datafactory.simulation.structures import DEFAULT_THERMAL_RMS_A, LayerCell, Placement, build_patch, builtin_cell
 
 import abtem  # noqa: E402 - a required dependency: a broken install fails here, it does not skip
 

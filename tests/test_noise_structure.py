@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import make_plan
 
-from datafactory.samples import simulate_sample
+from datafactory.simulation.samples import simulate_sample
 from translators.noise_structure import (
     JITTER_LADDER_PX,
     NoiseCorrelation,

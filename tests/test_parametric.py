@@ -10,7 +10,7 @@ import pytest
 from conftest import find_peaks, make_plan
 
 from datafactory.errors import FactoryError
-from datafactory.samples import simulate_sample
+from datafactory.simulation.samples import simulate_sample
 from translators.scan_distortion import ScanDistortion, displace_points, displacement_field, sample_field
 from translators.base import load_style
 from translators.metrics import hist_kl

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import make_plan
 
-from datafactory.cli import run
+from factory_app.cli import run
 
 
 def cli(*args) -> None:
@@ -23,7 +23,7 @@ def made(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("records")
     cli("example", "--out", root / "example")
     cli("fit-style", *sorted((root / "example").glob("*.tif")), "--method", "parametric", "--no-contrast", "--out", root / "style", "-q")
-    from datafactory.samples import write_simulation
+    from datafactory.simulation.samples import write_simulation
 
     write_simulation(make_plan({"microscope": {"image_size_px": 32, "pixel_size_A": 0.128}}), 0, 2, root / "sims.h5", progress=False, preview=False)
     for name, config, task in (("mono", "mos2_monolayer", ("segment", "--width", "4", "--depth", "1")),

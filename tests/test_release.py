@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 import datafactory
-from datafactory.shards import SCHEMA_VERSION
+from datafactory.datasets.shards import SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datafactory.dataset import load_manifest
+from datafactory.datasets.dataset import load_manifest
 
-FACTORY = [sys.executable, "-m", "datafactory.cli"]
+FACTORY = [sys.executable, "-m", "factory_app.cli"]
 SMALL = ["--config", "mos2_bilayer_slip", "--size", "48", "-q"]
 
 
@@ -183,7 +183,7 @@ def _fail_on_call(monkeypatch, owner, name: str, call: int, error: int, path_arg
 
 
 def test_no_space_while_simulating_keeps_the_older_file(run_cli, tmp_path, monkeypatch):
-    from datafactory import shards
+    from datafactory.datasets import shards
 
     out = tmp_path / "sim.h5"
     assert run_cli("simulate", "--n", 3, "--size", 32, "--out", out, "--workers", 1, "-q")[0] == 0
@@ -211,7 +211,7 @@ def test_read_only_disk_while_saving_a_style_keeps_the_older_bundle(run_cli, tmp
 
 
 def test_no_space_in_the_middle_of_generate_then_a_rerun_resumes(run_cli, tmp_path, monkeypatch):
-    from datafactory.workflows import generate
+    from factory_app.workflows import generate
 
     out = tmp_path / "ds"
     args = ("generate", *SMALL, "--n", 12, "--shard-size", 4, "--workers", 1, "--out", out)
@@ -345,7 +345,7 @@ def test_drit_fit_killed_between_checkpoints_resumes_to_the_same_weights(tmp_pat
     import torch
     from conftest import make_plan
 
-    from datafactory.samples import simulate_sample
+    from datafactory.simulation.samples import simulate_sample
     from translators.parametric import StyleParameters, render
 
     pixel_A = 0.12
@@ -462,9 +462,9 @@ def test_generate_submits_a_window_of_shards_not_the_whole_run(tmp_path):
 
     from tqdm import tqdm
 
-    from datafactory.config import load_config
-    from datafactory.samples import Plan
-    from datafactory.workflows.generate import GenerateRequest, _run_tasks
+    from datafactory.simulation.config import load_config
+    from datafactory.simulation.samples import Plan
+    from factory_app.workflows.generate import GenerateRequest, _run_tasks
 
     cfg, path = load_config("mos2_monolayer", {"microscope.image_size_px": 32})
     plan = Plan.from_config(cfg, base_dir=path.parent)
@@ -483,7 +483,7 @@ def test_generate_submits_a_window_of_shards_not_the_whole_run(tmp_path):
             self.most = max(self.most, self.pending)
             future = Future()
             future.add_done_callback(lambda _: setattr(self, "pending", self.pending - 1))
-            from datafactory.workflows.generate import make_shard
+            from factory_app.workflows.generate import make_shard
 
             future.set_result(make_shard(task))
             return future

@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from conftest import assert_same_tree, h5_tree, make_plan
-from datafactory.samples import simulate_sample, simulate_samples, write_simulation
-from datafactory.shards import SCHEMA_VERSION, read_sample
+from datafactory.simulation.samples import simulate_sample, simulate_samples, write_simulation
+from datafactory.datasets.shards import SCHEMA_VERSION, read_sample
 
 BILAYER = {
     "structure": {
@@ -132,7 +132,7 @@ def test_monolayer_file_has_no_stacking_labels(tmp_path):
 
 
 def test_failed_run_leaves_no_partial_file_and_keeps_the_old_one(tmp_path, monkeypatch):
-    import datafactory.samples as samples_module
+    import datafactory.simulation.samples as samples_module
 
     plan = make_plan()
     out = tmp_path / "keep.h5"

@@ -3,7 +3,7 @@
 import numpy as np
 
 from conftest import make_plan
-from datafactory.samples import margin_pixels, simulate_sample
+from datafactory.simulation.samples import margin_pixels, simulate_sample
 from translators.parametric import (
     WARP_READ_PX, ParametricTranslator, StyleParameters, draw_style_parameters, scan_distortion, scan_reach_px,
 )

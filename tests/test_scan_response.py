@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import make_plan
 
-from datafactory.samples import simulate_sample
+from datafactory.simulation.samples import simulate_sample
 from translators.parametric import StyleParameters, fit_detector_response, fit_image, render
 from translators.scan_response import apply_response, noise_power_along_x, power_transfer, remove_response
 from translators.slow_background import slow_gain

@@ -320,8 +320,8 @@ def test_pixel_scores():
 
 
 def test_the_one_matcher_returns_its_pairs_and_prefers_more_pairs_to_closer_ones():
-    """datafactory.matching.match_pairs is what match_points and the column shift count."""
-    from datafactory.matching import match_pairs
+    """datafactory.micrographs.matching.match_pairs is what match_points and the column shift count."""
+    from datafactory.micrographs.matching import match_pairs
 
     a = np.array([[0.0, 0.0], [0.0, 0.9]])
     b = np.array([[0.0, 0.4], [0.0, -0.45]])

@@ -11,7 +11,7 @@ from conftest import make_plan
 
 from datafactory.errors import FactoryError
 from datafactory.grid import resample
-from datafactory.samples import simulate_sample, write_simulation
+from datafactory.simulation.samples import simulate_sample, write_simulation
 from translators.selection import default_features, exp_patches, informative_features, run_selection, select_similar
 from translators.parametric import StyleParameters, render
 

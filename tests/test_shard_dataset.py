@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from datafactory.dataset import load_manifest, shard_table, split_indices
+from datafactory.datasets.dataset import load_manifest, shard_table, split_indices
 from datafactory.errors import FactoryError
-from datafactory.shards import ATOM_FIELDS, read_sample
+from datafactory.datasets.shards import ATOM_FIELDS, read_sample
 from inference.data import ShardDataset, collate
 
 N = 40
@@ -26,7 +26,7 @@ ALL_FIELDS = ("image", "masks", "slip_frac", "slip_A", "twist_deg", "params", "a
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     """40 samples of 64×64 MoS2 bilayers in 3 shards, generated in-process."""
-    from datafactory.cli import run
+    from factory_app.cli import run
 
     out = tmp_path_factory.mktemp("shards") / "ds"
     code = run(["generate", "--config", "mos2_bilayer_slip", "--n", str(N), "--shard-size", str(SHARD_SIZE),
@@ -36,7 +36,7 @@ def dataset(tmp_path_factory) -> Path:
 
 
 def reference(root: Path, g: int) -> dict:
-    """Sample ``g`` (global index) as read by datafactory.shards.read_sample."""
+    """Sample ``g`` (global index) as read by datafactory.datasets.shards.read_sample."""
     starts, files = shard_table(load_manifest(root))
     s = int(np.searchsorted(starts, g, side="right") - 1)
     with h5py.File(root / files[s], "r") as f:

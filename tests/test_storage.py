@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import make_plan
-from datafactory.samples import simulate_sample, write_simulation
-from datafactory.shards import (
+from datafactory.simulation.samples import simulate_sample, write_simulation
+from datafactory.datasets.shards import (
     FLOAT16_RANGE,
     SCHEMA_VERSION,
     ShardWriter,
@@ -117,7 +117,7 @@ def _as_schema_1(path: Path) -> None:
 
 
 def test_a_schema_1_dataset_is_still_read_validated_and_loaded(run_cli, tmp_path):
-    from datafactory.dataset import file_sha256
+    from datafactory.datasets.dataset import file_sha256
     from inference.data import ShardDataset
 
     out = tmp_path / "ds"

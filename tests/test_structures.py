@@ -10,8 +10,8 @@ from scipy.spatial import cKDTree
 
 from conftest import make_plan
 from datafactory.errors import FactoryError
-from datafactory.samples import simulate_sample
-from datafactory.structures import (
+from datafactory.simulation.samples import simulate_sample
+from datafactory.simulation.structures import (
     MX2_PARAMETERS,
     Interface,
     LayerCell,

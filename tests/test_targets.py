@@ -81,7 +81,7 @@ def test_twist_period_and_mirror():
 
 
 def test_rotational_order_of_real_cells():
-    from datafactory.structures import LayerCell, builtin_cell
+    from datafactory.simulation.structures import LayerCell, builtin_cell
 
     def order(name):
         cell = LayerCell.from_atoms(builtin_cell(name), 0.3)

@@ -14,7 +14,7 @@ REGRESS = ("--target", "slip", "--epochs", "2", "--batch", "8")
 
 
 def generate(tmp_path_factory, config: str) -> Path:
-    from datafactory.cli import run
+    from factory_app.cli import run
 
     out = tmp_path_factory.mktemp(config) / "ds"
     assert run(["generate", "--config", config, "--n", "24", "--size", "64", "--shard-size", "12", "--out", str(out), "--workers", "1", "-q"]) == 0
@@ -157,7 +157,7 @@ def test_training_killed_with_sigkill_resumes_to_the_same_weights(slip, run_cli,
 
     options = ("--target", "slip", "--epochs", "30", "--batch", "8", "--seed", "2", "--device", "cpu", "--threads", "1", "-q")
     def command_to(out: Path) -> list[str]:
-        return [sys.executable, "-m", "datafactory.cli", "train", "regress", "--data", str(slip), "--out", str(out), *options]
+        return [sys.executable, "-m", "factory_app.cli", "train", "regress", "--data", str(slip), "--out", str(out), *options]
 
     assert subprocess.run(command_to(tmp_path / "whole"), capture_output=True, timeout=600).returncode == 0
     out = tmp_path / "killed"

@@ -203,7 +203,7 @@ def column_shift(
 def column_shift_from_positions(
     cols_ref: np.ndarray, cols_test: np.ndarray, pixel_size_A: float, radius_px: float
 ) -> ColumnShift:
-    from datafactory.matching import match_pairs
+    from datafactory.micrographs.matching import match_pairs
 
     i_ref, i_test, _ = match_pairs(cols_ref, cols_test, radius_px)
     n_ref, n_test, n_matched = len(cols_ref), len(cols_test), len(i_ref)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datafactory.dataset import named_os_errors
+from datafactory.outputs import named_os_errors
 
 from . import metrics
 from .column_shift import column_shift_from_positions

@@ -2,9 +2,9 @@
 
 ``fit-style --material M --config C`` runs this when the experiments are monolayers of M:
 
-1. :func:`datafactory.contrast.measure_contrast` on every experiment (pooled): the S2/Mo
+1. :func:`datafactory.micrographs.contrast.measure_contrast` on every experiment (pooled): the S2/Mo
    level, the spreads at the metal, chalcogen and hollow sites, the column width.
-2. :func:`datafactory.contrast.fit_contrast`: the detector exponent γ and the source size
+2. :func:`datafactory.micrographs.contrast.fit_contrast`: the detector exponent γ and the source size
    that reproduce the level and the width in clean simulations of C's microscope. Fitted on
    each experiment too; twice the spread between them, and at least
    :data:`GAMMA_HALF_WIDTH_MIN` and :data:`SOURCE_HALF_WIDTH_MIN` of the value (both scaled
@@ -49,7 +49,7 @@ class ContrastCalibration:
     gamma_range: tuple[float, float]
     source_size_A: float
     source_size_range_A: tuple[float, float]
-    fit: Any  # datafactory.contrast.ContrastFit (pooled experiments)
+    fit: Any  # datafactory.micrographs.contrast.ContrastFit (pooled experiments)
     per_image: list[dict[str, float]]
     config_name: str
 
@@ -75,7 +75,7 @@ def calibrate_contrast(images: Sequence[np.ndarray], pixel_size_A: float, lattic
     style's relative spread; 0.15 gives the minimum widths above, 0 fixes the values). Raises
     :class:`FactoryError` when the images are not monolayers of the lattice's material (no
     metal lattice, or no chalcogen sites)."""
-    from datafactory.contrast import fit_contrast, measure_contrast, pooled
+    from datafactory.micrographs.contrast import fit_contrast, measure_contrast, pooled
 
     a_A = lattice_constant_A(lattice)
     measurements = [measure_contrast(image, pixel_size_A, a_A) for image in images]
@@ -117,9 +117,9 @@ def simulation_overrides(block: dict[str, Any] | None) -> dict[str, Any]:
 
 def _clean_images(config, calibration: ContrastCalibration, pixel_size_A: float, n: int, seed: int, base_dir: Path | None) -> list[np.ndarray]:
     """Pristine monolayers of the config's material at the fitted γ and source size."""
-    from datafactory.config import validate_config
-    from datafactory.contrast import pristine_config
-    from datafactory.samples import Plan, simulate_sample
+    from datafactory.simulation.config import validate_config
+    from datafactory.micrographs.contrast import pristine_config
+    from datafactory.simulation.samples import Plan, simulate_sample
 
     import yaml
 
@@ -134,7 +134,7 @@ def fit_style_adsorbates(params, calibration: ContrastCalibration, config, pixel
                          base_dir: Path | None = None, seed: int = 0) -> tuple[Any, dict[str, Any]]:
     """Step 3: the parametric ``params`` (StyleParameters) with fitted adsorbates, and a report
     of the site spreads before and after (experiment, style without and with adsorbates)."""
-    from datafactory.contrast import find_sites, measure_at_sites, summarise
+    from datafactory.micrographs.contrast import find_sites, measure_at_sites, summarise
 
     from .adsorbates import Adsorbates, fit_adsorbates, tail_statistics
     from .parametric import render
@@ -259,7 +259,7 @@ class ExperimentCalibration:
         import json
         import os
 
-        from datafactory.dataset import write_json_atomic
+        from datafactory.outputs import write_json_atomic
 
         directory = Path(directory)
         partial = directory / "contrast.png.partial"

@@ -83,7 +83,7 @@ class NoiseCorrelation:
 
 def _spots(image: np.ndarray) -> np.ndarray:
     """Bragg reflections ``[qx, qy]`` (cycles/px, one per ± pair) of an image, or an empty array."""
-    from datafactory.fourier_spots import find_spots
+    from datafactory.micrographs.fourier_spots import find_spots
 
     try:
         return find_spots(np.asarray(image, dtype=np.float64)).q
@@ -127,7 +127,7 @@ def _reflections(image: np.ndarray, q: np.ndarray, max_order: int = 6, min_snr: 
     """Every reciprocal-lattice point ``n·u + m·v`` (``u``, ``v`` the two shortest independent
     spots) below Nyquist whose power stands ``min_snr`` times above the local floor; the
     found spots themselves always count."""
-    from datafactory.fourier_spots import _background_power
+    from datafactory.micrographs.fourier_spots import _background_power
 
     norms = np.hypot(q[:, 0], q[:, 1])
     order = np.argsort(norms)

@@ -49,7 +49,7 @@ def write_realism_report(directory: Path, experiment: np.ndarray, pixel_size_A: 
     """``report.png`` (the experiment beside the first image of every set, with histograms,
     profiles, spectra and the noise correlations along and across lines) and the ``metrics`` and
     ``noise_correlation`` entries of ``report.json`` (other entries kept); returns the PNG's path."""
-    from datafactory.dataset import write_json_atomic
+    from datafactory.outputs import write_json_atomic
 
     from .compare import draw_comparison
     from .noise_structure import set_correlations

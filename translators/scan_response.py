@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datafactory.dataset import named_os_errors
+from datafactory.outputs import named_os_errors
 
 #: Largest pole fitted; beyond it the line would be smeared over many pixels.
 MAX_POLE = 0.95

@@ -9,7 +9,7 @@ Typical use::
 
     sel = run_selection("sims.h5", micrographs, keep=100, out_path="selected.h5", plot_path="selected.png")
 
-The output is a schema-v2 file (see :mod:`datafactory.shards`) holding the kept samples in
+The output is a schema-v2 file (see :mod:`datafactory.datasets.shards`) holding the kept samples in
 rank order, with ``source_index`` pointing back into the input and the selection settings
 in root attributes named ``selection_*``.
 """
@@ -23,7 +23,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from datafactory.dataset import named_os_errors
+from datafactory.outputs import named_os_errors
 from datafactory.errors import FactoryError
 
 from .selection_features import (  # noqa: F401 - the feature functions are offered here too
@@ -337,14 +337,14 @@ def run_selection(
     tiled into patches of the simulations' shape (half-patch stride); the patches are the
     experimental points. ``features`` is ``"default"`` (:func:`default_features`) or
     ``"vgg16"`` (:func:`vgg16_features` with ``vgg_weights``). The kept samples are written
-    in rank order with :func:`datafactory.shards.write_subset`; root attributes
+    in rank order with :func:`datafactory.datasets.shards.write_subset`; root attributes
     ``selection_*`` record the settings, the experiment names and any notices. A plot of
     the embedding goes to ``plot_path`` if given.
     """
     import h5py
 
     from datafactory.grid import resample
-    from datafactory.shards import sample_pixel_sizes_A, write_subset
+    from datafactory.datasets.shards import sample_pixel_sizes_A, write_subset
 
     sim_path, out_path = Path(sim_path), Path(out_path)
     if not sim_path.is_file():

@@ -16,9 +16,9 @@ import numpy as np
 
 from datafactory.errors import FactoryError
 from datafactory.grid import PixelGrid, resample, resampled_shape, same_pixel_size
-from datafactory.samples import Sample
+from datafactory.simulation.samples import Sample
 from datafactory.rng import sample_rng
-from datafactory.shards import READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION, ShardWriter, read_sample, sample_pixel_sizes_A
+from datafactory.datasets.shards import READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION, ShardWriter, read_sample, sample_pixel_sizes_A
 
 from .scan_distortion import warp_labels
 from .base import Translation, Translator
@@ -200,7 +200,7 @@ def translate_file(
                     bar.update(len(pending))
             writer.close()
             if preview_tmp is not None:
-                from datafactory.preview import write_preview
+                from datafactory.datasets.preview import write_preview
 
                 with h5py.File(tmp, "r") as written:
                     write_preview(written, preview_tmp)

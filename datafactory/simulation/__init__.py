@@ -1,4 +1,13 @@
-"""Image simulation backends behind one interface.
+"""Simulation: specimen, microscope, image and exact labels of each sample.
+
+- :mod:`.config` reads and validates a run's YAML config (values: :mod:`.config_values`)
+  and samples its parameters.
+- :mod:`.structures` builds ASE ``Atoms`` patches (stacks with slip and twist, defects);
+  :mod:`.microscope` holds the probe optics.
+- This module's :func:`simulate_image` puts the image backends behind one interface
+  (:mod:`.incoherent`, :mod:`.multislice`, their :mod:`.settings`).
+- :mod:`.labels` turns the same patch into column classes, the atom table and masks;
+  :mod:`.samples` runs sample i of (config, seed), and many of them in parallel.
 
 ``incoherent`` (default) is the fast Z^γ-weighted probe convolution of
 :mod:`.incoherent`; ``multislice`` runs abTEM (:mod:`.multislice`) for validation and for
@@ -12,10 +21,10 @@ from __future__ import annotations
 import numpy as np
 from ase import Atoms
 
-from ..grid import PixelGrid
-from ..microscope import Microscope
-from .incoherent import incoherent_image
-from .settings import MultisliceSettings
+from datafactory.grid import PixelGrid
+from datafactory.simulation.microscope import Microscope
+from datafactory.simulation.incoherent import incoherent_image
+from datafactory.simulation.settings import MultisliceSettings
 
 __all__ = ["BACKENDS", "MultisliceSettings", "simulate_image"]
 
@@ -44,7 +53,7 @@ def simulate_image(
         weights = atoms.numbers.astype(np.float64) ** gamma
         return incoherent_image(rowcol, weights, grid, microscope, margin_px)
     if backend == "multislice":
-        from .multislice import multislice_image  # abTEM is slow to import; load it only when used
+        from datafactory.simulation.multislice import multislice_image  # abTEM is slow to import; load it only when used
 
         return multislice_image(atoms, grid, microscope, margin_A, multislice or MultisliceSettings(), seed)
     raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")

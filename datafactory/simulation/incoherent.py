@@ -1,7 +1,7 @@
 """Incoherent ADF-STEM image model (the method of Computem's incoSTEM).
 
 ``I(r) = Σ_j Z_j^γ · P(r − r_j)`` where ``P`` is the probe intensity ``|ψ|²`` blurred by
-the Gaussian source (see :mod:`datafactory.microscope`). Atoms keep their exact sub-pixel
+the Gaussian source (see :mod:`datafactory.simulation.microscope`). Atoms keep their exact sub-pixel
 positions and atoms that overlap in projection add up.
 
 The sum is evaluated in Fourier space, exactly. ``P`` is band-limited to ``2α/λ``, so
@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.fft
 
-from ..grid import PixelGrid
-from ..microscope import Microscope, otf_support, probe_otf
+from datafactory.grid import PixelGrid
+from datafactory.simulation.microscope import Microscope, otf_support, probe_otf
 
 
 def padded_shape(shape: tuple[int, int], margin_px: int) -> tuple[int, int]:

@@ -9,7 +9,7 @@ half-pixel offset) and integrates an ``AnnularDetector``. abTEM measurements are
 ``[x, y]``; they are transposed to ``[row = y, col = x]``.
 
 Optics: ``Probe(energy, semiangle_cutoff, **Microscope.abtem_aberrations())`` uses the
-same aberration function and sign conventions as :func:`datafactory.microscope.probe_wavefunction`
+same aberration function and sign conventions as :func:`datafactory.simulation.microscope.probe_wavefunction`
 (``defocus = −C10``, azimuths from +x towards +y; checked in ``tests/test_multislice.py``).
 The aperture is hard (``soft=False``), as in the incoherent backend: abTEM's default soft
 edge shrinks the effective aperture and was measured to move the probe ~2x further from
@@ -35,11 +35,11 @@ import scipy.fft
 from ase import Atoms
 from ase.data import chemical_symbols
 
-from ..errors import FactoryError
-from ..grid import PixelGrid
-from ..microscope import FWHM_PER_SIGMA, Microscope
-from ..structures import DEFAULT_THERMAL_RMS_A, DEFAULT_THERMAL_RMS_OTHER_A
-from .settings import MultisliceSettings
+from datafactory.errors import FactoryError
+from datafactory.grid import PixelGrid
+from datafactory.simulation.microscope import FWHM_PER_SIGMA, Microscope
+from datafactory.simulation.structures import DEFAULT_THERMAL_RMS_A, DEFAULT_THERMAL_RMS_OTHER_A
+from datafactory.simulation.settings import MultisliceSettings
 
 #: Vacuum (Å) added above and below the atoms along the beam.
 Z_VACUUM_A = 2.0
@@ -98,7 +98,7 @@ def multislice_image(
     -----
     Frozen phonons displace every atom along x, y and z with the per-element RMS (Å per
     direction) of ``settings.phonon_rms_A``; elements missing from it take
-    :data:`datafactory.structures.DEFAULT_THERMAL_RMS_A` (0.06 Å for elements not listed
+    :data:`datafactory.simulation.structures.DEFAULT_THERMAL_RMS_A` (0.06 Å for elements not listed
     there either).
     """
     _check_settings(settings, microscope)
@@ -202,8 +202,8 @@ def source_blur(image: np.ndarray, pixel_size_A: float, source_size_A: float) ->
 def phonon_sigmas(atoms: Atoms, rms_A: dict[str, float]) -> dict[str, float]:
     """Frozen-phonon RMS displacement (Å per Cartesian direction) of every element in ``atoms``.
 
-    Elements missing from ``rms_A`` take :data:`datafactory.structures.DEFAULT_THERMAL_RMS_A`,
-    or :data:`datafactory.structures.DEFAULT_THERMAL_RMS_OTHER_A` (0.06 Å) when not listed there.
+    Elements missing from ``rms_A`` take :data:`datafactory.simulation.structures.DEFAULT_THERMAL_RMS_A`,
+    or :data:`datafactory.simulation.structures.DEFAULT_THERMAL_RMS_OTHER_A` (0.06 Å) when not listed there.
     Only the elements present are returned (abTEM builds the potential of exactly these).
     """
     for symbol, value in rms_A.items():

@@ -23,7 +23,7 @@ class MultisliceSettings:
         Number of frozen-phonon configurations (0 = none). Seeded from the sample seed.
     phonon_rms_A : dict
         Per-element RMS displacement (Å per Cartesian direction) of the frozen phonons;
-        elements missing from it take :data:`datafactory.structures.DEFAULT_THERMAL_RMS_A`.
+        elements missing from it take :data:`datafactory.simulation.structures.DEFAULT_THERMAL_RMS_A`.
     parametrization : str
         abTEM potential parametrisation: ``lobato``, ``kirkland`` or ``peng``.
     projection : str

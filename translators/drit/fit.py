@@ -35,7 +35,7 @@ def simulation_pool(
     if sim_path is not None:
         import h5py
 
-        from datafactory.shards import sample_pixel_sizes_A
+        from datafactory.datasets.shards import sample_pixel_sizes_A
 
         sim_path = Path(sim_path)
         if not sim_path.is_file():
@@ -53,8 +53,8 @@ def simulation_pool(
         raise FactoryError("drit needs a simulation pool: give `sim` (SIM.h5) or `config` (CONFIG)", field="method")
     from tqdm import tqdm
 
-    from datafactory.config import load_config
-    from datafactory.samples import Plan, simulate_samples
+    from datafactory.simulation.config import load_config
+    from datafactory.simulation.samples import Plan, simulate_samples
 
     cfg, path = load_config(config, {**(overrides or {}), "microscope.pixel_size_A": pixel_size_A, "microscope.image_size_px": size_px})
     plan = Plan.from_config(cfg, base_dir=path.parent)

@@ -202,7 +202,7 @@ def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 
     import torch
 
-    from datafactory.dataset import write_bytes_atomic
+    from datafactory.outputs import write_bytes_atomic
 
     buffer = io.BytesIO()  # serialised in memory: a refused write is then an OSError naming the file
     torch.save(payload, buffer)
