@@ -133,7 +133,7 @@ def make_twin(work: Path, name: str, case: Case, seed: int = 7) -> tuple[Path, d
     from datafactory.simulation.config import validate_config
     from datafactory.simulation.samples import Plan, simulate_sample
     from factory_app.workflows.example import degrade_like_experiment, twin_scan_field
-    from translators.scan_distortion import move_atoms
+    from translators.physics.scan_distortion import move_atoms
 
     tif, truth_file = work / f"twin_{name}.tif", work / f"twin_{name}.json"
     if tif.is_file() and truth_file.is_file():

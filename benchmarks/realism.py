@@ -9,7 +9,7 @@ column contrast and the lattice pixel size (512 px), styled, and scored against 
 the two-sample classifier AUC (:func:`translators.metrics.classifier_auc`) of crop b's
 patches against each set's, the worst of three critic seeds per set, and the noise
 correlation: the RMS difference of the residual autocorrelations (lags 1–6, along and
-across lines; :mod:`translators.noise_structure`) of the set and of crop b. Crop a scored against crop b is the floor: two real images of
+across lines; :mod:`translators.physics.noise_structure`) of the set and of crop b. Crop a scored against crop b is the floor: two real images of
 one sample.
 
 Rows (each term added to the one above, the ablation of the README):
@@ -140,7 +140,7 @@ def main() -> None:
         for row in rows:
             pairs = [compare_images(x, px, [("other", y, px)])[1] for x, y in zip(images[row][0], images[row][1])]
             self_scores[row] = {key: float(np.mean([p[key] for p in pairs])) for key in KEYS}
-    from translators.noise_structure import noise_correlation, residual_cut, NoiseCorrelation
+    from translators.physics.noise_structure import noise_correlation, residual_cut, NoiseCorrelation
 
     cut = residual_cut(crop_b)
     target = noise_correlation(crop_b, cut)

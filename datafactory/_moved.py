@@ -40,6 +40,12 @@ MOVED = {
     "datafactory.shard_checks": "datafactory.datasets.shard_checks",
     "datafactory.report": "datafactory.datasets.report",
     "datafactory.preview": "datafactory.datasets.preview",
+    "translators.adsorbates": "translators.physics.adsorbates",
+    "translators.slow_background": "translators.physics.slow_background",
+    "translators.scan_distortion": "translators.physics.scan_distortion",
+    "translators.scan_response": "translators.physics.scan_response",
+    "translators.noise_structure": "translators.physics.noise_structure",
+    "translators.filters": "translators.physics.filters",
     # the application layer left the data core: named here as text only, never imported by it
     "datafactory.cli": "factory_app.cli",
     "datafactory.workflows": "factory_app.workflows",

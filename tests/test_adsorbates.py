@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from translators.adsorbates import Adsorbates, LAYER_DENSITY_PER_A2, adsorbate_field, fit_adsorbates, tail_statistics
+from translators.physics.adsorbates import Adsorbates, LAYER_DENSITY_PER_A2, adsorbate_field, fit_adsorbates, tail_statistics
 
 PIXEL_A, SIGMA_A = 0.1, 0.4
 

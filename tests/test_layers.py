@@ -1,7 +1,8 @@
 """The house rules of the imports: each layer imports only those below it, and nothing cycles.
 
 Layers by folder, bottom to top: the data core (``datafactory/``: its base files, then
-``datasets/``, ``simulation/``, ``micrographs/``) ← the style models (``translators/``) ← the
+``datasets/``, ``simulation/``, ``micrographs/``) ← the style models (``translators/``: the parametric model's physics terms in
+``physics/``, then the rest) ← the
 downstream models (``inference/``) ← the application (``factory_app/``: ``workflows/``, then
 ``cli/``). Imports inside functions count as much as those at the top of a file: a deferred
 import still ties the two modules together.
@@ -21,6 +22,7 @@ LAYERS = {
     "datafactory.datasets": 1,
     "datafactory.simulation": 2,
     "datafactory.micrographs": 3,
+    "translators.physics": 9,
     "translators": 10,
     "inference": 20,
     "factory_app": 30,

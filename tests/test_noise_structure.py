@@ -10,7 +10,7 @@ import pytest
 from conftest import make_plan
 
 from datafactory.simulation.samples import simulate_sample
-from translators.noise_structure import (
+from translators.physics.noise_structure import (
     JITTER_LADDER_PX,
     NoiseCorrelation,
     fit_jitter_y,
@@ -19,8 +19,8 @@ from translators.noise_structure import (
     residual_cut,
 )
 from translators.parametric import ParametricTranslator, StyleParameters, render
-from translators.scan_distortion import ScanDistortion, displace_points, displacement_field, line_averaged, sample_field
-from translators.scan_response import apply_response
+from translators.physics.scan_distortion import ScanDistortion, displace_points, displacement_field, line_averaged, sample_field
+from translators.physics.scan_response import apply_response
 from translators.style_refinement import close_levels, measured_levels, refine
 from translators.translate import translate_samples
 
@@ -113,7 +113,7 @@ def test_jitter_across_lines_moves_a_point_to_its_columns_intensity_centroid():
     """Lines that each saw a column at another height: the column's centroid moves by a weighted mean
     of their shifts, which is where its atom must go (measured median error 0.04 px; one line's
     shift alone 0.33 px, not moving it at all 0.19 px)."""
-    from translators.scan_distortion import warp_image
+    from translators.physics.scan_distortion import warp_image
 
     rng = np.random.default_rng(0)
     rows, cols, sigma = 96, 96, 3.0

@@ -11,7 +11,7 @@ from conftest import find_peaks, make_plan
 
 from datafactory.errors import FactoryError
 from datafactory.simulation.samples import simulate_sample
-from translators.scan_distortion import ScanDistortion, displace_points, displacement_field, sample_field
+from translators.physics.scan_distortion import ScanDistortion, displace_points, displacement_field, sample_field
 from translators.base import load_style
 from translators.metrics import hist_kl
 from translators.parametric import ParametricTranslator, StyleParameters, fit_image, render

@@ -7,7 +7,7 @@ from datafactory.simulation.samples import margin_pixels, simulate_sample
 from translators.parametric import (
     WARP_READ_PX, ParametricTranslator, StyleParameters, draw_style_parameters, scan_distortion, scan_reach_px,
 )
-from translators.scan_distortion import displacement_field
+from translators.physics.scan_distortion import displacement_field
 from translators.translate import crop_sample
 
 SHEARED = StyleParameters(gain=2.0, dose_counts=40.0, background=0.2, jitter_A=0.05, jitter_y_A=0.03, flyback_A=0.3,

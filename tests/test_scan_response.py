@@ -11,8 +11,8 @@ from conftest import make_plan
 
 from datafactory.simulation.samples import simulate_sample
 from translators.parametric import StyleParameters, fit_detector_response, fit_image, render
-from translators.scan_response import apply_response, noise_power_along_x, power_transfer, remove_response
-from translators.slow_background import slow_gain
+from translators.physics.scan_response import apply_response, noise_power_along_x, power_transfer, remove_response
+from translators.physics.slow_background import slow_gain
 
 PIXEL_A = 0.127
 
@@ -91,7 +91,7 @@ def test_the_slow_gain_field_is_recovered_and_not_invented(clean_512):
 
 
 def test_the_contamination_skewness_is_recovered_and_not_invented(clean_512):
-    from translators.slow_background import contamination_skew, skewed_field
+    from translators.physics.slow_background import contamination_skew, skewed_field
 
     field_ = np.random.default_rng(0).standard_normal(200_000)
     for s in (0.0, 0.5):

@@ -14,7 +14,7 @@ def load(directory):
     ``pixel_size_A`` and ``recorded_parameters``, whichever method fitted it."""
     from pathlib import Path
 
-    from .base import load_style
+    from translators.base import load_style
 
     return load_style(Path(directory))
 

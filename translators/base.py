@@ -16,7 +16,7 @@ this interface:
     experimental sources and a content hash) plus any weight files the method needs.
 
 Only the images change, with one exception: a geometric scan artefact is a displacement
-field (:mod:`translators.scan_distortion`), returned in :attr:`Translation.displacement` so that the
+field (:mod:`translators.physics.scan_distortion`), returned in :attr:`Translation.displacement` so that the
 caller moves masks and atoms with the image.
 """
 
@@ -248,7 +248,7 @@ def load_style(directory: Path) -> Translator:
     of the record is used; one with weight files (DRIT) after they are loaded, as the hash
     covers their re-serialised content.
     """
-    from .registry import available, translator_class
+    from translators.registry import available, translator_class
 
     directory = Path(directory)
     record = read_style_record(directory)

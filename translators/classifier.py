@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .metric_inputs import as_count, as_image, as_positive, as_rng
+from translators.metric_inputs import as_count, as_image, as_positive, as_rng
 
 
 def _image_set(images, name: str) -> list[np.ndarray]:

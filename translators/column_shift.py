@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .metric_inputs import as_image, as_positive
+from translators.metric_inputs import as_image, as_positive
 
 
 # Least-squares fit of c0 + c1*dr + c2*dc + c3*dr^2 + c4*dc^2 + c5*dr*dc on a 3x3 window.

@@ -22,9 +22,9 @@ import numpy as np
 
 from datafactory.outputs import named_os_errors
 
-from . import metrics
-from .column_shift import column_shift_from_positions
-from .metric_inputs import as_count, as_image, as_positive, as_rng
+from translators import metrics
+from translators.column_shift import column_shift_from_positions
+from translators.metric_inputs import as_count, as_image, as_positive, as_rng
 
 __all__ = ["AUC_KEY", "ROW_KEYS", "compare_images", "draw_comparison", "format_table"]
 
@@ -321,7 +321,7 @@ def draw_comparison(reference, pixel_size_A: float, others, out_png, *, referenc
     reference_name : str
         Label of the reference image.
     noise : (NoiseCorrelation, dict of name -> NoiseCorrelation), optional
-        The residual correlations (:mod:`translators.noise_structure`) of the reference and of
+        The residual correlations (:mod:`translators.physics.noise_structure`) of the reference and of
         each named set; drawn in two more panels, per lag along x and along y.
     curve : dict, optional
         One more panel of curves: ``{"title", "xlabel", "ylabel", "x": [...], "series": {name: [...]}}``
@@ -349,7 +349,7 @@ def draw_comparison(reference, pixel_size_A: float, others, out_png, *, referenc
     img_axes = np.atleast_1d(top.subplots(1, n))
     hist_ax, prof_ax, psd_ax, *extra_axes = bottom.subplots(1, panels)
     if noise is not None:
-        from .noise_structure import draw_noise_correlation
+        from translators.physics.noise_structure import draw_noise_correlation
 
         draw_noise_correlation(extra_axes[0], extra_axes[1], noise[0], noise[1])
     if curve is not None:

@@ -10,7 +10,7 @@
    :data:`GAMMA_HALF_WIDTH_MIN` and :data:`SOURCE_HALF_WIDTH_MIN` of the value (both scaled
    by the style's ``--spread`` relative to 0.15), sets the range ``generate`` draws from, so
    models do not learn one exact contrast.
-3. :func:`translators.adsorbates.fit_adsorbates`: simulations at the fitted values, rendered
+3. :func:`translators.physics.adsorbates.fit_adsorbates`: simulations at the fitted values, rendered
    by the fitted parametric style, scatter less at the lattice sites than the experiment;
    the adsorbate density and weight that close the gap are fitted from the hollows.
 
@@ -136,8 +136,8 @@ def fit_style_adsorbates(params, calibration: ContrastCalibration, config, pixel
     of the site spreads before and after (experiment, style without and with adsorbates)."""
     from datafactory.micrographs.contrast import find_sites, measure_at_sites, summarise
 
-    from .adsorbates import Adsorbates, fit_adsorbates, tail_statistics
-    from .parametric import render
+    from translators.physics.adsorbates import Adsorbates, fit_adsorbates, tail_statistics
+    from translators.parametric import render
 
     a_A = lattice_constant_A(lattice)
     measured = calibration.fit.measured

@@ -31,9 +31,9 @@ import math
 
 import numpy as np
 
-from .classifier import ClassifierTest, classifier_auc, classifier_test
-from .column_shift import ColumnShift, column_shift, find_columns
-from .metric_inputs import as_count, as_image, as_positive, as_rng
+from translators.classifier import ClassifierTest, classifier_auc, classifier_test
+from translators.column_shift import ColumnShift, column_shift, find_columns
+from translators.metric_inputs import as_count, as_image, as_positive, as_rng
 
 __all__ = [
     "ClassifierTest",

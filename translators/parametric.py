@@ -16,11 +16,11 @@ Forward model (one image; ``s`` is the clean simulation at the style's pixel siz
 measured the same way on both sides. The uniform term models the detector integrating
 charge rather than counting electrons: it keeps intensities continuous, as in a real
 HAADF image, where an integer Poisson count would leave empty histogram bins. ``R_τ`` is
-the detector's response time along each scan line (:mod:`translators.scan_response`), a
+the detector's response time along each scan line (:mod:`translators.physics.scan_response`), a
 causal one-pole low-pass acting on signal and noise together, as the detector and its
 amplifier see both.
 
-The displacement field ``d`` (see :mod:`translators.scan_distortion`) holds per-line jitter along
+The displacement field ``d`` (see :mod:`translators.physics.scan_distortion`) holds per-line jitter along
 the fast-scan direction and across the lines (scan lines that are not evenly spaced),
 flyback lag at the start of each line, and the linear scan distortion (slow drift: per-axis
 scale and shear). It is returned with the image so masks
@@ -29,7 +29,7 @@ and atoms move with it.
 Fitting (:func:`fit_image`), every parameter from the experimental image:
 
 * detector response τ — the shape of the noise power along x beyond the optical band
-  (:func:`translators.scan_response.fit_response`); the image is then un-filtered (an exact
+  (:func:`translators.physics.scan_response.fit_response`); the image is then un-filtered (an exact
   two-tap inverse) and every other parameter is fitted on that, as the model applies the
   response last;
 * gain, offset, readout — photon-transfer statistics: the noise variance measured by a
@@ -45,14 +45,14 @@ Fitting (:func:`fit_image`), every parameter from the experimental image:
   minus the variance the noise alone would give, is twice the per-line jitter variance;
 * jitter across the lines — the correlation of the lattice-free residual along and across
   the lines, matched by rendering the style on the experiment's own jitter-free lattice
-  (:func:`translators.noise_structure.fit_jitter_y`);
+  (:func:`translators.physics.noise_structure.fit_jitter_y`);
 * streaks — the white level of the row-mean sequence above the signal band;
 * contamination — amplitude and correlation length of the low-pass content, and its
   skewness: amorphous carbon and adsorbed molecules add scattering, so the field rises in
-  patches more than it dips (:func:`translators.slow_background.contamination_skew`);
+  patches more than it dips (:func:`translators.physics.slow_background.contamination_skew`);
 * slow gain μ — the covariance, over tiles of about the correlation length, of each
   tile's floor (5th percentile) and its contrast (95th − 5th): an additive field moves the
-  floor alone, a multiplicative one scales both (:func:`translators.slow_background.slow_gain`);
+  floor alone, a multiplicative one scales both (:func:`translators.physics.slow_background.slow_gain`);
 * flyback — the x-separations of pairs of atom columns related by one lattice vector,
   fitted by an exponential lag against the column position;
 * scan distortion — the affine of the lattice calibration, when a material is given.
@@ -73,10 +73,10 @@ import numpy as np
 from datafactory.checks import from_known_fields
 from datafactory.errors import FactoryError
 
-from .scan_distortion import ScanDistortion, displacement_field, warp_image
-from .base import Translation, Translator, as_batch
-from .filters import gaussian, levels, smooth_random_field
-from .style_measurements import (
+from translators.physics.scan_distortion import ScanDistortion, displacement_field, warp_image
+from translators.base import Translation, Translator, as_batch
+from translators.physics.filters import gaussian, levels, smooth_random_field
+from translators.style_measurements import (
     _check_magnitude,
     band_log_power,
     contamination_field,
@@ -120,7 +120,7 @@ class StyleParameters:
     flyback_decay_A: float = 2.0
     affine: list[list[float]] = field(default_factory=lambda: [[1.0, 0.0], [0.0, 1.0]])
     spread: float = DEFAULT_SPREAD
-    adsorbate_layer_weight: float = 0.0  # see translators.adsorbates; fitted with a material and a config
+    adsorbate_layer_weight: float = 0.0  # see translators.physics.adsorbates; fitted with a material and a config
     adsorbate_density_per_A2: float = 0.0  # clusters per Å²
     adsorbate_weight: float = 0.0  # peak of one cluster, in contrast units (1 = brightest columns)
     adsorbate_sigma_A: float = 0.0  # blob width: the measured column width
@@ -152,7 +152,7 @@ def split_offset_readout(image: np.ndarray, gain: float, intercept: float) -> tu
     denoised signal is re-noised with the model (fixed generator) and the split whose
     histogram is closest to the image's (:func:`translators.metrics.hist_kl`) is kept.
     """
-    from .metrics import hist_kl
+    from translators.metrics import hist_kl
 
     x = np.asarray(image, dtype=np.float64)
     signal = np.asarray(gaussian(x, 1.0), dtype=np.float64)
@@ -170,7 +170,7 @@ def split_offset_readout(image: np.ndarray, gain: float, intercept: float) -> tu
 
 
 def fit_detector_response(image: np.ndarray, pixel_size_A: float):
-    """The fast-scan response of one image (:class:`translators.scan_response.ResponseFit`).
+    """The fast-scan response of one image (:class:`translators.physics.scan_response.ResponseFit`).
 
     The optical band's edge is the highest spectral band whose power stands above the noise
     (:func:`spectral_bands`, with the noise level from a photon-transfer fit); with no band
@@ -178,7 +178,7 @@ def fit_detector_response(image: np.ndarray, pixel_size_A: float):
     measures and so stretches the band; the edge is therefore measured again on the image
     with the first estimate removed, and the response fitted once more.
     """
-    from .scan_response import fit_response, remove_response
+    from translators.physics.scan_response import fit_response, remove_response
 
     x = np.asarray(image, dtype=np.float64)
     tau, fit = 0.0, None
@@ -208,8 +208,8 @@ def fit_image(
     without ``jitter_y`` the lines are taken as evenly spaced (``jitter_y_A`` 0; it is also 0
     for an image without a lattice, which the fit needs).
     """
-    from .scan_response import remove_response
-    from .slow_background import contamination_skew, slow_gain
+    from translators.physics.scan_response import remove_response
+    from translators.physics.slow_background import contamination_skew, slow_gain
 
     x = np.asarray(image, dtype=np.float64)
     tau = fit_detector_response(x, pixel_size_A).tau_px if detector_response else 0.0
@@ -257,7 +257,7 @@ def fit_image(
         contamination_skew=float(skew_sigma),
     )
     if jitter_y:
-        from .noise_structure import fit_jitter_y
+        from translators.physics.noise_structure import fit_jitter_y
 
         found = fit_jitter_y(image, fitted, pixel_size_A, render)
         if found is not None:
@@ -414,11 +414,11 @@ def render(
     u = (blurred - lo) / (hi - lo) if hi > lo else np.zeros(shape, np.float32)
     lam = u + q.background
     if q.contamination > 0:
-        from .slow_background import skewed_field
+        from translators.physics.slow_background import skewed_field
 
         lam = lam + q.contamination * skewed_field(smooth_random_field(shape, q.contamination_length_A / pixel_size_A, rng), q.contamination_skew)
     if q.adsorbate_sigma_A > 0:
-        from .adsorbates import LAYER_DENSITY_PER_A2, adsorbate_field
+        from translators.physics.adsorbates import LAYER_DENSITY_PER_A2, adsorbate_field
 
         lam = lam + adsorbate_field(shape, pixel_size_A, LAYER_DENSITY_PER_A2, q.adsorbate_layer_weight, q.adsorbate_sigma_A, rng)
         lam = lam + adsorbate_field(shape, pixel_size_A, q.adsorbate_density_per_A2, q.adsorbate_weight, q.adsorbate_sigma_A, rng)
@@ -433,7 +433,7 @@ def render(
     if q.readout_counts > 0:
         counts += q.readout_counts * rng.standard_normal(shape, dtype=np.float32)
     if q.detector_tau_px > 0:
-        from .scan_response import apply_response
+        from translators.physics.scan_response import apply_response
 
         counts = apply_response(counts, q.detector_tau_px)
     image = (q.offset + q.gain * counts).astype(np.float32)

@@ -24,9 +24,9 @@ def realism_rows(experiments: Sequence[np.ndarray], pixel_size_A: float, sets: d
     """One row per set: ``name``, the mean of each of :data:`PAIR_KEYS` over every
     (experiment, image) pair, ``classifier_auc`` (None where no patch fits) and ``n_images``.
     Every image is at ``pixel_size_A``."""
-    from .compare import compare_images
-    from .drit.fit import auc_patch_px
-    from .metrics import classifier_auc
+    from translators.compare import compare_images
+    from translators.drit.fit import auc_patch_px
+    from translators.metrics import classifier_auc
 
     experiments = [np.asarray(e, dtype=np.float32) for e in experiments]
     patch_px = auc_patch_px(experiments, *sets.values())
@@ -51,8 +51,8 @@ def write_realism_report(directory: Path, experiment: np.ndarray, pixel_size_A: 
     ``noise_correlation`` entries of ``report.json`` (other entries kept); returns the PNG's path."""
     from datafactory.outputs import write_json_atomic
 
-    from .compare import draw_comparison
-    from .noise_structure import set_correlations
+    from translators.compare import draw_comparison
+    from translators.physics.noise_structure import set_correlations
 
     directory = Path(directory)
     png = directory / "report.png"

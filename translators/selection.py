@@ -26,7 +26,7 @@ import numpy as np
 from datafactory.outputs import named_os_errors
 from datafactory.errors import FactoryError
 
-from .selection_features import (  # noqa: F401 - the feature functions are offered here too
+from translators.selection_features import (  # noqa: F401 - the feature functions are offered here too
     _check_vgg_images,
     _load_vgg16,
     _vgg_apply,

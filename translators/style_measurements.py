@@ -20,7 +20,7 @@ import scipy.fft
 
 from datafactory.errors import FactoryError
 
-from .filters import CONTAMINATION_SCALE_A, gaussian
+from translators.physics.filters import CONTAMINATION_SCALE_A, gaussian
 
 #: Width of the spectral bands (1/Å) used for the power-spectrum fall-off.
 PSD_BAND_WIDTH_PER_A = 0.15
@@ -243,7 +243,7 @@ def flyback_lag(image: np.ndarray, pixel_size_A: float, max_decay_A: float = 20.
     """
     from scipy.spatial import cKDTree
 
-    from .column_shift import find_columns
+    from translators.column_shift import find_columns
 
     try:
         cols = find_columns(image, pixel_size_A)

@@ -12,10 +12,10 @@ experiment's own lattice. Given simulations of the experiment (its pixel size, s
 lattice orientation, with the calibrated column contrast), :func:`refine` corrects both:
 
 * **levels** (:func:`close_levels`): the 1st and 99.5th percentiles of the rendered images,
-  measured exactly as :func:`translators.filters.levels` measures the experiment (detector
+  measured exactly as :func:`translators.physics.filters.levels` measures the experiment (detector
   response removed, flattened, in counts), are brought onto the experiment's by a
   fixed-point iteration on the dose (the range) and the background (the floor);
-* **jitter across the lines** (:func:`translators.noise_structure.fit_jitter_y` on the
+* **jitter across the lines** (:func:`translators.physics.noise_structure.fit_jitter_y` on the
   simulations): the residual correlations of the rendered images are matched to the
   experiment's.
 
@@ -36,9 +36,9 @@ LEVEL_ROUNDS = 3
 
 def measured_levels(image: np.ndarray, params, pixel_size_A: float) -> tuple[float, float]:
     """(P1, P99.5) of an image in counts above the offset, measured as the fit measures an
-    experiment: detector response removed, denoised, flattened (:func:`translators.filters.levels`)."""
-    from .filters import levels
-    from .scan_response import remove_response
+    experiment: detector response removed, denoised, flattened (:func:`translators.physics.filters.levels`)."""
+    from translators.physics.filters import levels
+    from translators.physics.scan_response import remove_response
 
     x = np.asarray(image, dtype=np.float64)
     if params.detector_tau_px > 0:
@@ -48,7 +48,7 @@ def measured_levels(image: np.ndarray, params, pixel_size_A: float) -> tuple[flo
 
 
 def _rendered_levels(params, clean: Sequence[np.ndarray], pixel_size_A: float, seed: int) -> np.ndarray:
-    from .parametric import render
+    from translators.parametric import render
 
     q = replace(params, spread=0.0)
     return np.mean([measured_levels(render(c, q, pixel_size_A, np.random.default_rng([seed, k]))[0], params, pixel_size_A)
@@ -108,8 +108,8 @@ def refine(params, experiments: Sequence[np.ndarray], clean: Sequence[np.ndarray
     ``experiments`` are at ``pixel_size_A``; their levels are averaged, the jitter fitted to the
     first one. ``clean`` are simulations of it, no larger than it.
     """
-    from .noise_structure import fit_jitter_y
-    from .parametric import render
+    from translators.physics.noise_structure import fit_jitter_y
+    from translators.parametric import render
 
     target = tuple(np.mean([measured_levels(e, params, pixel_size_A) for e in experiments], axis=0))
     start = params

@@ -20,8 +20,8 @@ from datafactory.simulation.samples import Sample
 from datafactory.rng import sample_rng
 from datafactory.datasets.shards import READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION, ShardWriter, read_sample, sample_pixel_sizes_A
 
-from .scan_distortion import warp_labels
-from .base import Translation, Translator
+from translators.physics.scan_distortion import warp_labels
+from translators.base import Translation, Translator
 
 
 

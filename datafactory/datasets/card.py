@@ -71,7 +71,7 @@ def _realism_lines(style: dict[str, Any]) -> list[str]:
         "apart on patches it did not see: 0.5 is indistinguishable, 1 always separable (values below 0.5 are chance). "
         "The noise correlation compares how the noise is correlated along and across the scan lines (the autocorrelation "
         "of each image above its lattice's reflections, lags 1–6 px): the RMS difference from the experiments' (0: the same). "
-        "Definitions: `translators/metrics.py` and `translators/noise_structure.py` of stem-datafactory.",
+        "Definitions: `translators/metrics.py` and `translators/physics/noise_structure.py` of stem-datafactory.",
         "",
     ]
 

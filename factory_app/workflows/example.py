@@ -45,11 +45,11 @@ EXAMPLE_CONFIG = {
 
 
 def twin_scan_field(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """The twin's scan distortion as a displacement field (``translators.scan_distortion``):
+    """The twin's scan distortion as a displacement field (``translators.physics.scan_distortion``):
     a 50 Hz-like sinusoidal line jitter plus a random part, and a drift that shears the frame.
     :func:`degrade_like_experiment` draws it first from its ``rng``, so the same seed gives
     the same field here (for moving exact labels with the image)."""
-    from translators.scan_distortion import ScanDistortion, displacement_field
+    from translators.physics.scan_distortion import ScanDistortion, displacement_field
 
     rows = shape[0]
     line = np.arange(rows)
@@ -61,7 +61,7 @@ def degrade_like_experiment(clean: np.ndarray, pixel_size_A: float, rng: np.rand
     """The twin's corruption model (see the module docstring); returns counts as float."""
     import cv2
 
-    from translators.scan_distortion import warp_image
+    from translators.physics.scan_distortion import warp_image
 
     field = twin_scan_field(clean.shape, rng)
     x = warp_image(clean, field)

@@ -52,7 +52,7 @@ def refine_on_simulations(params, micrographs, pixel_size_A, lattice, config, ca
     import numpy as np
 
     from translators.drit.fit import simulation_pool
-    from translators.noise_structure import correlation_record
+    from translators.physics.noise_structure import correlation_record
     from translators.parametric import render
     from translators.style_refinement import refine
 
@@ -89,9 +89,9 @@ def template_noise_record(params, micrographs, pixel_size_A, seed):
 
     import numpy as np
 
-    from translators.noise_structure import correlation_record, lattice_template
+    from translators.physics.noise_structure import correlation_record, lattice_template
     from translators.parametric import render
-    from translators.scan_response import remove_response
+    from translators.physics.scan_response import remove_response
 
     from datafactory.grid import resample, same_pixel_size
 
@@ -198,7 +198,7 @@ def parametric_report(translator, micrographs, path: Path, *, config, seed, over
     from translators.drit.fit import simulation_pool
     from translators.parametric import fit_detector_response
     from translators.realism import realism_rows, write_realism_report
-    from translators.scan_response import draw_response
+    from translators.physics.scan_response import draw_response
 
     from datafactory.grid import resample, same_pixel_size
 

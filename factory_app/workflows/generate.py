@@ -87,7 +87,7 @@ def _translator(style: dict[str, Any] | None):
 
 def augment_image(image: np.ndarray, config, pixel_size_A: float, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, float]]:
     """Apply the config's extra augmentations to one image; returns it and the drawn values."""
-    from translators.filters import gaussian, levels
+    from translators.physics.filters import gaussian, levels
 
     a = config.augment
     values = {name: float(getattr(a, name).sample(rng)) for name in AUGMENT_NAMES}

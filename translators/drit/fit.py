@@ -126,7 +126,7 @@ def write_report(
     """
     from translators.compare import compare_images, draw_comparison
     from translators.metrics import classifier_auc, column_shift
-    from translators.noise_structure import set_correlations
+    from translators.physics.noise_structure import set_correlations
 
     others = [("clean simulation", clean, pixel_size_A), ("parametric", parametric, pixel_size_A), ("DRIT", drit, pixel_size_A)]
     rows = compare_images(experiment, pixel_size_A, others)

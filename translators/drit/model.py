@@ -76,7 +76,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from datafactory.checks import from_known_fields
 
-from .losses import log_spectrum, lowpass
+from translators.drit.losses import log_spectrum, lowpass
 
 __all__ = [
     "DOMAINS",

@@ -264,8 +264,8 @@ def train(
     import torch
     from tqdm import tqdm
 
-    from .losses import content_consistency, gan_d_loss, gan_g_loss, kl_loss, l1
-    from .model import Discriminators, Drit, DritConfig
+    from translators.drit.losses import content_consistency, gan_d_loss, gan_g_loss, kl_loss, l1
+    from translators.drit.model import Discriminators, Drit, DritConfig
     from datafactory.device import autocast_dtype
 
     check_experiments(exps, settings.crop_px)

@@ -36,7 +36,7 @@ import numpy as np
 from datafactory.device import autocast_dtype, resolve_device
 from datafactory.errors import FactoryError
 
-from ..base import Translation, Translator, as_batch
+from translators.base import Translation, Translator, as_batch
 
 WEIGHTS_FILE = "weights.pt"
 CODES_FILE = "exp_codes.npy"
@@ -83,7 +83,7 @@ class DritTranslator(Translator):
         self.exp_range = tuple(parameters["exp_range"])
         self.prior = None
         if parameters.get("prior") is not None:
-            from ..parametric import RECORDED_PARAMETERS, StyleParameters
+            from translators.parametric import RECORDED_PARAMETERS, StyleParameters
 
             self.prior = StyleParameters.from_dict(parameters["prior"])
             # this instance also records the parametric draw behind each image
@@ -118,7 +118,7 @@ class DritTranslator(Translator):
         classifier AUC of their translations against the experiments is measured along training
         (:func:`auc_monitor`) and kept in the parameters (``monitor``).
         """
-        from .train import PRESETS, percentile_range, train
+        from translators.drit.train import PRESETS, percentile_range, train
 
         settings = settings or PRESETS["quick"]
         exps = [np.asarray(m.image, dtype=np.float32) for m in micrographs]
@@ -128,7 +128,7 @@ class DritTranslator(Translator):
         if not settings.physics_prior:
             prior = None
         elif prior is None:
-            from ..parametric import ParametricTranslator
+            from translators.parametric import ParametricTranslator
 
             prior = ParametricTranslator.fit(micrographs, pixel_size_A=pixel_size_A, affine=affine).params
         monitor = None
@@ -182,7 +182,7 @@ class DritTranslator(Translator):
         the experiment's units: DRIT's output minus this is what the learned residual changed."""
         if self.prior is None:
             raise ValueError("this DRIT style has no physics prior")
-        from ..parametric import render
+        from translators.parametric import render
 
         self._codes_for([rng])  # translate draws the attribute code first
         return render(np.asarray(clean, dtype=np.float32), self.prior, self.pixel_size_A, rng)[0]
@@ -196,14 +196,14 @@ class DritTranslator(Translator):
     def translate(self, clean_batch: np.ndarray, rng) -> Translation:
         import torch
 
-        from .train import normalise
+        from translators.drit.train import normalise
 
         clean_batch, rngs = as_batch(clean_batch, rng)
 
         codes, drawn = self._codes_for(rngs)
         clean, base, displacement = clean_batch.copy(), None, None
         if self.prior is not None:
-            from ..parametric import render
+            from translators.parametric import render
 
             base = np.empty_like(clean_batch)
             for i, (image, g) in enumerate(zip(clean_batch, rngs)):
@@ -238,7 +238,7 @@ class DritTranslator(Translator):
     def margin_A(self, shape: tuple[int, int]) -> float:
         if self.prior is None:  # the generator moves nothing geometric
             return 0.0
-        from ..parametric import scan_reach_px
+        from translators.parametric import scan_reach_px
 
         return scan_reach_px(self.prior, shape, self.pixel_size_A) * self.pixel_size_A
 
@@ -260,7 +260,7 @@ class DritTranslator(Translator):
     def from_parameters(cls, parameters: dict[str, Any], directory: Path) -> "DritTranslator":
         import torch
 
-        from .model import Drit, DritConfig
+        from translators.drit.model import Drit, DritConfig
 
         directory = Path(directory)
         weights, codes = directory / WEIGHTS_FILE, directory / CODES_FILE
@@ -306,8 +306,8 @@ def prior_renderer(params, pixel_size_A: float, exp_range: tuple[float, float]):
     normalised by the experimental range; ``displaced_crop`` is the crop under that draw's
     scan geometry, in the crop's units.
     """
-    from ..parametric import render
-    from .train import normalise
+    from translators.parametric import render
+    from translators.drit.train import normalise
 
     def render_crop(crop: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         rendered, displaced, _, _ = render(crop, params, pixel_size_A, rng)
@@ -320,7 +320,7 @@ def experimental_codes(model, exps: Sequence[np.ndarray], exp_range: tuple[float
     """Attribute means of non-overlapping crop_px tiles of every experimental image."""
     import torch
 
-    from .train import normalise
+    from translators.drit.train import normalise
 
     tiles = []
     for image in exps:
@@ -355,15 +355,15 @@ def auc_monitor(held_out: Sequence[np.ndarray], exps: Sequence[np.ndarray], prio
     """
     import torch
 
-    from ..metrics import classifier_auc
-    from .fit import auc_patch_px
-    from .train import normalise
+    from translators.metrics import classifier_auc
+    from translators.drit.fit import auc_patch_px
+    from translators.drit.train import normalise
 
     lo, hi = exp_range
     stride = 4
     images = [np.asarray(im, dtype=np.float32)[: im.shape[0] - im.shape[0] % stride, : im.shape[1] - im.shape[1] % stride] for im in held_out]
     if prior is not None:
-        from ..parametric import render
+        from translators.parametric import render
 
         draws = [render(im, prior, pixel_size_A, np.random.default_rng([seed, 31, k])) for k, im in enumerate(images)]
         start = [d[0] for d in draws]

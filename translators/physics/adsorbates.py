@@ -47,7 +47,7 @@ def adsorbate_field(shape: tuple[int, int], pixel_size_A: float, density_per_A2:
     Points are drawn per pixel (Poisson with mean ``density·pixel area``) and spread by the
     blob, so the cost does not depend on the density.
     """
-    from .filters import gaussian
+    from translators.physics.filters import gaussian
 
     if density_per_A2 <= 0 or weight <= 0:
         return np.zeros(shape, np.float32)

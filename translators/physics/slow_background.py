@@ -18,7 +18,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .filters import CONTAMINATION_SCALE_A, DENOISE_SIGMA_A, gaussian, smooth_random_field
+from translators.physics.filters import CONTAMINATION_SCALE_A, DENOISE_SIGMA_A, gaussian, smooth_random_field
 
 
 def skewed_field(field_: np.ndarray, skew_sigma: float) -> np.ndarray:

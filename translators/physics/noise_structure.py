@@ -207,7 +207,7 @@ def fit_jitter_y(image: np.ndarray, params, pixel_size_A: float, render, *, clea
     it), it is rendered on those as it will be on a dataset, without spread. Each ladder step
     uses ``renders`` images and the same generators.
     """
-    from .scan_response import remove_response
+    from translators.physics.scan_response import remove_response
 
     x = _centre(np.asarray(image, dtype=np.float64), FIT_SIDE_PX)
     cut = residual_cut(x)
