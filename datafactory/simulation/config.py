@@ -40,7 +40,7 @@ from datafactory.simulation.config_values import (
 from datafactory.errors import FactoryError
 
 #: Directory of the preset configs shipped with the project.
-PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+PRESET_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 #: The :class:`datafactory.simulation.microscope.Microscope` fields of ``microscope``, in the order they are drawn.
 MICROSCOPE_KEYS = (
