@@ -13,7 +13,9 @@
    DRIT bundle of the quick preset's architecture (speed does not depend on training), on
    fewer samples.
 2b. The stages of one sample on one core, in memory (simulate, parametric translation,
-   write: masks deflated, image packed, rows written): on 2 cores a worker runs them one
+   write: masks deflated, image packed, rows written; with a style whose scan geometry
+   moves the image, simulate and translate cover the margin beyond the image that
+   ``generate`` simulates and crops off): on 2 cores a worker runs them one
    after the other, so the stages' sum bounds the rate, and ``generate``'s steady rate is
    reported as a fraction of that bound.
 3. :class:`inference.data.ShardDataset` reads the styled dataset (image + masks) through a
@@ -114,23 +116,29 @@ def stage_ms(style_dir: Path, n: int = 48) -> dict[str, float]:
     from threadpoolctl import threadpool_limits
 
     from datafactory.simulation.config import load_config
-    from datafactory.simulation.samples import Plan, simulate_sample
+    from datafactory.simulation.samples import Plan, margin_pixels, simulate_sample
     from datafactory.datasets.shards import ShardWriter
     from translators.base import load_style
-    from translators.translate import translate_samples
+    from translators.translate import crop_sample, translate_samples
 
     style = load_style(style_dir)
     config, path = load_config(CONFIG, {"microscope.image_size_px": SIZE, "microscope.pixel_size_A": style.pixel_size_A})
     plan = Plan.from_config(config, base_dir=path.parent)
-    out = {}
+    margin_A = style.margin_A(plan.image_shape)  # as generate: the specimen the scan geometry records beyond the image
+    out = {"margin px": float(margin_pixels(margin_A, style.pixel_size_A))}
     with threadpool_limits(1), tempfile.TemporaryDirectory() as tmp:
-        simulate_sample(plan, 0, 0)
+        simulate_sample(plan, 0, 0, margin_A)
         t0 = time.perf_counter()
-        samples = [simulate_sample(plan, 0, i) for i in range(n)]
+        plain = [simulate_sample(plan, 0, i) for i in range(n)]
         out["simulate"] = (time.perf_counter() - t0) / n * 1e3
+        samples = plain
+        if margin_A > 0:
+            t0 = time.perf_counter()
+            samples = [simulate_sample(plan, 0, i, margin_A) for i in range(n)]
+            out["simulate with margin"] = (time.perf_counter() - t0) / n * 1e3
         translate_samples(style, samples[:2], 0)
         t0 = time.perf_counter()
-        styled = [s for k in range(0, n, 16) for s in translate_samples(style, samples[k : k + 16], 0)]
+        styled = [crop_sample(s, plan.image_shape) for k in range(0, n, 16) for s in translate_samples(style, samples[k : k + 16], 0)]
         out["translate"] = (time.perf_counter() - t0) / n * 1e3
         names = list(plan.param_names) + [f"style_{p}" for p in style.recorded_parameters]
         writer = ShardWriter(Path(tmp) / "w.h5", n, 0, plan.image_shape, plan.channel_names, plan.n_interfaces, names, {"config": "", "seed": 0},
@@ -196,7 +204,10 @@ def main() -> None:
         style = fit_synthetic_style(work / "style")
         workers = os.cpu_count() or 1
         stages = stage_ms(style)
-        print("one sample on one core: " + ", ".join(f"{k} {v:.2f} ms" for k, v in stages.items()), flush=True)
+        margin_px = stages.pop("margin px")
+        simulate_styled_ms = stages.get("simulate with margin", stages["simulate"])
+        print(f"one sample on one core (the style simulates {margin_px:.0f} px beyond each edge): "
+              + ", ".join(f"{k} {v:.2f} ms" for k, v in stages.items()), flush=True)
 
         small = max(args.n // 4, args.shard_size)  # two shards of half the size: both workers busy in the small run too
         t_styled = generate_seconds(work / "styled", str(style), args.n, args.shard_size)
@@ -215,7 +226,7 @@ def main() -> None:
         sim_steady = steady_rate(args.n, t_sim, small, t_sim_small)
         # the bound of each pipeline on these cores: every core busy with the stages of one sample after another
         bound_plain = workers * 1e3 / (stages["simulate"] + stages["write"])
-        bound_styled = workers * 1e3 / (stages["simulate"] + stages["translate"] + stages["write"])
+        bound_styled = workers * 1e3 / (simulate_styled_ms + stages["translate"] + stages["write"])
         print(f"simulate (bare, same config, {workers} workers, writes float16 shards in the driver): {args.n / t_sim:.1f} samples/s end to end, "
               f"steady {sim_steady:.1f} samples/s", flush=True)
         print(f"ratios: generate[none] / simulate {plain_steady / sim_steady:.2f}; against the stages' bound ({workers} cores, each running "
