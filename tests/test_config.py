@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from conftest import make_config
-from datafactory.simulation.config import Param, load_config, preset_names, sample_parameters, validate_config
+from datafactory.simulation.config import Param, load_config, sample_parameters, validate_config
+from datafactory.simulation.config_files import preset_names
 from datafactory.errors import FactoryError
 from datafactory.simulation.samples import Plan
 

@@ -15,7 +15,8 @@ import yaml
 from scipy.spatial import cKDTree
 
 from conftest import make_config, make_plan
-from datafactory.simulation.config import load_config, preset_names, validate_config
+from datafactory.simulation.config import load_config, validate_config
+from datafactory.simulation.config_files import preset_names
 from datafactory.errors import FactoryError
 from datafactory.simulation.samples import Plan, simulate_sample
 from datafactory.simulation.structures import (

@@ -48,7 +48,8 @@ from hypothesis import note as _note
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
-from datafactory.simulation.config import PRESET_DIR, load_config, preset_names, read_config_mapping
+from datafactory.simulation.config import load_config
+from datafactory.simulation.config_files import PRESET_DIR, preset_names, read_config_mapping
 
 #: ``HOSTILE_EXAMPLES=500 pytest tests/test_hostile_inputs.py`` searches deeper, with fresh random draws;
 #: by default the examples are few (the file runs in about a minute on 2 CPU cores) and reproducible.

@@ -8,7 +8,8 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from conftest import make_plan
-from datafactory.simulation.config import load_config, read_config_mapping, resolve_config_path, validate_config
+from datafactory.simulation.config import load_config, validate_config
+from datafactory.simulation.config_files import read_config_mapping, resolve_config_path
 from datafactory.simulation.labels import column_content_name
 from datafactory.simulation.samples import Plan, simulate_sample
 

@@ -1,7 +1,7 @@
 """Simulation: specimen, microscope, image and exact labels of each sample.
 
-- :mod:`.config` reads and validates a run's YAML config (values: :mod:`.config_values`)
-  and samples its parameters.
+- :mod:`.config` validates a run's config (values: :mod:`.config_values`) and samples its
+  parameters; :mod:`.config_files` reads config files and presets as YAML documents.
 - :mod:`.structures` builds ASE ``Atoms`` patches (stacks with slip and twist, defects);
   :mod:`.microscope` holds the probe optics.
 - This module's :func:`simulate_image` puts the image backends behind one interface

@@ -8,7 +8,8 @@ Any numeric parameter may be given as
   or ``{choice: [v1, v2, ...]}``.
 
 A config is validated once, on load. Every problem becomes a :class:`FactoryError`
-naming the key, e.g. ``microscope.pixel_size_A: must be > 0 (got 0)``.
+naming the key, e.g. ``microscope.pixel_size_A: must be > 0 (got 0)``. Reading the file as a
+YAML document (presets, a strict reader, limits on the document) is :mod:`.config_files`.
 """
 
 from __future__ import annotations
@@ -38,9 +39,7 @@ from datafactory.simulation.config_values import (
     _shown,
 )
 from datafactory.errors import FactoryError
-
-#: Directory of the preset configs shipped with the project.
-PRESET_DIR = Path(__file__).resolve().parents[2] / "configs"
+from datafactory.simulation.config_files import check_document, copy_document, read_config_mapping, require_sections, resolve_config_path
 
 #: The :class:`datafactory.simulation.microscope.Microscope` fields of ``microscope``, in the order they are drawn.
 MICROSCOPE_KEYS = (
@@ -334,81 +333,6 @@ class Config(_Model):
 
 # --------------------------------------------------------------------------- loading
 
-
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-
-
-def resolve_config_path(spec: str | Path) -> Path:
-    """A config file path, or the name of a preset in ``configs/`` (with or without ``.yaml``)."""
-    path = Path(spec)
-    if path.is_file():
-        return path
-    for candidate in (PRESET_DIR / f"{spec}.yaml", PRESET_DIR / str(spec)):
-        if candidate.is_file():
-            return candidate
-    raise FactoryError(f"config '{spec}' not found (give a YAML file or a preset: {', '.join(preset_names())})")
-
-
-class _DuplicateKey(yaml.YAMLError):
-    def __init__(self, key: Any, mark):
-        super().__init__(f"the key '{key}' is given twice in one mapping (the second would silently replace the first)")
-        self.problem = str(self)
-        self.problem_mark = mark
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """YAML's safe loader that refuses a mapping giving the same key twice."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            if isinstance(key_node, yaml.ScalarNode):
-                key = self.construct_object(key_node, deep=deep)
-                try:
-                    duplicate = key in seen
-                except TypeError:
-                    continue
-                if duplicate:
-                    raise _DuplicateKey(key, key_node.start_mark)
-                seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _StrictLoader.construct_mapping)
-
-#: The sections a config file must give: without them it would silently simulate the defaults.
-REQUIRED_SECTIONS = ("structure", "microscope")
-
-
-def read_config_mapping(path: Path) -> dict:
-    try:
-        raw = yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        # str() of some YAML errors (e.g. a control character) spans several lines: keep the first
-        problem = getattr(exc, "problem", None) or next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise FactoryError(f"config {path}: not valid YAML{where}: {' '.join(str(problem).split())}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FactoryError(f"config {path}: cannot read ({exc})") from None
-    except RecursionError:  # PyYAML composes nested collections recursively
-        raise FactoryError(f"config {path}: nested too deeply to be a config") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise FactoryError(f"config {path}: the top level must be a mapping of sections (structure, microscope, ...)")
-    return raw
-
-
-def _require_sections(raw: dict, path: Path) -> None:
-    """Refuse a config file that leaves the structure or the microscope to the defaults."""
-    missing = [k for k in REQUIRED_SECTIONS if k not in raw]
-    if missing:
-        raise FactoryError(f"config {path}: no {' and no '.join(f'`{k}:` section' for k in missing)}; a config says what to simulate "
-                           f"(start from a preset: {', '.join(preset_names()[:3])}, ...)")
-
-
 #: CLI flags that override config keys: flag -> dotted key.
 OVERRIDE_KEYS = {
     "--size": "microscope.image_size_px",
@@ -417,45 +341,10 @@ OVERRIDE_KEYS = {
 }
 
 
-#: Limits on a config document's shape: far above any real config, far below what would make
-#: copying or validating it (or printing the offending value) take minutes.
-MAX_CONFIG_VALUES = 100_000
-MAX_CONFIG_DEPTH = 64
-
-
-def _check_document(raw: Any, source: str) -> None:
-    """Refuse a document nested too deeply, expanding to too many values through YAML aliases
-    (a "billion laughs" document), or holding itself (an alias to an enclosing node)."""
-    sizes: dict[int, int] = {}
-    open_nodes: set[int] = set()
-
-    def size(node: Any, depth: int) -> int:
-        if not isinstance(node, (dict, list)):
-            return 1
-        key = id(node)
-        if key in open_nodes:
-            raise FactoryError(f"{source}: a YAML alias refers to a node that contains it (the document holds itself)")
-        if key in sizes:
-            return sizes[key]
-        if depth > MAX_CONFIG_DEPTH:
-            raise FactoryError(f"{source}: nested deeper than {MAX_CONFIG_DEPTH} levels; a config has a few")
-        open_nodes.add(key)
-        total = 1
-        for child in node.values() if isinstance(node, dict) else node:
-            total += size(child, depth + 1)
-            if total > MAX_CONFIG_VALUES:
-                raise FactoryError(f"{source}: the document expands to more than {MAX_CONFIG_VALUES:,} values (through YAML aliases?)")
-        open_nodes.discard(key)
-        sizes[key] = total
-        return total
-
-    size(raw, 0)
-
-
 def validate_config(raw: dict, source: str = "config", overrides: dict[str, Any] | None = None) -> Config:
     """Validate a config mapping, applying CLI ``overrides`` (dotted key -> value) first."""
-    _check_document(raw, source)
-    raw = _deep_copy(raw)
+    check_document(raw, source)
+    raw = copy_document(raw)
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, leaf = dotted.split(".")
@@ -475,28 +364,8 @@ def load_config(spec: str | Path, overrides: dict[str, Any] | None = None) -> tu
     path = resolve_config_path(spec)
     raw = read_config_mapping(path)
     config = validate_config(raw, str(path), overrides)  # the values first: their messages are the more precise
-    _require_sections(raw, path)
+    require_sections(raw, path)
     return config, path
-
-
-def _deep_copy(value: Any, memo: dict[int, Any] | None = None) -> Any:
-    """A copy of the dicts and lists of a YAML document that keeps its shared nodes shared.
-
-    YAML aliases make one node appear many times (a "billion laughs" document holds 10⁹
-    references to a few nodes) or inside itself; a naive copy would expand or recurse forever.
-    """
-    memo = {} if memo is None else memo
-    if not isinstance(value, (dict, list)):
-        return value
-    if id(value) in memo:
-        return memo[id(value)]
-    if isinstance(value, dict):
-        out: Any = memo.setdefault(id(value), {})
-        out.update((k, _deep_copy(v, memo)) for k, v in value.items())
-    else:
-        out = memo.setdefault(id(value), [])
-        out.extend(_deep_copy(v, memo) for v in value)
-    return out
 
 
 def _describe(exc: ValidationError, overrides: dict[str, Any]) -> str:
